@@ -1,0 +1,13 @@
+"""Model core (pure PyTorch, no ROS): MLoRE, TaskDiffusion and TaskDiffusion+MLoRE."""
+
+from .checkpoint import load_checkpoint, read_checkpoint_config, read_state_dict, save_checkpoint
+from .config import CLASS_TASKS, ModelConfig, TASK_ORDER
+from .factory import build_model, default_checkpoint_path, load_config_file, resolve_model
+from .presets import DEFAULT_MODELS, PRESETS
+from .reparam import reparameterize
+
+__all__ = [
+    'CLASS_TASKS', 'DEFAULT_MODELS', 'ModelConfig', 'PRESETS', 'TASK_ORDER', 'build_model',
+    'default_checkpoint_path', 'load_checkpoint', 'load_config_file', 'read_checkpoint_config',
+    'read_state_dict', 'reparameterize', 'resolve_model', 'save_checkpoint',
+]

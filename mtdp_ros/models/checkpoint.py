@@ -1,0 +1,147 @@
+"""Loading and saving weights: the authors' checkpoints and the project's safetensors files.
+
+Nothing here ever executes code from a file: ``torch.load`` runs with ``weights_only=True``
+(tensors and plain containers only) and safetensors holds raw tensors by design.
+"""
+
+import json
+import os
+import pickle
+
+import torch
+
+from .config import ModelConfig
+from .convert import authors_key_map
+
+FORMAT_TAG = 'mtdp_ros/1'
+_CONFIG_KEY = 'mtdp_config'
+_LIST_LIMIT = 8
+
+
+def _describe(keys):
+    keys = sorted(keys)
+    shown = ', '.join(keys[:_LIST_LIMIT])
+    more = f' (+{len(keys) - _LIST_LIMIT} more)' if len(keys) > _LIST_LIMIT else ''
+    return f'{len(keys)}: {shown}{more}'
+
+
+def read_state_dict(src):
+    """Tensors of a checkpoint path or mapping, as a flat ``{key: tensor}`` dict.
+
+    Accepts the authors' training format ``{'model': {'module.<key>': tensor}, ...}``
+    (optimizer state beside it is ignored), a plain state dict, and safetensors files.
+    """
+    if isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'checkpoint not found: {path}')
+        if path.endswith('.safetensors'):
+            return _read_safetensors(path)[0]
+        try:
+            data = torch.load(path, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f'refusing to load {path}: it holds pickled Python objects other than tensors, '
+                f'which could run code when loaded ({str(exc).splitlines()[0][:200]}). '
+                f'Re-save it as a plain state dict or safetensors.') from None
+        except (RuntimeError, EOFError, OSError, AttributeError, ImportError) as exc:
+            raise ValueError(f'{path} is not a PyTorch checkpoint: '
+                             f'{str(exc).splitlines()[0][:200]}') from None
+        src_name = path
+    else:
+        data, src_name = src, 'the given mapping'
+    if not isinstance(data, dict):
+        raise ValueError(f'{src_name} is not a checkpoint: expected a mapping of tensors, '
+                         f'got {type(data).__name__}')
+    for wrapper in ('model', 'state_dict'):
+        if isinstance(data.get(wrapper), dict):
+            data = data[wrapper]
+            break
+    bad = [k for k, v in data.items() if not isinstance(v, torch.Tensor)]
+    if bad or not data:
+        raise ValueError(f'{src_name} is not a state dict: '
+                         + (f'non-tensor entries {_describe(map(str, bad))}' if bad else
+                            'it is empty'))
+    return {_strip_prefix(k): v for k, v in data.items()}
+
+
+def _strip_prefix(key):
+    # DistributedDataParallel wraps the model as ``module``.
+    return key[len('module.'):] if key.startswith('module.') else key
+
+
+def _read_safetensors(path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+    try:
+        with safe_open(path, framework='pt') as handle:
+            metadata = handle.metadata() or {}
+        return load_file(path), metadata
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f'{path} is not a valid safetensors file: {exc}') from None
+
+
+def read_checkpoint_config(path):
+    """The ModelConfig stored in a project safetensors file (None when it has none)."""
+    _, metadata = _read_safetensors(os.fspath(path))
+    if _CONFIG_KEY not in metadata:
+        return None
+    try:
+        return ModelConfig.from_dict(json.loads(metadata[_CONFIG_KEY]))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'{path}: the stored model config is not valid JSON ({exc})') from None
+
+
+def load_checkpoint(model, src):
+    """Load weights strictly into ``model`` (train form); returns ``model``.
+
+    Keys may be ours or the authors' (``module.`` prefix allowed). Raises ValueError naming
+    missing keys, unexpected keys and shape mismatches; nothing is loaded in that case.
+    """
+    if getattr(model, 'is_reparameterized', False):
+        raise ValueError('load weights before reparameterize(): the fused model has no '
+                         'expert modules to load into')
+    state = read_state_dict(src)
+    own = model.state_dict()
+    if not set(state) & set(own):
+        mapping = authors_key_map(own)                     # authors' key -> our key
+        state = {mapping.get(k, k): v for k, v in state.items()}
+    missing = set(own) - set(state)
+    unexpected = set(state) - set(own)
+    mismatched = [f'{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})'
+                  for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f'missing keys {_describe(missing)}')
+    if unexpected:
+        problems.append(f'unexpected keys {_describe(unexpected)}')
+    if mismatched:
+        problems.append(f'shape mismatches {_describe(mismatched)}')
+    if problems:
+        name = getattr(model.config, 'name', '') or model.config.family
+        raise ValueError(f'checkpoint does not match the model ({name}): ' + '; '.join(problems))
+    with torch.no_grad():
+        for key, tensor in own.items():
+            tensor.copy_(state[key].to(dtype=tensor.dtype))
+    return model
+
+
+def save_checkpoint(model, path, half=False, metadata=None):
+    """Write the model's weights and config to a safetensors file.
+
+    ``half`` stores floating tensors as float16 (they load back into float32 models).
+    """
+    from safetensors.torch import save_file
+    if getattr(model, 'is_reparameterized', False):
+        raise ValueError('save the train-form model; reparameterize() after loading')
+    tensors = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[key] = value.contiguous()
+    info = {'format': FORMAT_TAG, _CONFIG_KEY: json.dumps(model.config.to_dict())}
+    info.update({k: str(v) for k, v in (metadata or {}).items()})
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(tensors, os.fspath(path), metadata=info)
+    return path

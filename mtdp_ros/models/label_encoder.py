@@ -1,0 +1,95 @@
+"""TaskDiffusion's cross-task label encoder: all task labels as one map to denoise.
+
+Class tasks are embedded with a table (one extra row for ignored pixels), regression tasks
+with a 1x1 convolution (and a learned embedding for invalid pixels); the embeddings are
+fused by one 1x1 convolution and squashed to [-scale, scale] with a sigmoid. Saliency
+(PASCAL) keeps its own embedding beside the fused map.
+"""
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+SALIENCY_THRESHOLD = 0.85
+MAX_DEPTH_M = 80.0
+
+
+class CrossTaskLabelEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.tasks = config.tasks
+        self.num_outputs = config.num_outputs
+        self.class_tasks = tuple(t for t in self.tasks if config.is_class_task(t))
+        self.scale = config.scale
+        dim = config.label_dim
+        self.label_embed = nn.ModuleDict()
+        self.invalid_embed = nn.ModuleDict()
+        for task in self.tasks:
+            if task in self.class_tasks:
+                self.label_embed[task] = nn.Embedding(config.num_outputs[task] + 1, dim)
+            else:
+                self.label_embed[task] = nn.Conv2d(config.num_outputs[task], dim, 1)
+                self.invalid_embed[task] = nn.Embedding(1, dim)
+        fused_tasks = [t for t in self.tasks if t != 'sal']
+        self.label_fuse = nn.Conv2d(dim * len(fused_tasks), config.decoder_dim, 1)
+
+    def _combine(self, embeddings):
+        fused = self.label_fuse(torch.cat([embeddings[t] for t in self.tasks if t != 'sal'], 1))
+        parts = ([embeddings['sal']] if 'sal' in embeddings else []) + [fused]
+        return (torch.sigmoid(torch.cat(parts, dim=1)) * 2 - 1) * self.scale
+
+    def _embed_classes(self, task, labels):
+        return self.label_embed[task](labels).permute(0, 3, 1, 2)
+
+    def encode_predictions(self, logits):
+        """Clean map x_0 from predicted logits (what the sampler re-encodes each step)."""
+        embeddings = {}
+        for task in self.tasks:
+            raw = logits[task]
+            if task == 'sal':
+                labels = (torch.softmax(raw, dim=1)[:, 1] > SALIENCY_THRESHOLD).long()
+                embeddings[task] = self._embed_classes(task, labels)
+            elif task in self.class_tasks:
+                embeddings[task] = self._embed_classes(task, raw.argmax(dim=1))
+            else:
+                embeddings[task] = self.label_embed[task](_regression_value(task, raw))
+        return self._combine(embeddings)
+
+    def encode_targets(self, targets, size):
+        """Clean map x_0 from ground truth at input size, resized to ``size`` (training)."""
+        embeddings = {}
+        for task in self.tasks:
+            target = targets[task]
+            if task in self.class_tasks:
+                labels = F.interpolate(target.float(), size=size, mode='nearest').long()
+                labels[labels == IGNORE_INDEX] = self.num_outputs[task]
+                embeddings[task] = self._embed_classes(task, labels[:, 0])
+            else:
+                target = target.float()
+                invalid = _invalid_mask(task, target).float().mean(dim=1, keepdim=True)
+                invalid = F.interpolate(invalid, size=size, mode='bilinear')
+                value = F.interpolate(target, size=size, mode='bilinear')
+                invalid_code = self.invalid_embed[task].weight.view(1, -1, 1, 1)
+                embeddings[task] = (invalid * invalid_code
+                                    + (1 - invalid) * self.label_embed[task](value))
+        return self._combine(embeddings)
+
+
+def _regression_value(task, raw):
+    if task == 'depth':
+        return raw.clamp(0, MAX_DEPTH_M)
+    if task == 'edge':
+        return torch.sigmoid(raw)
+    if task == 'normals':
+        return F.normalize(raw, p=2, dim=1)
+    return raw
+
+
+def _invalid_mask(task, target):
+    invalid = target == IGNORE_INDEX
+    if task == 'depth':
+        invalid = invalid | (target <= 0)
+    elif task == 'normals':
+        invalid = invalid | (target.abs().sum(dim=1, keepdim=True) == 0).expand_as(target)
+    return invalid

@@ -1,0 +1,70 @@
+"""TaskDiffusion (ICLR 2025) and TaskDiffusion with MLoRE: ViT + cross-task diffusion decoder."""
+
+from torch import nn
+import torch.nn.functional as F
+
+from .base import MultiTaskModel
+from .config import NUM_LEVELS
+from .diffusion_decoder import CrossTaskDiffusionDecoder
+from .mlore import build_encoder
+from .sampler import alpha_sigma, cosine_log_snr, ddim_sample, draw_noise
+
+import torch
+
+
+class TaskDiffusionModel(MultiTaskModel):
+    """``model(x, steps=S, noise=z)``: all tasks are denoised jointly in S DDIM steps.
+
+    ``steps`` defaults to the trained step count; ``noise`` (B x C_map x H/16 x W/16)
+    defaults to a draw from ``generator`` or, without one, from ``seed`` (default 0), so the
+    same call gives the same outputs. ``tasks`` only filters the returned outputs: the joint
+    denoising needs every task's prediction.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.encoder = build_encoder(config)
+        self.level_proj = nn.ModuleList(
+            [nn.Conv2d(config.embed_dim, config.decoder_dim, 1) for _ in range(NUM_LEVELS)])
+        self.diffusion = CrossTaskDiffusionDecoder(config)
+
+    def noise_shape(self, batch):
+        grid = self.config.grid_size
+        return (batch, self.config.noise_channels, grid[0], grid[1])
+
+    def _levels(self, x):
+        self.check_input(x)
+        return [proj(level) for proj, level in zip(self.level_proj, self.encoder(x))]
+
+    def forward(self, x, tasks=None, steps=None, noise=None, generator=None, seed=0):
+        tasks = self.select_tasks(tasks)
+        steps = self.config.trained_steps if steps is None else steps
+        levels = self._levels(x)
+        expected = self.noise_shape(x.shape[0])
+        if noise is None:
+            noise = draw_noise(expected, x.device, x.dtype, seed, generator)
+        elif tuple(noise.shape) != expected:
+            raise ValueError(f'noise must be {expected} for this model and batch, '
+                             f'got {tuple(noise.shape)}')
+        logits = ddim_sample(self.diffusion, levels, steps, noise.to(x.dtype),
+                             self.config.time_difference)
+        size = x.shape[-2:]
+        return {t: F.interpolate(logits[t], size=size, mode='bilinear') for t in tasks}
+
+    def forward_train(self, x, targets):
+        """One denoising step from a noised ground-truth map at a random time (training)."""
+        levels = self._levels(x)
+        batch, _, height, width = levels[0].shape
+        clean = self.diffusion.label_encoder.encode_targets(targets, (height, width))
+        times = torch.rand(batch, device=x.device) * 0.999
+        log_snr = cosine_log_snr(times)
+        alpha, sigma = alpha_sigma(log_snr.view(batch, 1, 1, 1))
+        noised = alpha * clean + sigma * torch.randn_like(clean)
+        logits, cache = self.diffusion.denoise(levels, noised, log_snr)
+        size = x.shape[-2:]
+        pred = {t: F.interpolate(v, size=size, mode='bilinear') for t, v in logits.items()}
+        aux = {}
+        if self.config.with_aux:
+            aux = {t: F.interpolate(v, size=size, mode='bilinear')
+                   for t, v in self.diffusion.auxiliary(cache[0]).items()}
+        return {'pred': pred, 'aux': aux, 'routes': cache[1]}
