@@ -42,11 +42,10 @@ def read_state_dict(src):
         except pickle.UnpicklingError as exc:
             raise ValueError(
                 f'refusing to load {path}: it holds pickled Python objects other than tensors, '
-                f'which could run code when loaded ({str(exc).splitlines()[0][:200]}). '
+                f'which could run code when loaded ({_first_line(exc)}). '
                 f'Re-save it as a plain state dict or safetensors.') from None
-        except (RuntimeError, EOFError, OSError, AttributeError, ImportError) as exc:
-            raise ValueError(f'{path} is not a PyTorch checkpoint: '
-                             f'{str(exc).splitlines()[0][:200]}') from None
+        except Exception as exc:  # noqa: B902 - a corrupt file can raise almost anything
+            raise ValueError(f'{path} is not a PyTorch checkpoint: {_first_line(exc)}') from None
         src_name = path
     else:
         data, src_name = src, 'the given mapping'
@@ -63,6 +62,11 @@ def read_state_dict(src):
                          + (f'non-tensor entries {_describe(map(str, bad))}' if bad else
                             'it is empty'))
     return {_strip_prefix(k): v for k, v in data.items()}
+
+
+def _first_line(exc):
+    lines = str(exc).strip().splitlines()
+    return (lines[0][:200] if lines else type(exc).__name__)
 
 
 def _strip_prefix(key):

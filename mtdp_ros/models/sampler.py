@@ -8,7 +8,6 @@ t_now = 1 - i/S to t_next = max(1 - (i + 1 + d)/S, 0).
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def cosine_log_snr(t, ns=0.0002, ds=0.00025):

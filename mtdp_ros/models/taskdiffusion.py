@@ -1,5 +1,6 @@
 """TaskDiffusion (ICLR 2025) and TaskDiffusion with MLoRE: ViT + cross-task diffusion decoder."""
 
+import torch
 from torch import nn
 import torch.nn.functional as F
 
@@ -8,8 +9,6 @@ from .config import NUM_LEVELS
 from .diffusion_decoder import CrossTaskDiffusionDecoder
 from .mlore import build_encoder
 from .sampler import alpha_sigma, cosine_log_snr, ddim_sample, draw_noise
-
-import torch
 
 
 class TaskDiffusionModel(MultiTaskModel):
