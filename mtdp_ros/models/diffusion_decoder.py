@@ -98,17 +98,13 @@ class TaskInteraction(nn.Module):
         """Per level, each task's image features (B x T x C x h x w) and MLoRE gates."""
         per_level, routes = [], []
         for index, level in enumerate(levels):
-            feats = []
             if self.use_mlore:
-                first, second = self.task_feats[index]
-                gates1, gates2 = [], []
-                for task in self.tasks:
-                    feature, gates = first(level, task)
-                    gates1.append(gates)
-                    feature, gates = second(feature, task)
-                    gates2.append(gates)
-                    feats.append(feature)
-                routes += [torch.cat(gates1), torch.cat(gates2)]
+                first_block, second_block = self.task_feats[index]
+                first = first_block.forward_tasks({t: level for t in self.tasks})
+                second = second_block.forward_tasks({t: first[t][0] for t in self.tasks})
+                feats = [second[t][0] for t in self.tasks]
+                routes += [torch.cat([first[t][1] for t in self.tasks]),
+                           torch.cat([second[t][1] for t in self.tasks])]
             else:
                 feats = [self.task_feats[index][task](level) for task in self.tasks]
             per_level.append(torch.stack(feats, dim=1))

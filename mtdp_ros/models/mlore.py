@@ -59,14 +59,12 @@ class MLoREDecoder(nn.Module):
         routes = []
         for index, level in enumerate(levels):
             projected = self.level_proj[index](level)
-            gates1, gates2 = [], []
+            first = self.blocks1[index].forward_tasks({t: projected for t in tasks})
+            second = self.blocks2[index].forward_tasks({t: first[t][0] for t in tasks})
             for task in tasks:
-                feature, gates = self.blocks1[index](projected, task)
-                gates1.append(gates)
-                feature, gates = self.blocks2[index](feature, task)
-                gates2.append(gates)
-                per_task[task].append(feature)
-            routes += [torch.cat(gates1), torch.cat(gates2)]
+                per_task[task].append(second[task][0])
+            routes += [torch.cat([first[t][1] for t in tasks]),
+                       torch.cat([second[t][1] for t in tasks])]
         features = {}
         for task in tasks:
             fused = fuse_levels(self.level_fusion[task], per_task[task])

@@ -135,27 +135,36 @@ class MLoREBlock(nn.Module):
         return gates, raw[:, 2 * n]
 
     def forward(self, x, task):
-        """Return the task's output and its gates (for the load-balancing loss)."""
-        h = self.task_in[task](x)
-        gates, mix = self.route(h, task)
+        """The task's output and its gates (B x N, for the load-balancing loss)."""
+        return self.forward_tasks({task: x})[task]
+
+    def forward_tasks(self, inputs):
+        """``{task: x}`` -> ``{task: (output, gates)}``; the shared paths run once for all."""
+        tasks = list(inputs)
+        hs = [self.task_in[t](inputs[t]) for t in tasks]
+        routed = [self.route(h, t) for h, t in zip(hs, tasks)]
+        h_all = torch.cat(hs)                                           # T*B x C x H x W
+        gates = torch.cat([g for g, _ in routed])                       # T*B x N
         # All experts at once: one 3x3 conv to the concatenated ranks, gate each expert's
         # channels, one 1x1 conv back. The same sum as running the experts one by one.
         down_w = torch.cat([e.down.weight for e in self.experts])
         down_b = torch.cat([e.down.bias for e in self.experts])
         up_w = torch.cat([e.up.weight for e in self.experts], dim=1)
-        ranks = [e.down.out_channels for e in self.experts]
-        rank_gates = torch.repeat_interleave(gates, torch.tensor(ranks, device=gates.device),
-                                             dim=1)
-        low = F.conv2d(h, down_w, down_b, padding=1) * rank_gates[:, :, None, None]
         up_b = torch.stack([e.up.bias for e in self.experts])           # N x C
-        experts = F.conv2d(low, up_w) + (gates @ up_b)[:, :, None, None]
+        ranks = torch.tensor([e.down.out_channels for e in self.experts], device=gates.device)
+        rank_gates = torch.repeat_interleave(gates, ranks, dim=1)
+        low = F.conv2d(h_all, down_w, down_b, padding=1) * rank_gates[:, :, None, None]
+        experts = (F.conv2d(low, up_w) + (gates @ up_b)[:, :, None, None]).chunk(len(tasks))
         # The generic path learns from all tasks through its own gradient only (detached).
-        generic_in = h.detach() if self.training else h
-        y = (self.expert_norm[task](experts)
-             + self.task_expert[task](h) * mix[:, None, None, None]
-             + self.generic(generic_in))
-        out = self.task_out[task](F.gelu(self.block_norm[task](y)))
-        return out, gates
+        generic = self.generic(h_all.detach() if self.training else h_all).chunk(len(tasks))
+        outputs = {}
+        for index, task in enumerate(tasks):
+            gates_t, mix = routed[index]
+            y = (self.expert_norm[task](experts[index])
+                 + self.task_expert[task](hs[index]) * mix[:, None, None, None]
+                 + generic[index])
+            outputs[task] = (self.task_out[task](F.gelu(self.block_norm[task](y))), gates_t)
+        return outputs
 
 
 def _fold_bn(bn):
@@ -167,9 +176,10 @@ def _fold_bn(bn):
 class FusedMLoREBlock(nn.Module):
     """Inference form: one 3x3 convolution per task and sample (kernels mixed by the gates).
 
-    Buffers hold every expert's fused kernel (N x C*C*9). Per sample the kernel is the
-    gate-weighted sum (a matmul), with both BatchNorms folded, the task expert and the
-    generic path added; the batch runs as one grouped convolution (groups = batch).
+    Buffers hold every expert's fused kernel (N x C*C*9). Per task and sample the kernel is
+    the gate-weighted sum (one matmul for all tasks and samples), with both BatchNorms
+    folded, the task expert and the generic path added; all tasks and samples then run as
+    one grouped convolution (groups = tasks x batch).
     """
 
     def __init__(self, block: MLoREBlock):
@@ -184,46 +194,59 @@ class FusedMLoREBlock(nn.Module):
         self.routers = block.routers
         with torch.no_grad():
             kernels, biases = zip(*(e.fused_kernel() for e in block.experts))
-            self.register_buffer('expert_kernels', torch.stack(kernels).flatten(1).clone())
-            self.register_buffer('expert_biases', torch.stack(biases).clone())
             generic_w, generic_b = block.generic.weight, block.generic.bias
+            expert_scale, task_kernel, task_bias, base_kernel, base_bias = [], [], [], [], []
             for task in self.tasks:
-                expert_scale, expert_shift = _fold_bn(block.expert_norm[task])
-                out_scale, out_shift = _fold_bn(block.block_norm[task])
-                task_w, task_b = block.task_expert[task].fused_kernel()
-                # y' = s_o * (s_e * (G.x + g) + t_e + m * (T.x + b) + W.x + w) + t_o
-                self.register_buffer(f'{task}_expert_scale', (out_scale * expert_scale).clone())
-                self.register_buffer(f'{task}_task_kernel',
-                                     (task_w * out_scale[:, None, None, None]).clone())
-                self.register_buffer(f'{task}_task_bias', (task_b * out_scale).clone())
-                self.register_buffer(f'{task}_base_kernel',
-                                     (generic_w * out_scale[:, None, None, None]).clone())
-                self.register_buffer(
-                    f'{task}_base_bias',
-                    (out_scale * (expert_shift + generic_b) + out_shift).clone())
+                scale_e, shift_e = _fold_bn(block.expert_norm[task])
+                scale_o, shift_o = _fold_bn(block.block_norm[task])
+                kernel_t, bias_t = block.task_expert[task].fused_kernel()
+                # s_o * (s_e * (G.h + g) + t_e + m * (T.h + b) + W.h + w) + t_o
+                expert_scale.append(scale_o * scale_e)
+                task_kernel.append(kernel_t * scale_o[:, None, None, None])
+                task_bias.append(bias_t * scale_o)
+                base_kernel.append(generic_w * scale_o[:, None, None, None])
+                base_bias.append(scale_o * (shift_e + generic_b) + shift_o)
+            buffers = {'expert_kernels': torch.stack(kernels).flatten(1),     # N x C*C*9
+                       'expert_biases': torch.stack(biases),                  # N x C
+                       'expert_scale': torch.stack(expert_scale),             # T x C
+                       'task_kernel': torch.stack(task_kernel),               # T x C x C x 3 x 3
+                       'task_bias': torch.stack(task_bias),                   # T x C
+                       'base_kernel': torch.stack(base_kernel),
+                       'base_bias': torch.stack(base_bias)}
+            for name, value in buffers.items():
+                self.register_buffer(name, value.detach().clone())
 
     @property
     def num_experts(self):
         return self.expert_kernels.shape[0]
 
     def forward(self, x, task):
-        h = self.task_in[task](x)
-        batch, channels, height, width = h.shape
-        raw = self.routers[task](h)
+        return self.forward_tasks({task: x})[task]
+
+    def forward_tasks(self, inputs):
+        """``{task: x}`` -> ``{task: (output, gates)}`` with one grouped conv for all."""
+        tasks = list(inputs)
+        index = torch.tensor([self.tasks.index(t) for t in tasks], device=self.base_bias.device)
+        hs = [self.task_in[t](inputs[t]) for t in tasks]
         n = self.num_experts
-        gates = top_k_gates(raw[:, :n], raw[:, n:2 * n], self.top_k, self.pre_softmax, False)
-        mix = raw[:, 2 * n]
-        expert_scale = getattr(self, f'{task}_expert_scale')
-        task_kernel = getattr(self, f'{task}_task_kernel')
-        kernel = (gates @ self.expert_kernels).view(batch, channels, -1, 3, 3)
-        kernel = (kernel * expert_scale[None, :, None, None, None]
-                  + mix[:, None, None, None, None] * task_kernel
-                  + getattr(self, f'{task}_base_kernel'))
-        bias = ((gates @ self.expert_biases) * expert_scale
-                + mix[:, None] * getattr(self, f'{task}_task_bias')
-                + getattr(self, f'{task}_base_bias'))
-        y = F.conv2d(h.reshape(1, batch * channels, height, width),
-                     kernel.reshape(batch * channels, channels, 3, 3), bias.reshape(-1),
-                     padding=1, groups=batch)
-        y = y.view(batch, channels, height, width)
-        return self.task_out[task](F.gelu(y)), gates
+        raw = torch.stack([self.routers[t](h) for h, t in zip(hs, tasks)])  # T x B x 2N+1
+        num_tasks, batch = raw.shape[:2]
+        gates = top_k_gates(raw[..., :n].flatten(0, 1), None, self.top_k, self.pre_softmax,
+                            False)                                           # T*B x N
+        mix = raw[..., 2 * n]                                                # T x B
+        channels, height, width = hs[0].shape[1:]
+        kernel = (gates @ self.expert_kernels).view(num_tasks, batch, channels, channels, 3, 3)
+        kernel = (kernel * self.expert_scale[index][:, None, :, None, None, None]
+                  + mix[:, :, None, None, None, None] * self.task_kernel[index][:, None]
+                  + self.base_kernel[index][:, None])
+        bias = ((gates @ self.expert_biases).view(num_tasks, batch, channels)
+                * self.expert_scale[index][:, None]
+                + mix[:, :, None] * self.task_bias[index][:, None]
+                + self.base_bias[index][:, None])
+        groups = num_tasks * batch
+        y = F.conv2d(torch.cat(hs).reshape(1, groups * channels, height, width),
+                     kernel.reshape(groups * channels, channels, 3, 3), bias.reshape(-1),
+                     padding=1, groups=groups)
+        y = F.gelu(y.view(num_tasks, batch, channels, height, width))
+        gates = gates.view(num_tasks, batch, n)
+        return {t: (self.task_out[t](y[i]), gates[i]) for i, t in enumerate(tasks)}
