@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order ``mtdp --help`` lists them.
-SUBCOMMANDS = ()
+SUBCOMMANDS = ('export', 'bench', 'train', 'eval', 'infer')
 
 
 class CommandError(Exception):

@@ -151,8 +151,8 @@ class MLoREBlock(nn.Module):
         down_b = torch.cat([e.down.bias for e in self.experts])
         up_w = torch.cat([e.up.weight for e in self.experts], dim=1)
         up_b = torch.stack([e.up.bias for e in self.experts])           # N x C
-        ranks = torch.tensor([e.down.out_channels for e in self.experts], device=gates.device)
-        rank_gates = torch.repeat_interleave(gates, ranks, dim=1)
+        rank_gates = torch.cat([gates[:, i:i + 1].expand(-1, e.down.out_channels)
+                                for i, e in enumerate(self.experts)], dim=1)
         low = F.conv2d(h_all, down_w, down_b, padding=1) * rank_gates[:, :, None, None]
         experts = (F.conv2d(low, up_w) + (gates @ up_b)[:, :, None, None]).chunk(len(tasks))
         # The generic path learns from all tasks through its own gradient only (detached).
@@ -226,7 +226,12 @@ class FusedMLoREBlock(nn.Module):
     def forward_tasks(self, inputs):
         """``{task: x}`` -> ``{task: (output, gates)}`` with one grouped conv for all."""
         tasks = list(inputs)
-        index = torch.tensor([self.tasks.index(t) for t in tasks], device=self.base_bias.device)
+        index = [self.tasks.index(t) for t in tasks]
+
+        def per_task(buffer):
+            # Python-int indexing: no host data goes to the device (CUDA-graph safe).
+            return buffer if index == list(range(len(self.tasks))) else \
+                torch.stack([buffer[i] for i in index])
         hs = [self.task_in[t](inputs[t]) for t in tasks]
         n = self.num_experts
         raw = torch.stack([self.routers[t](h) for h, t in zip(hs, tasks)])  # T x B x 2N+1
@@ -236,13 +241,13 @@ class FusedMLoREBlock(nn.Module):
         mix = raw[..., 2 * n]                                                # T x B
         channels, height, width = hs[0].shape[1:]
         kernel = (gates @ self.expert_kernels).view(num_tasks, batch, channels, channels, 3, 3)
-        kernel = (kernel * self.expert_scale[index][:, None, :, None, None, None]
-                  + mix[:, :, None, None, None, None] * self.task_kernel[index][:, None]
-                  + self.base_kernel[index][:, None])
+        kernel = (kernel * per_task(self.expert_scale)[:, None, :, None, None, None]
+                  + mix[:, :, None, None, None, None] * per_task(self.task_kernel)[:, None]
+                  + per_task(self.base_kernel)[:, None])
         bias = ((gates @ self.expert_biases).view(num_tasks, batch, channels)
-                * self.expert_scale[index][:, None]
-                + mix[:, :, None] * self.task_bias[index][:, None]
-                + self.base_bias[index][:, None])
+                * per_task(self.expert_scale)[:, None]
+                + mix[:, :, None] * per_task(self.task_bias)[:, None]
+                + per_task(self.base_bias)[:, None])
         groups = num_tasks * batch
         y = F.conv2d(torch.cat(hs).reshape(1, groups * channels, height, width),
                      kernel.reshape(groups * channels, channels, 3, 3), bias.reshape(-1),

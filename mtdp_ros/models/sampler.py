@@ -47,7 +47,8 @@ def ddim_sample(decoder, features, steps, noise, time_difference):
     pairs = time_pairs(steps, time_difference)
     for index, (t_now, t_next) in enumerate(pairs):
         last = index == len(pairs) - 1
-        t = torch.tensor([t_now, t_next], device=noise.device, dtype=torch.float32)
+        t = torch.stack([torch.full((), value, device=noise.device, dtype=torch.float32)
+                         for value in (t_now, t_next)])
         log_snr, log_snr_next = cosine_log_snr(t).to(noise.dtype).unsqueeze(1).expand(2, batch)
         alpha, sigma = alpha_sigma(log_snr.view(batch, 1, 1, 1))
         alpha_next, sigma_next = alpha_sigma(log_snr_next.view(batch, 1, 1, 1))

@@ -1,0 +1,79 @@
+"""``mtdp bench``: latency, frame rate and peak memory of an inference engine."""
+
+import json
+
+from mtdp_ros.cli import CommandError
+
+
+def _size(text):
+    try:
+        height, width = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise CommandError(f'--image-size must look like 480x640, got {text!r}') from None
+    if height < 1 or width < 1:
+        raise CommandError(f'--image-size must be positive, got {text!r}')
+    return height, width
+
+
+def register(subparsers):
+    """Add the ``bench`` sub-command."""
+    parser = subparsers.add_parser(
+        'bench', help='benchmark an inference engine',
+        description='Warm up, then measure p50/p95 latency, frames per second and peak memory '
+                    'of the network alone and of the whole image-to-outputs path (batch 1).')
+    parser.add_argument('--config', default='default', metavar='PRESET|FILE',
+                        help='preset or default-model name, config or checkpoint file, or an '
+                             'exported .onnx (onnxruntime backend)')
+    parser.add_argument('--checkpoint', metavar='PATH', help='weights file')
+    parser.add_argument('--backend', choices=('torch', 'onnxruntime'), default='torch')
+    parser.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto')
+    parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
+    parser.add_argument('--steps', type=int, metavar='N', help='TaskDiffusion steps')
+    parser.add_argument('--iters', type=int, default=50, help='timed iterations (default 50)')
+    parser.add_argument('--warmup', type=int, default=10, help='untimed iterations first')
+    parser.add_argument('--image-size', metavar='HxW',
+                        help='camera image size for the whole path (default: the model\'s)')
+    parser.add_argument('--tasks', help='comma-separated tasks (default: all)')
+    parser.add_argument('--no-cuda-graphs', action='store_true',
+                        help='torch backend: run eagerly on CUDA')
+    parser.add_argument('--train-form', action='store_true',
+                        help='torch backend: keep MLoRE blocks unfused (for comparison)')
+    parser.add_argument('--providers', help='onnxruntime providers in order of preference, '
+                                            'e.g. tensorrt,cuda,cpu')
+    parser.add_argument('--seed', type=int, default=0, help='TaskDiffusion noise seed')
+    parser.add_argument('--json', action='store_true',
+                        help='print the result as one JSON object on the last line')
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    """Build the engine, run the benchmark, print a report (and JSON)."""
+    from mtdp_ros.runtime import create_engine
+    from mtdp_ros.runtime.bench import format_report, run_benchmark
+    if args.iters < 1 or args.warmup < 0:
+        raise CommandError('--iters must be >= 1 and --warmup >= 0')
+    options = {}
+    if args.backend == 'torch':
+        if args.providers:
+            raise CommandError('--providers applies to the onnxruntime backend')
+        options = {'cuda_graphs': not args.no_cuda_graphs, 'reparameterize': not args.train_form}
+    else:
+        if args.no_cuda_graphs or args.train_form:
+            raise CommandError('--no-cuda-graphs and --train-form apply to the torch backend')
+        if args.providers:
+            options['providers'] = args.providers
+    image_size = _size(args.image_size) if args.image_size else None
+    tasks = [t.strip() for t in args.tasks.split(',') if t.strip()] if args.tasks else None
+    engine = create_engine(args.config, checkpoint=args.checkpoint, backend=args.backend,
+                           device=args.device, precision=args.precision, steps=args.steps,
+                           seed=args.seed, **options)
+    try:
+        result = run_benchmark(engine, iters=args.iters, warmup=args.warmup,
+                               image_size=image_size, tasks=tasks)
+    finally:
+        engine.close()
+    for line in format_report(result):
+        print(line)
+    if args.json:
+        print(json.dumps(result))
+    return 0

@@ -1,0 +1,60 @@
+"""Inference runtime (no ROS): engines, pre/post-processing, ONNX export, benchmarking.
+
+Usage::
+
+    from mtdp_ros.runtime import create_engine
+    engine = create_engine('default', device='auto', precision='fp16')
+    outputs = engine.infer(rgb_uint8_image)      # {task: numpy array at the image size}
+"""
+
+from .engine import BACKENDS, check_choice, DEVICES, Engine, PRECISIONS, resolve_device
+from .onnx_export import export_onnx, read_onnx_metadata
+from .ort_engine import OrtEngine, select_providers
+from .postprocess import postprocess, postprocess_task, to_numpy
+from .preprocess import Letterbox, letterbox, normalisation, plan_letterbox, unletterbox
+from .torch_engine import TorchEngine
+
+__all__ = [
+    'BACKENDS', 'DEVICES', 'Engine', 'Letterbox', 'OrtEngine', 'PRECISIONS',
+    'TorchEngine', 'create_engine', 'export_onnx', 'letterbox',
+    'normalisation', 'plan_letterbox', 'postprocess', 'postprocess_task', 'read_onnx_metadata',
+    'select_providers', 'to_numpy', 'unletterbox',
+]
+
+
+def create_engine(model='default', checkpoint=None, backend='torch', device='auto',
+                  precision='fp32', steps=None, seed=0, **options):
+    """Create an inference engine for ``model`` (see the module docstring and DESIGN.md).
+
+    ``model``: a preset or default-model name, a config/``.safetensors`` file, a ModelConfig
+    or config dict; for ``backend='onnxruntime'`` also an exported ``.onnx`` file.
+    ``checkpoint``: weights (a path or a state-dict mapping) overriding the model's own.
+    ``device``: 'auto' (CUDA when present, else the CPU with a warning), 'cuda' (RuntimeError
+    when absent) or 'cpu'. ``precision``: 'fp32' or 'fp16' (GPU only). ``steps``: default
+    DDIM steps of a TaskDiffusion model (per call: ``infer(steps=...)``). ``seed``: default
+    seed of the sampler's initial noise.
+
+    Options of the torch backend: ``reparameterize`` (default True: fused MLoRE blocks),
+    ``cuda_graphs`` (default True). Options of the onnxruntime backend: ``providers``
+    (preference list, e.g. ``['tensorrt', 'cuda', 'cpu']``), ``cache_dir`` (exported
+    graphs), ``trt_cache_dir`` (TensorRT engines).
+    """
+    check_choice('backend', backend, BACKENDS)
+    check_choice('device', device, DEVICES)
+    check_choice('precision', precision, PRECISIONS)
+    if backend == 'torch':
+        unknown = set(options) - {'reparameterize', 'cuda_graphs'}
+        if unknown:
+            raise ValueError(f'unknown options for the torch backend: {sorted(unknown)}')
+        if isinstance(model, str) and model.endswith('.onnx'):
+            raise ValueError(f'{model} is an ONNX file: use backend onnxruntime')
+        from .engine import resolve_engine_model
+        config, checkpoint, name = resolve_engine_model(model, checkpoint)
+        torch_device = resolve_device(device)
+        return TorchEngine(config, checkpoint, name, torch_device, precision, steps, seed,
+                           reparameterize_mlore=options.get('reparameterize', True),
+                           cuda_graphs=options.get('cuda_graphs', True))
+    unknown = set(options) - {'providers', 'cache_dir', 'trt_cache_dir'}
+    if unknown:
+        raise ValueError(f'unknown options for the onnxruntime backend: {sorted(unknown)}')
+    return OrtEngine(model, checkpoint, device, precision, steps, seed, **options)

@@ -1,0 +1,219 @@
+"""What every engine shares: model resolution, argument checks, the infer contract.
+
+An engine takes a camera image (numpy uint8 H x W x 3 RGB, any size) and returns the
+metric outputs of the requested tasks at that size (see :mod:`.postprocess`).
+"""
+
+import logging
+import os
+import time
+from collections import OrderedDict
+
+import torch
+
+from mtdp_ros.models import ModelConfig, resolve_model
+
+from .preprocess import plan_letterbox
+
+LOGGER = logging.getLogger('mtdp_ros.runtime')
+BACKENDS = ('torch', 'onnxruntime')
+DEVICES = ('auto', 'cuda', 'cpu')
+PRECISIONS = ('fp32', 'fp16')
+# More DDIM steps than this is a typo, not a request (the published models use 3).
+MAX_STEPS = 100
+# Cached per-image-size state (letterbox plans, CUDA graphs) is bounded: a camera has one size.
+CACHE_LIMIT = 4
+
+
+def warn(message):
+    """Report a fallback (CPU instead of CUDA, random weights...) on the runtime's logger.
+
+    A log record rather than a Python warning: a long-running node forwards the logger to
+    its own log and sees every occurrence (Python warnings show once per code location).
+    Without a configured handler, Python prints WARNING records to stderr.
+    """
+    LOGGER.warning(message)
+
+
+def check_choice(name, value, choices):
+    """Return ``value`` if it is one of ``choices``; ValueError naming the option otherwise."""
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {choices}, got {value!r}')
+    return value
+
+
+def check_steps(steps, config: ModelConfig, allow_none=True):
+    """Validate a DDIM step count (None keeps the default) for a diffusion model."""
+    if steps is None:
+        if allow_none:
+            return None
+        raise ValueError('steps must be given')
+    if not config.is_diffusion:
+        raise ValueError(f'steps apply to TaskDiffusion models only; {config.family} has none')
+    if isinstance(steps, bool) or int(steps) != steps:
+        raise ValueError(f'steps must be a positive integer, got {steps!r}')
+    steps = int(steps)
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f'steps must lie in 1..{MAX_STEPS}, got {steps}')
+    return steps
+
+
+def check_seed(seed):
+    """Validate a sampler seed (a non-negative integer)."""
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
+    return int(seed)
+
+
+def resolve_device(device):
+    """'cuda' or 'cpu' for a requested device; RuntimeError when CUDA is asked for but absent."""
+    check_choice('device', device, DEVICES)
+    if device == 'auto':
+        if torch.cuda.is_available():
+            return 'cuda'
+        warn('device auto: CUDA is not available, running on the CPU (slow)')
+        return 'cpu'
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError('device cuda was requested but CUDA is not available '
+                           '(no GPU, no driver, or a CPU-only PyTorch build); '
+                           'use device auto or cpu')
+    return device
+
+
+def resolve_engine_model(model, checkpoint=None):
+    """(ModelConfig, checkpoint path/mapping or None, display name) for a model spec.
+
+    ``model``: a preset or default-model name, a ``.safetensors``/``.yaml``/``.json`` file
+    (see ``mtdp_ros.models.resolve_model``), a ModelConfig or a config dict.
+    ``checkpoint`` (a path or a state-dict mapping) overrides the spec's own weights.
+    """
+    if isinstance(model, (ModelConfig, dict)):
+        config = ModelConfig.from_dict(model)
+        spec_checkpoint = None
+        name = config.name or config.family
+    else:
+        config, spec_checkpoint = resolve_model(model)
+        name = config.name or os.path.splitext(os.path.basename(str(model)))[0]
+    if checkpoint is not None and isinstance(checkpoint, (str, os.PathLike)):
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
+    return config, (checkpoint if checkpoint is not None else spec_checkpoint), name
+
+
+class Engine:
+    """Base of the engines: the ``infer`` contract, argument checks and shared caches.
+
+    Subclasses implement ``_infer(image, plan, tasks, steps, seed)`` returning numpy outputs
+    and filling ``self.last_timing``.
+    """
+
+    backend = None
+
+    def __init__(self, config: ModelConfig, model_name, random_weights, device, precision,
+                 steps=None, seed=0):
+        self.config = config
+        self.model_name = model_name
+        self.random_weights = bool(random_weights)
+        self.device = device
+        self.precision = precision
+        self.default_steps = None
+        if config.is_diffusion:
+            self.default_steps = check_steps(steps, config) or config.trained_steps
+        elif steps is not None:
+            check_steps(steps, config)
+        self.seed = check_seed(seed)
+        self.last_timing = {'preprocess_ms': 0.0, 'model_ms': 0.0, 'postprocess_ms': 0.0}
+        self._plans = OrderedDict()
+
+    @property
+    def tasks(self):
+        """The model's tasks, in the model's order."""
+        return tuple(self.config.tasks)
+
+    def select_tasks(self, tasks):
+        """Return the requested tasks (None: all) in the model's order; ValueError if unknown."""
+        if tasks is None:
+            return self.tasks
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        tasks = list(tasks)
+        unknown = [t for t in tasks if t not in self.config.tasks]
+        if unknown:
+            raise ValueError(f'unknown tasks {unknown}; this model has {list(self.tasks)}')
+        if not tasks:
+            raise ValueError('at least one task must be requested')
+        return tuple(t for t in self.config.tasks if t in tasks)
+
+    def resolve_steps(self, steps):
+        """Step count of one call (None: the engine's default); None for MLoRE models."""
+        if steps is None:
+            return self.default_steps
+        return check_steps(steps, self.config)
+
+    def plan(self, image_size):
+        """Return the (cached) letterbox plan for an image size."""
+        key = tuple(int(v) for v in image_size)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = plan_letterbox(key, self.config.image_size)
+            self._plans[key] = plan
+            while len(self._plans) > CACHE_LIMIT:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
+        return plan
+
+    def noise_shape(self):
+        """Shape of the sampler's initial map for one image."""
+        grid = self.config.grid_size
+        return (1, self.config.noise_channels, grid[0], grid[1])
+
+    def initial_noise(self, seed):
+        """Draw the sampler's initial map for ``seed`` (the same on every backend and device)."""
+        generator = torch.Generator().manual_seed(int(seed))
+        return torch.randn(self.noise_shape(), generator=generator, dtype=torch.float32)
+
+    def infer(self, image, tasks=None, steps=None, seed=None):
+        """Metric outputs of ``tasks`` (None: all) for one uint8 H x W x 3 RGB image."""
+        from .preprocess import check_image
+        image = check_image(image)
+        tasks = self.select_tasks(tasks)
+        steps = self.resolve_steps(steps)
+        seed = self.seed if seed is None else check_seed(seed)
+        plan = self.plan(image.shape[:2])
+        return self._infer(image, plan, tasks, steps, seed)
+
+    def _infer(self, image, plan, tasks, steps, seed):
+        raise NotImplementedError
+
+    def benchmark_network(self, iters, warmup=0, tasks=None, steps=None):
+        """Latencies (ms) of the network alone on a model-size input, no pre/post-processing."""
+        raise NotImplementedError
+
+    def describe(self):
+        """Describe what this engine runs (a dict for logs and bench output)."""
+        return {'model': self.model_name, 'family': self.config.family,
+                'backend': self.backend, 'device': self.device, 'precision': self.precision,
+                'image_size': list(self.config.image_size), 'tasks': list(self.tasks),
+                'steps': self.default_steps, 'random_weights': self.random_weights}
+
+    def close(self):
+        """Release device memory held by the engine (it cannot be used afterwards)."""
+
+    def __repr__(self):
+        info = ', '.join(f'{k}={v!r}' for k, v in self.describe().items())
+        return f'{type(self).__name__}({info})'
+
+
+class StageTimer:
+    """Wall-clock stage timer for host-synchronous paths (the CPU)."""
+
+    def __init__(self):
+        self.marks = [time.perf_counter()]
+
+    def mark(self):
+        self.marks.append(time.perf_counter())
+
+    def timing(self):
+        ms = [(b - a) * 1000.0 for a, b in zip(self.marks, self.marks[1:])]
+        return dict(zip(('preprocess_ms', 'model_ms', 'postprocess_ms'), ms))

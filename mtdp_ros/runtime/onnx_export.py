@@ -1,0 +1,204 @@
+"""ONNX export of the multi-task models (batch 1, fixed input size).
+
+Graph inputs: ``images`` (float32 1 x 3 x H x W, normalised with the model's mean/std) and,
+for TaskDiffusion families, ``noise`` (float32, the sampler's initial map,
+1 x C_map x H/16 x W/16). Outputs: one per task, named after it, holding the same raw outputs
+as the PyTorch model (1 x C x H x W). MLoRE blocks are exported re-parameterised: the
+per-sample kernels are computed in the graph (a gate-weighted matmul over the fused expert
+kernels) and applied by one grouped convolution. TaskDiffusion is unrolled for a chosen
+step count. The file carries the model config and step count in its metadata, so the ONNX
+Runtime engine needs nothing else.
+
+The TorchScript exporter (``dynamo=False``) is used: it handles the computed-weight grouped
+convolution and needs no extra packages.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtdp_ros.models import build_model, load_checkpoint, reparameterize
+
+from .engine import check_steps, resolve_engine_model, warn
+
+DEFAULT_OPSET = 17
+FORMAT_TAG = 'mtdp_ros.onnx/1'
+# Protobuf cannot hold more than 2 GiB: larger models keep their weights in one side file.
+PROTOBUF_LIMIT = 2 ** 31 - 1
+META_CONFIG = 'mtdp_config'
+META_STEPS = 'mtdp_steps'
+META_TASKS = 'mtdp_tasks'
+META_REPARAM = 'mtdp_reparameterized'
+META_NAME = 'mtdp_model_name'
+META_RANDOM = 'mtdp_random_weights'
+META_FORMAT = 'mtdp_format'
+
+
+class ExportWrapper(nn.Module):
+    """``(images[, noise]) -> tuple of raw outputs in task order`` for the exporter."""
+
+    def __init__(self, model, steps=None):
+        super().__init__()
+        self.model = model
+        self.tasks = tuple(model.config.tasks)
+        self.steps = steps
+
+    def forward(self, images, noise=None):
+        if self.model.config.is_diffusion:
+            outputs = self.model(images, steps=self.steps, noise=noise)
+        else:
+            outputs = self.model(images)
+        return tuple(outputs[t] for t in self.tasks)
+
+
+def prepare_model(config, checkpoint=None, reparameterize_mlore=True):
+    """Build an eval-mode CPU model of ``config``, load the checkpoint, fuse MLoRE."""
+    model = build_model(config)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    model.eval()
+    if reparameterize_mlore and config.has_mlore:
+        model = reparameterize(model)
+    return model.eval()
+
+
+def example_inputs(config, seed=0):
+    """Draw seeded (images[, noise]) inputs of the shapes the graph takes."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn((1, 3, *config.image_size), generator=generator)
+    if not config.is_diffusion:
+        return (images,)
+    grid = config.grid_size
+    noise = torch.randn((1, config.noise_channels, *grid), generator=generator)
+    return (images, noise)
+
+
+def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
+                reparameterize_mlore=True, external_data=None, verify=False):
+    """Export a model to ``output`` (.onnx) and validate it with the ONNX checker.
+
+    ``model``: preset/default name, config file, project ``.safetensors`` file, ModelConfig
+    or config dict (as ``create_engine``). ``steps``: DDIM steps baked into a TaskDiffusion
+    graph (default: the trained count). ``external_data``: keep the weights in
+    ``<output>.data`` (None: only when the model exceeds protobuf's 2 GiB). ``verify``: run
+    the graph with ONNX Runtime (CPU) and require agreement with PyTorch within 1e-3.
+    Returns a dict describing the export.
+    """
+    import onnx
+
+    config, checkpoint, name = resolve_engine_model(model, checkpoint)
+    if config.is_diffusion:
+        steps = check_steps(steps, config) or config.trained_steps
+    elif steps is not None:
+        check_steps(steps, config)
+    if opset < DEFAULT_OPSET:
+        raise ValueError(f'opset must be >= {DEFAULT_OPSET}, got {opset}')
+    output = os.fspath(output)
+    if not output.endswith('.onnx'):
+        raise ValueError(f'output must be a .onnx file, got {output}')
+    if checkpoint is None:
+        warn(f'{name}: exporting random weights (no checkpoint given or shipped)')
+    network = prepare_model(config, checkpoint, reparameterize_mlore)
+    wrapper = ExportWrapper(network, steps).eval()
+    inputs = example_inputs(config)
+    input_names = ['images', 'noise'][:len(inputs)]
+    out_dir = os.path.dirname(os.path.abspath(output))
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix='.mtdp-export-') as scratch:
+        raw_path = os.path.join(scratch, 'model.onnx')
+        with warnings.catch_warnings():
+            # The tracer notes every Python-level shape check; the shapes are fixed here.
+            warnings.simplefilter('ignore', torch.jit.TracerWarning)
+            warnings.simplefilter('ignore', DeprecationWarning)
+            with torch.no_grad():
+                torch.onnx.export(wrapper, inputs, raw_path, input_names=input_names,
+                                  output_names=list(config.tasks), opset_version=opset,
+                                  do_constant_folding=True, dynamo=False)
+        proto = onnx.load(raw_path)           # pulls in any external tensors as well
+        metadata = {META_FORMAT: FORMAT_TAG, META_CONFIG: json.dumps(config.to_dict()),
+                    META_STEPS: '' if steps is None else str(steps),
+                    META_TASKS: ','.join(config.tasks),
+                    META_REPARAM: str(bool(reparameterize_mlore and config.has_mlore)),
+                    META_NAME: name, META_RANDOM: str(checkpoint is None)}
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        weights_bytes = sum(_initializer_bytes(t) for t in proto.graph.initializer)
+        if external_data is None:
+            external_data = weights_bytes > PROTOBUF_LIMIT - (64 << 20)
+        data_name = os.path.basename(output) + '.data'
+        if os.path.exists(output + '.data'):
+            os.remove(output + '.data')
+        if external_data:
+            onnx.save_model(proto, os.path.join(scratch, 'final.onnx'),
+                            save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+            shutil.move(os.path.join(scratch, data_name), output + '.data')
+        else:
+            onnx.save_model(proto, os.path.join(scratch, 'final.onnx'))
+        shutil.move(os.path.join(scratch, 'final.onnx'), output)
+    del proto
+    onnx.checker.check_model(output, full_check=True)
+    info = {'output': output, 'model': name, 'family': config.family,
+            'inputs': input_names, 'outputs': list(config.tasks), 'steps': steps,
+            'opset': opset, 'reparameterized': metadata[META_REPARAM] == 'True',
+            'external_data': output + '.data' if external_data else None,
+            'weights_mb': round(weights_bytes / 2 ** 20, 1), 'random_weights': checkpoint is None}
+    if verify:
+        info['max_abs_diff'] = verify_onnx(output, wrapper, inputs)
+    return info
+
+
+def _initializer_bytes(tensor):
+    from onnx import helper
+    if tensor.raw_data:
+        return len(tensor.raw_data)
+    count = int(np.prod(tensor.dims)) if tensor.dims else 1
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    return count * np.dtype(dtype).itemsize
+
+
+def verify_onnx(path, wrapper, inputs, tolerance=1e-3):
+    """Largest |ONNX Runtime (CPU) - PyTorch| per task; ValueError beyond ``tolerance``."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
+    actual = session.run(None, feeds)
+    with torch.no_grad():
+        expected = wrapper(*inputs)
+    diffs = {}
+    for task, got, want in zip(wrapper.tasks, actual, expected):
+        diffs[task] = float(np.abs(got - want.numpy()).max())
+    bad = {t: d for t, d in diffs.items() if not d <= tolerance}
+    if bad:
+        raise ValueError(f'{path}: ONNX Runtime disagrees with PyTorch beyond {tolerance}: {bad}')
+    return diffs
+
+
+def read_onnx_metadata(path):
+    """Read the mtdp metadata of an exported file: config (ModelConfig), steps, name, flags."""
+    import onnx
+    from mtdp_ros.models import ModelConfig
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'ONNX file not found: {path}')
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # noqa: B902 - protobuf raises several types for a bad file
+        raise ValueError(f'{path} is not a valid ONNX file: {exc}') from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if META_CONFIG not in props:
+        raise ValueError(f'{path} was not exported by mtdp (no {META_CONFIG} metadata); '
+                         f'export it with `mtdp export`')
+    config = ModelConfig.from_dict(json.loads(props[META_CONFIG]))
+    steps = int(props[META_STEPS]) if props.get(META_STEPS) else None
+    return {'config': config, 'steps': steps, 'name': props.get(META_NAME, config.name),
+            'reparameterized': props.get(META_REPARAM) == 'True',
+            'random_weights': props.get(META_RANDOM) == 'True',
+            'inputs': [i.name for i in proto.graph.input],
+            'outputs': [o.name for o in proto.graph.output]}

@@ -1,0 +1,347 @@
+"""ONNX Runtime engine: TensorRT (fp16, cached engines) > CUDA > CPU execution providers.
+
+The engine runs a graph written by :func:`.onnx_export.export_onnx`: either a ``.onnx`` file
+the user gives, or one exported on first use into a cache directory (keyed by the config,
+the checkpoint and the step count). Pre- and post-processing run in PyTorch: on the GPU
+(the ORT graph reads and writes GPU tensors through I/O binding) when ORT runs on CUDA and
+PyTorch has CUDA, on the CPU otherwise.
+
+Providers are chosen from a preference list (default TensorRT, CUDA, CPU), filtered by what
+``onnxruntime.get_available_providers()`` offers and by ``device``; every provider that is
+skipped, and any fallback ORT makes when a session starts, is logged.
+"""
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from .engine import (CACHE_LIMIT, Engine, LOGGER, StageTimer, check_choice, check_steps,
+                     resolve_engine_model, warn)
+from .onnx_export import export_onnx, FORMAT_TAG, read_onnx_metadata
+from .postprocess import host_to_numpy, postprocess, to_host_async
+from .preprocess import letterbox, normalisation
+
+TENSORRT = 'TensorrtExecutionProvider'
+CUDA = 'CUDAExecutionProvider'
+CPU = 'CPUExecutionProvider'
+GPU_PROVIDERS = (TENSORRT, CUDA)
+DEFAULT_PREFERENCE = (TENSORRT, CUDA, CPU)
+PROVIDER_ALIASES = {'tensorrt': TENSORRT, 'trt': TENSORRT, 'cuda': CUDA, 'cpu': CPU}
+
+
+def default_cache_dir():
+    """Where exported graphs and TensorRT engines are cached (``MTDP_CACHE_DIR`` overrides)."""
+    root = os.environ.get('MTDP_CACHE_DIR')
+    if root:
+        return root
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'mtdp_ros')
+
+
+def provider_name(name):
+    """Full ORT provider name for a name or alias (tensorrt/trt, cuda, cpu)."""
+    if name in DEFAULT_PREFERENCE:
+        return name
+    full = PROVIDER_ALIASES.get(str(name).lower())
+    if full is None:
+        raise ValueError(f'unknown execution provider {name!r}; use tensorrt, cuda or cpu '
+                         f'(or {", ".join(DEFAULT_PREFERENCE)})')
+    return full
+
+
+def select_providers(device, precision, available, preference=None, trt_cache_dir=None,
+                     device_id=0):
+    """Choose the providers (with options) to request from ORT; note every fallback.
+
+    ``available``: ``onnxruntime.get_available_providers()``. ``device`` 'cpu' keeps only the
+    CPU; 'cuda' requires a GPU provider (RuntimeError otherwise); 'auto' uses a GPU provider
+    when one is available and falls back to the CPU with a note. The CPU provider always
+    ends the list as ORT's own last resort.
+    """
+    check_choice('device', device, ('auto', 'cuda', 'cpu'))
+    explicit = preference is not None
+    preference = DEFAULT_PREFERENCE if preference is None else preference
+    if isinstance(preference, str):
+        preference = [p for p in preference.split(',') if p.strip()]
+    wanted = []
+    for name in preference:
+        full = provider_name(name.strip() if isinstance(name, str) else name)
+        if full not in wanted:
+            wanted.append(full)
+    if not wanted:
+        raise ValueError('the provider list is empty')
+    notes = []
+    chosen = []
+    for name in wanted:
+        if name in GPU_PROVIDERS and device == 'cpu':
+            continue
+        if name not in available:
+            # Only a provider the user asked for by name is a fallback worth a warning.
+            level = 'warning' if explicit else 'info'
+            notes.append((level, f'{name} is not available in this onnxruntime build '
+                         f'(available: {", ".join(available)})'))
+            continue
+        chosen.append(name)
+    if device == 'cuda' and not any(p in GPU_PROVIDERS for p in chosen):
+        raise RuntimeError('device cuda was requested but onnxruntime offers no GPU provider '
+                           f'among {wanted} (available: {", ".join(available)}); install '
+                           'onnxruntime-gpu or use device auto or cpu')
+    if device == 'auto' and not any(p in GPU_PROVIDERS for p in chosen):
+        notes.append(('warning', 'no GPU execution provider: running on the CPU'))
+    if CPU not in chosen:
+        chosen.append(CPU)
+    fp16 = precision == 'fp16'
+    if fp16 and TENSORRT not in chosen:
+        notes.append(('warning', 'precision fp16 applies to the TensorRT provider only; '
+                                 'running fp32'))
+    providers = []
+    for name in chosen:
+        if name == TENSORRT:
+            cache = trt_cache_dir or os.path.join(default_cache_dir(), 'tensorrt')
+            providers.append((name, {
+                'device_id': device_id, 'trt_fp16_enable': fp16,
+                'trt_engine_cache_enable': True, 'trt_engine_cache_path': cache,
+                'trt_timing_cache_enable': True, 'trt_timing_cache_path': cache}))
+        elif name == CUDA:
+            providers.append((name, {'device_id': device_id}))
+        else:
+            providers.append((name, {}))
+    return providers, notes
+
+
+def _checkpoint_identity(checkpoint):
+    """Return a string that changes when the checkpoint's content changes."""
+    if checkpoint is None:
+        return 'random'
+    if isinstance(checkpoint, (str, os.PathLike)):
+        stat = os.stat(checkpoint)
+        return f'{os.path.abspath(checkpoint)}:{stat.st_size}:{stat.st_mtime_ns}'
+    digest = hashlib.sha256()
+    state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    for key in sorted(state):
+        value = state[key]
+        digest.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class OrtEngine(Engine):
+    """Runs an exported graph with ONNX Runtime (see ``create_engine``)."""
+
+    backend = 'onnxruntime'
+
+    def __init__(self, model, checkpoint=None, device='auto', precision='fp32', steps=None,
+                 seed=0, providers=None, cache_dir=None, trt_cache_dir=None):
+        import onnxruntime as ort
+        self._ort = ort
+        check_choice('device', device, ('auto', 'cuda', 'cpu'))
+        self.onnx_file = None
+        if isinstance(model, (str, os.PathLike)) and str(model).endswith('.onnx'):
+            if checkpoint is not None:
+                raise ValueError('an exported .onnx file carries its weights; do not pass a '
+                                 'checkpoint with it')
+            meta = read_onnx_metadata(os.fspath(model))
+            config, name, random_weights = meta['config'], meta['name'], meta['random_weights']
+            self.onnx_file = os.fspath(model)
+            self._file_steps = meta['steps']
+            if config.is_diffusion and steps is not None and steps != meta['steps']:
+                raise ValueError(f'{model} was exported for {meta["steps"]} steps, not {steps}; '
+                                 f'export it again with --steps {steps}')
+            steps = meta['steps'] if config.is_diffusion else None
+        else:
+            config, checkpoint, name = resolve_engine_model(model, checkpoint)
+            random_weights = checkpoint is None
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.checkpoint = checkpoint
+        self.requested_device = device
+        self.requested_precision = precision
+        self.provider_preference = providers
+        self.trt_cache_dir = trt_cache_dir or os.path.join(self.cache_dir, 'tensorrt')
+        super().__init__(config, name, random_weights, 'cpu', precision, steps, seed)
+        if random_weights:
+            warn(f'{name}: no checkpoint was given or shipped; the weights are random '
+                 f'and the outputs meaningless')
+        self.providers, notes = select_providers(
+            device, precision, ort.get_available_providers(), providers, self.trt_cache_dir)
+        for level, note in notes:
+            (warn if level == 'warning' else LOGGER.info)(f'onnxruntime: {note}')
+        if any(name == TENSORRT for name, _ in self.providers):
+            os.makedirs(self.trt_cache_dir, exist_ok=True)
+        self._lock = threading.Lock()
+        self._sessions = OrderedDict()
+        self._noise = {}
+        first = self._session(self.default_steps)
+        active = first.get_providers()
+        self.active_providers = tuple(active)
+        gpu = active[0] in GPU_PROVIDERS
+        if device == 'cuda' and not gpu:
+            raise RuntimeError(f'device cuda was requested but onnxruntime started '
+                               f'{active[0]} (requested {[p for p, _ in self.providers]})')
+        self.device = 'cuda' if gpu else 'cpu'
+        self.precision = 'fp16' if precision == 'fp16' and active[0] == TENSORRT else 'fp32'
+        # Pre/post-processing on the GPU needs PyTorch with CUDA; otherwise on the CPU.
+        self.torch_device = torch.device('cuda' if gpu and torch.cuda.is_available() else 'cpu')
+        self.io_binding = self.torch_device.type == 'cuda'
+        if gpu and not self.io_binding:
+            LOGGER.info('onnxruntime runs on the GPU but PyTorch has no CUDA: pre- and '
+                        'post-processing run on the CPU')
+        self.gain, self.offset = normalisation(config.mean, config.std, self.torch_device)
+
+    # ------------------------------------------------------------------ sessions
+    def describe(self):
+        info = super().describe()
+        info.update(providers=list(self.active_providers), onnx_file=self.onnx_file)
+        return info
+
+    def onnx_path(self, steps):
+        """Return the graph for ``steps``: the given file or a cached export (made if missing)."""
+        if self.onnx_file is not None:
+            if self.config.is_diffusion and steps != self._file_steps:
+                raise ValueError(f'{self.onnx_file} was exported for {self._file_steps} '
+                                 f'steps; it cannot run {steps} (export another file)')
+            return self.onnx_file
+        key = json.dumps({'config': self.config.to_dict(), 'steps': steps,
+                          'checkpoint': _checkpoint_identity(self.checkpoint),
+                          'format': FORMAT_TAG}, sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        suffix = f'-s{steps}' if steps is not None else ''
+        path = os.path.join(self.cache_dir, 'onnx', f'{self.model_name}-{digest}{suffix}.onnx')
+        if not os.path.isfile(path):
+            LOGGER.info('exporting %s%s to %s (once; later runs reuse it)', self.model_name,
+                        f' for {steps} steps' if steps else '', path)
+            started = time.perf_counter()
+            export_onnx(self.config, path, checkpoint=self.checkpoint, steps=steps)
+            LOGGER.info('export took %.1f s', time.perf_counter() - started)
+        return path
+
+    def _session(self, steps):
+        session = self._sessions.get(steps)
+        if session is not None:
+            self._sessions.move_to_end(steps)
+            return session
+        path = self.onnx_path(steps)
+        options = self._ort.SessionOptions()
+        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        started = time.perf_counter()
+        session = self._ort.InferenceSession(path, sess_options=options,
+                                             providers=[p for p, _ in self.providers],
+                                             provider_options=[o for _, o in self.providers])
+        active = session.get_providers()
+        requested = [p for p, _ in self.providers]
+        if active[0] != requested[0]:
+            warn(f'onnxruntime: {requested[0]} could not start (see the onnxruntime log); '
+                 f'running on {active[0]}')
+        LOGGER.info('onnxruntime session for %s ready in %.1f s on %s', os.path.basename(path),
+                    time.perf_counter() - started, ', '.join(active))
+        self._sessions[steps] = session
+        while len(self._sessions) > CACHE_LIMIT:
+            self._sessions.popitem(last=False)
+        return session
+
+    def _noise_array(self, seed):
+        noise = self._noise.get(seed)
+        if noise is None:
+            if len(self._noise) >= CACHE_LIMIT:
+                self._noise.clear()
+            noise = self.initial_noise(seed)
+            noise = noise.to(self.torch_device) if self.io_binding else noise.numpy()
+            self._noise[seed] = noise
+        return noise
+
+    # ------------------------------------------------------------------ running
+    def _run(self, session, x, tasks, seed):
+        """Raw outputs ``{task: tensor}`` on ``self.torch_device`` for a model input tensor."""
+        noise = self._noise_array(seed) if self.config.is_diffusion else None
+        if not self.io_binding:
+            feeds = {'images': x.numpy()}
+            if noise is not None:
+                feeds['noise'] = noise
+            values = session.run(list(tasks), feeds)
+            return {t: torch.from_numpy(v) for t, v in zip(tasks, values)}
+        device_id = self.torch_device.index or 0
+        binding = session.io_binding()
+        inputs = [('images', x.contiguous())]
+        if noise is not None:
+            inputs.append(('noise', noise))
+        for name, tensor in inputs:
+            binding.bind_input(name=name, device_type='cuda', device_id=device_id,
+                               element_type=np.float32, shape=tuple(tensor.shape),
+                               buffer_ptr=tensor.data_ptr())
+        shapes = {o.name: o.shape for o in session.get_outputs()}
+        outputs = {}
+        for task in tasks:
+            tensor = torch.empty(tuple(shapes[task]), dtype=torch.float32,
+                                 device=self.torch_device)
+            binding.bind_output(name=task, device_type='cuda', device_id=device_id,
+                                element_type=np.float32, shape=tuple(tensor.shape),
+                                buffer_ptr=tensor.data_ptr())
+            outputs[task] = tensor
+        # ORT runs on its own stream: the input must be complete before it starts.
+        torch.cuda.current_stream().synchronize()
+        session.run_with_iobinding(binding)
+        return outputs
+
+    def forward(self, x, tasks=None, steps=None, seed=None):
+        """Raw outputs (numpy float32, 1 x C x h x w) for a normalised model-size input."""
+        tasks = self.select_tasks(tasks)
+        steps = self.resolve_steps(steps)
+        seed = self.seed if seed is None else seed
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        expected = (1, 3, *self.config.image_size)
+        if tuple(x.shape) != expected:
+            raise ValueError(f'input must be {expected}, got {tuple(x.shape)}')
+        with self._lock:
+            raw = self._run(self._session(steps), x.to(self.torch_device), tasks, seed)
+            return {t: v.cpu().numpy() for t, v in raw.items()}
+
+    def _infer(self, image, plan, tasks, steps, seed):
+        with self._lock:
+            session = self._session(steps)
+            timer = StageTimer()
+            with torch.no_grad():
+                pixels = torch.from_numpy(image)
+                if self.io_binding:
+                    pixels = pixels.pin_memory().to(self.torch_device, non_blocking=True)
+                x = letterbox(pixels, plan, self.gain, self.offset)
+                if self.io_binding:
+                    torch.cuda.current_stream().synchronize()
+                timer.mark()
+                raw = self._run(session, x, tasks, seed)
+                timer.mark()
+                host = to_host_async(postprocess(raw, plan, tasks))
+                if self.io_binding:
+                    torch.cuda.current_stream().synchronize()
+                result = host_to_numpy(host)
+                timer.mark()
+        self.last_timing = timer.timing()
+        return result
+
+    def benchmark_network(self, iters, warmup=0, tasks=None, steps=None):
+        """Per-iteration latency (ms) of the ORT graph alone on a model-size input."""
+        tasks = self.select_tasks(tasks)
+        steps = check_steps(steps, self.config) if steps is not None else self.default_steps
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn((1, 3, *self.config.image_size), generator=generator)
+        x = x.to(self.torch_device)
+        with self._lock:
+            session = self._session(steps)
+            for _ in range(warmup):
+                self._run(session, x, tasks, self.seed)
+            times = []
+            for _ in range(iters):
+                start = time.perf_counter()
+                self._run(session, x, tasks, self.seed)
+                times.append((time.perf_counter() - start) * 1000.0)
+        return times
+
+    def close(self):
+        with self._lock:
+            self._sessions.clear()
+            self._noise.clear()

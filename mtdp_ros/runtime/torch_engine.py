@@ -1,0 +1,331 @@
+"""PyTorch engine: eager fp32/fp16, re-parameterised MLoRE, CUDA graphs on the GPU.
+
+On CUDA one call is: the image is copied into a pinned host buffer and sent to the GPU
+without blocking; letterboxing, the network and post-processing run on the GPU; the outputs
+come back through pinned memory with one synchronisation. With CUDA graphs, the three
+stages are captured once per (image size, step count, tasks) and replayed, which removes
+the per-kernel launch cost that dominates a batch-1 ViT on a fast GPU.
+"""
+
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from mtdp_ros.models import build_model, load_checkpoint, reparameterize
+
+from .engine import CACHE_LIMIT, Engine, LOGGER, StageTimer, warn
+from .graph_safety import capture_blockers
+from .postprocess import host_to_numpy, postprocess, to_host_async
+from .preprocess import letterbox, normalisation
+
+# Eager runs before a capture: cuDNN picks its algorithms and allocations settle.
+CAPTURE_WARMUP = 3
+
+
+class _Graphs:
+    """Static buffers and captured graphs of one (image size, steps, tasks) key."""
+
+    def __init__(self):
+        self.image = None       # uint8 H x W x 3 on the device
+        self.input = None       # 1 x 3 x h x w model input
+        self.noise = None       # sampler's initial map (diffusion models)
+        self.raw = None         # raw outputs of the network
+        self.outputs = None     # metric outputs at the image size
+        self.stages = []        # CUDAGraph per stage, replayed in capture order
+        self.seed = None        # seed whose noise is in ``noise``
+
+
+class TorchEngine(Engine):
+    """Runs a ``mtdp_ros.models`` network with PyTorch (see ``create_engine``)."""
+
+    backend = 'torch'
+
+    def __init__(self, config, checkpoint, model_name, device, precision='fp32', steps=None,
+                 seed=0, reparameterize_mlore=True, cuda_graphs=True):
+        if precision == 'fp16' and device == 'cpu':
+            warn('precision fp16 is not supported on the CPU; running fp32')
+            precision = 'fp32'
+        super().__init__(config, model_name, checkpoint is None, device, precision, steps,
+                         seed)
+        if self.random_weights:
+            warn(f'{model_name}: no checkpoint was given or shipped; the weights are random '
+                 f'and the outputs meaningless')
+        self.torch_device = torch.device(device)
+        self.dtype = torch.float16 if precision == 'fp16' else torch.float32
+        with torch.device(self.torch_device):
+            model = build_model(config)
+        if checkpoint is not None:
+            load_checkpoint(model, checkpoint)
+        model.eval()
+        self.reparameterized = bool(reparameterize_mlore and config.has_mlore)
+        if self.reparameterized:
+            model = reparameterize(model)
+        self.model = model.to(device=self.torch_device, dtype=self.dtype).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.gain, self.offset = normalisation(config.mean, config.std, self.torch_device)
+        self.cuda = self.torch_device.type == 'cuda'
+        self.cuda_graphs = bool(cuda_graphs and self.cuda)
+        if self.cuda:
+            # Fixed input sizes: let cuDNN benchmark its convolution algorithms once.
+            torch.backends.cudnn.benchmark = True
+        self._lock = threading.Lock()
+        self._graphs = OrderedDict()
+        self._failed_keys = set()
+        self._staging = {}
+        self._noise = OrderedDict()
+        # Whether the last benchmark_network call replayed a CUDA graph.
+        self.network_graph_used = False
+
+    # ------------------------------------------------------------------ helpers
+    def describe(self):
+        info = super().describe()
+        info.update(reparameterized=self.reparameterized, cuda_graphs=self.cuda_graphs)
+        return info
+
+    def device_noise(self, seed):
+        """Return the initial map for ``seed`` on the device, in the model's dtype (cached)."""
+        if not self.config.is_diffusion:
+            return None
+        noise = self._noise.get(seed)
+        if noise is None:
+            noise = self.initial_noise(seed).to(self.torch_device, self.dtype)
+            self._noise[seed] = noise
+            while len(self._noise) > CACHE_LIMIT:
+                self._noise.popitem(last=False)
+        return noise
+
+    def run_network(self, x, tasks, steps, noise):
+        """Raw outputs of the network for a normalised 1 x 3 x h x w input (no grad)."""
+        with torch.no_grad():
+            if self.config.is_diffusion:
+                return self.model(x, tasks=tasks, steps=steps, noise=noise)
+            return self.model(x, tasks=tasks)
+
+    def forward(self, x, tasks=None, steps=None, seed=None):
+        """Raw outputs (numpy float32, 1 x C x h x w) for a normalised model-size input."""
+        tasks = self.select_tasks(tasks)
+        steps = self.resolve_steps(steps)
+        seed = self.seed if seed is None else seed
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        expected = (1, 3, *self.config.image_size)
+        if tuple(x.shape) != expected:
+            raise ValueError(f'input must be {expected}, got {tuple(x.shape)}')
+        with self._lock:
+            raw = self.run_network(x.to(self.torch_device, self.dtype), tasks, steps,
+                                   self.device_noise(seed))
+            return {t: v.float().cpu().numpy() for t, v in raw.items()}
+
+    def _staging_buffer(self, image_size):
+        """Pinned host buffer for uploads of one image size (reused: calls are serialised)."""
+        buffer = self._staging.get(image_size)
+        if buffer is None:
+            if len(self._staging) >= CACHE_LIMIT:
+                self._staging.clear()
+            buffer = torch.empty((*image_size, 3), dtype=torch.uint8, pin_memory=True)
+            self._staging[image_size] = buffer
+        return buffer
+
+    def _upload(self, image, out=None):
+        """uint8 image -> device tensor through pinned memory with a non-blocking copy."""
+        staging = self._staging_buffer(tuple(image.shape[:2]))
+        np.copyto(staging.numpy(), image)
+        if out is None:
+            return staging.to(self.torch_device, non_blocking=True)
+        return out.copy_(staging, non_blocking=True)
+
+    # ------------------------------------------------------------------ inference
+    def _infer(self, image, plan, tasks, steps, seed):
+        with self._lock:
+            if not self.cuda:
+                return self._infer_cpu(image, plan, tasks, steps, seed)
+            key = (plan.image_size, steps, tasks)
+            if self.cuda_graphs and key not in self._failed_keys:
+                graphs = self._graphs.get(key)
+                if graphs is None:
+                    graphs = self._capture(key, image, plan, tasks, steps, seed)
+                if graphs is not None:
+                    self._graphs.move_to_end(key)
+                    return self._replay(graphs, image, seed)
+            return self._infer_cuda_eager(image, plan, tasks, steps, seed)
+
+    def _infer_cpu(self, image, plan, tasks, steps, seed):
+        timer = StageTimer()
+        with torch.no_grad():
+            x = letterbox(torch.from_numpy(image), plan, self.gain, self.offset,
+                          dtype=self.dtype)
+            timer.mark()
+            raw = self.run_network(x, tasks, steps, self.device_noise(seed))
+            timer.mark()
+            result = host_to_numpy(to_host_async(postprocess(raw, plan, tasks)))
+            timer.mark()
+        self.last_timing = timer.timing()
+        return result
+
+    def _infer_cuda_eager(self, image, plan, tasks, steps, seed):
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        with torch.no_grad():
+            events[0].record()
+            x = letterbox(self._upload(image), plan, self.gain, self.offset, dtype=self.dtype)
+            events[1].record()
+            raw = self.run_network(x, tasks, steps, self.device_noise(seed))
+            events[2].record()
+            host = to_host_async(postprocess(raw, plan, tasks))
+            events[3].record()
+        events[3].synchronize()
+        self._record_events(events)
+        return host_to_numpy(host)
+
+    def _record_events(self, events):
+        ms = [a.elapsed_time(b) for a, b in zip(events, events[1:])]
+        self.last_timing = dict(zip(('preprocess_ms', 'model_ms', 'postprocess_ms'), ms))
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _stage_functions(self, graphs, plan, tasks, steps):
+        def preprocess_stage():
+            letterbox(graphs.image, plan, self.gain, self.offset, out=graphs.input)
+
+        def network_stage():
+            graphs.raw = self.run_network(graphs.input, tasks, steps, graphs.noise)
+
+        def postprocess_stage():
+            graphs.outputs = postprocess(graphs.raw, plan, tasks)
+
+        return [preprocess_stage, network_stage, postprocess_stage]
+
+    @staticmethod
+    def _check_capturable(network_stage):
+        """Run the network once; RuntimeError naming any host synchronisation in it."""
+        blockers, _ = capture_blockers(network_stage)
+        if blockers:
+            raise RuntimeError('the network synchronises with the host, which a CUDA graph '
+                               'cannot hold: ' + '; '.join(blockers))
+
+    def _capture(self, key, image, plan, tasks, steps, seed):
+        """Capture the three stages for ``key``; None (and eager from then on) on failure."""
+        started = time.perf_counter()
+        graphs = _Graphs()
+        try:
+            graphs.image = torch.empty((*plan.image_size, 3), dtype=torch.uint8,
+                                       device=self.torch_device)
+            graphs.input = torch.zeros((1, 3, *plan.model_size), dtype=self.dtype,
+                                       device=self.torch_device)
+            noise = self.device_noise(seed)
+            graphs.noise = None if noise is None else noise.clone()
+            graphs.seed = seed
+            self._upload(image, out=graphs.image)
+            stages = self._stage_functions(graphs, plan, tasks, steps)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.no_grad(), torch.cuda.stream(side):
+                stages[0]()
+                self._check_capturable(stages[1])
+                for _ in range(CAPTURE_WARMUP):
+                    for stage in stages:
+                        stage()
+            torch.cuda.current_stream().wait_stream(side)
+            pool = torch.cuda.graph_pool_handle()
+            with torch.no_grad():
+                for stage in stages:
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        stage()
+                    graphs.stages.append(graph)
+            torch.cuda.current_stream().synchronize()
+        except Exception as exc:  # noqa: B902 - any capture failure means: run eagerly
+            self._failed_keys.add(key)
+            warn(f'CUDA graph capture failed for image {plan.image_size}, steps {steps}, '
+                 f'tasks {list(tasks)} ({type(exc).__name__}: {exc}); running eagerly')
+            torch.cuda.synchronize()
+            return None
+        self._graphs[key] = graphs
+        while len(self._graphs) > CACHE_LIMIT:
+            self._graphs.popitem(last=False)
+        LOGGER.info('captured CUDA graphs for image %s, steps %s, tasks %s in %.1f s',
+                    plan.image_size, steps, list(tasks), time.perf_counter() - started)
+        return graphs
+
+    def _replay(self, graphs, image, seed):
+        if graphs.noise is not None and graphs.seed != seed:
+            graphs.noise.copy_(self.device_noise(seed))
+            graphs.seed = seed
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        events[0].record()
+        self._upload(image, out=graphs.image)
+        graphs.stages[0].replay()
+        events[1].record()
+        graphs.stages[1].replay()
+        events[2].record()
+        graphs.stages[2].replay()
+        host = to_host_async(graphs.outputs)
+        events[3].record()
+        events[3].synchronize()
+        self._record_events(events)
+        return host_to_numpy(host)
+
+    @property
+    def captured_keys(self):
+        """Keys (image size, steps, tasks) with captured CUDA graphs."""
+        return tuple(self._graphs)
+
+    # ------------------------------------------------------------------ benchmarking
+    def benchmark_network(self, iters, warmup=0, tasks=None, steps=None):
+        """Per-iteration latency (ms) of the network alone on a model-size input.
+
+        On CUDA with graphs enabled, the network is captured (as for ``infer``) and
+        replayed; otherwise it runs eagerly. Each iteration is synchronised (batch-1
+        latency, not throughput).
+        """
+        tasks = self.select_tasks(tasks)
+        steps = self.resolve_steps(steps)
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn((1, 3, *self.config.image_size), generator=generator)
+        x = x.to(self.torch_device, self.dtype)
+        noise = self.device_noise(self.seed)
+        run = lambda: self.run_network(x, tasks, steps, noise)  # noqa: E731
+        self.network_graph_used = False
+        with self._lock:
+            if self.cuda_graphs:
+                try:
+                    run = self._capture_network(run)
+                    self.network_graph_used = True
+                except Exception as exc:  # noqa: B902 - fall back to eager timing
+                    warn(f'CUDA graph capture of the network failed ({type(exc).__name__}: '
+                         f'{exc}); timing it eagerly')
+                    torch.cuda.synchronize()
+            sync = torch.cuda.synchronize if self.cuda else (lambda: None)
+            for _ in range(warmup):
+                run()
+            sync()
+            times = []
+            for _ in range(iters):
+                start = time.perf_counter()
+                run()
+                sync()
+                times.append((time.perf_counter() - start) * 1000.0)
+        return times
+
+    def _capture_network(self, run):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._check_capturable(run)
+            for _ in range(CAPTURE_WARMUP):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run()
+        return graph.replay
+
+    def close(self):
+        with self._lock:
+            self._graphs.clear()
+            self._staging.clear()
+            self._noise.clear()
+            self.model = None
+            if self.cuda:
+                torch.cuda.empty_cache()

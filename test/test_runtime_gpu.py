@@ -1,0 +1,164 @@
+"""GPU paths of the runtime: CUDA eager, CUDA graphs, fp16, pinned memory, ORT on CUDA/TRT.
+
+Everything here needs a CUDA GPU and is skipped, with that reason, without one. The ORT
+tests also need onnxruntime-gpu (CUDA / TensorRT execution providers).
+"""
+
+import logging
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from mtdp_ros.runtime import create_engine, export_onnx
+from mtdp_ros.runtime.bench import run_benchmark
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason='needs a CUDA GPU (runs on the device machine)')
+ORT_PROVIDERS = ort.get_available_providers()
+
+
+@pytest.fixture(autouse=True)
+def strict_fp32():
+    """Compare fp32 paths without TF32 (cuDNN enables it for convolutions by default)."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _image(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _engine(reference, **kwargs):
+    return create_engine(reference['config'], checkpoint=reference['checkpoint'], **kwargs)
+
+
+def _assert_outputs_close(got, want, label_agreement=0.999, atol=1e-4, fraction=1.0):
+    """Labels agree on ``label_agreement`` of the pixels; other values within ``atol`` on
+    ``fraction`` of the elements (NaN where the other is NaN)."""
+    assert set(got) == set(want)
+    for task in got:
+        assert got[task].shape == want[task].shape and got[task].dtype == want[task].dtype
+        if task in ('semseg', 'human_parts'):
+            assert np.mean(got[task] == want[task]) >= label_agreement, task
+            continue
+        a, b = got[task], want[task]
+        assert np.array_equal(np.isnan(a), np.isnan(b)) or fraction < 1.0, task
+        both = ~np.isnan(a) & ~np.isnan(b)
+        close = np.abs(a[both] - b[both]) <= atol
+        assert close.mean() >= fraction, f'{task}: {close.mean():.4f} within {atol}'
+
+
+@pytest.mark.parametrize('name', ['mlore', 'taskdiffusion', 'taskdiffusion_mlore'])
+def test_cuda_eager_matches_cpu(name, request):
+    reference = request.getfixturevalue(f'{name}_reference')
+    cpu = _engine(reference, device='cpu')
+    cuda = _engine(reference, device='cuda', cuda_graphs=False)
+    assert cuda.device == 'cuda'
+    image = _image(100, 150)
+    _assert_outputs_close(cuda.infer(image), cpu.infer(image))
+    x = reference['input'][:1].numpy()
+    got, want = cuda.forward(x), cpu.forward(x)
+    for task in got:
+        np.testing.assert_allclose(got[task], want[task], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('name', ['mlore', 'taskdiffusion', 'taskdiffusion_mlore'])
+def test_cuda_graphs_match_eager_and_follow_new_inputs(name, request):
+    reference = request.getfixturevalue(f'{name}_reference')
+    eager = _engine(reference, device='cuda', cuda_graphs=False)
+    graphs = _engine(reference, device='cuda', cuda_graphs=True)
+    steps_list = (1, 3) if eager.config.is_diffusion else (None,)
+    for steps in steps_list:
+        for seed_image in range(3):                       # replays see each new image
+            image = _image(120, 160, seed=seed_image)
+            _assert_outputs_close(graphs.infer(image, steps=steps),
+                                  eager.infer(image, steps=steps))
+    keys = graphs.captured_keys
+    assert len(keys) == len(steps_list), f'no CUDA graph was captured (see the log): {keys}'
+    assert {k[1] for k in keys} == set(steps_list)
+    # A different image size is a new key; a new seed reuses the graph with new noise.
+    _assert_outputs_close(graphs.infer(_image(60, 90)), eager.infer(_image(60, 90)))
+    if eager.config.is_diffusion:
+        image = _image(120, 160)
+        _assert_outputs_close(graphs.infer(image, seed=5), eager.infer(image, seed=5))
+        assert not np.array_equal(graphs.infer(image, seed=5)['edge'],
+                                  graphs.infer(image, seed=0)['edge'])
+    assert all(v > 0 for v in graphs.last_timing.values())
+
+
+def test_fp16_close_to_fp32(mlore_reference, taskdiffusion_reference):
+    for reference in (mlore_reference, taskdiffusion_reference):
+        fp32 = _engine(reference, device='cuda', cuda_graphs=False)
+        fp16 = _engine(reference, device='cuda', precision='fp16')
+        assert fp16.precision == 'fp16'
+        assert next(fp16.model.parameters()).dtype == torch.float16
+        image = _image(64, 96, seed=3)
+        got, want = fp16.infer(image), fp32.infer(image)
+        assert got['depth'].dtype == np.float32
+        _assert_outputs_close(got, want, label_agreement=0.97, atol=0.05, fraction=0.99)
+
+
+def test_uploads_use_pinned_memory(mlore_reference):
+    engine = _engine(mlore_reference, device='cuda')
+    engine.infer(_image(70, 80))
+    buffers = list(engine._staging.values())
+    assert buffers and all(b.is_pinned() for b in buffers)
+
+
+def test_train_form_and_fused_agree_on_cuda(mlore_reference):
+    fused = _engine(mlore_reference, device='cuda')
+    unfused = _engine(mlore_reference, device='cuda', reparameterize=False)
+    x = mlore_reference['input'][:1].numpy()
+    got, want = fused.forward(x), unfused.forward(x)
+    for task in got:
+        np.testing.assert_allclose(got[task], want[task], atol=1e-4, rtol=1e-4)
+
+
+def test_bench_on_cuda_reports_device_memory(mlore_reference):
+    engine = _engine(mlore_reference, device='cuda', precision='fp16')
+    result = run_benchmark(engine, iters=5, warmup=2, image_size=(120, 160))
+    assert result['memory_measure'] == 'cuda_peak_allocated' and result['gpu']
+    assert result['network']['peak_memory_mb'] > 0
+    assert result['end_to_end']['p50_ms'] > 0
+
+
+@pytest.fixture(scope='module')
+def mlore_onnx(tmp_path_factory, mlore_reference):
+    path = str(tmp_path_factory.mktemp('gpu_onnx') / 'mlore.onnx')
+    export_onnx(mlore_reference['config'], path, checkpoint=mlore_reference['checkpoint'])
+    return path
+
+
+@pytest.mark.skipif('CUDAExecutionProvider' not in ORT_PROVIDERS,
+                    reason='onnxruntime has no CUDA provider (install onnxruntime-gpu)')
+def test_ort_cuda_provider_with_io_binding(mlore_onnx, mlore_reference):
+    engine = create_engine(mlore_onnx, backend='onnxruntime', device='cuda',
+                           providers=['cuda', 'cpu'])
+    assert engine.device == 'cuda' and engine.active_providers[0] == 'CUDAExecutionProvider'
+    assert engine.io_binding
+    image = _image(100, 150)
+    _assert_outputs_close(engine.infer(image), _engine(mlore_reference, device='cpu')
+                          .infer(image), atol=1e-3)
+
+
+@pytest.mark.skipif('TensorrtExecutionProvider' not in ORT_PROVIDERS,
+                    reason='onnxruntime has no TensorRT provider')
+def test_ort_tensorrt_fp16_with_engine_cache(mlore_onnx, mlore_reference, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger='mtdp_ros.runtime'):
+        engine = create_engine(mlore_onnx, backend='onnxruntime', device='cuda',
+                               precision='fp16', trt_cache_dir=str(tmp_path))
+    if engine.active_providers[0] != 'TensorrtExecutionProvider':
+        pytest.skip(f'TensorRT did not start here: {caplog.text[-500:]}')
+    assert engine.precision == 'fp16'
+    image = _image(64, 96)
+    _assert_outputs_close(engine.infer(image), _engine(mlore_reference, device='cpu')
+                          .infer(image), label_agreement=0.97, atol=0.05, fraction=0.99)
+    assert os.listdir(tmp_path), 'TensorRT wrote no engine cache'
