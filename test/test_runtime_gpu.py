@@ -52,6 +52,8 @@ def _assert_outputs_close(got, want, label_agreement=0.999, atol=1e-4, fraction=
         a, b = got[task], want[task]
         assert np.array_equal(np.isnan(a), np.isnan(b)) or fraction < 1.0, task
         both = ~np.isnan(a) & ~np.isnan(b)
+        if not both.any():
+            continue  # e.g. random weights predicting no valid depth anywhere, on both
         close = np.abs(a[both] - b[both]) <= atol
         assert close.mean() >= fraction, f'{task}: {close.mean():.4f} within {atol}'
 

@@ -74,8 +74,10 @@ def test_mlore_graph_interface_and_metadata(exported, mlore_reference):
     assert meta['config'].to_dict() == build_model(mlore_reference['config']).config.to_dict()
     # Re-parameterised: one grouped convolution per MLoRE block, kernels computed in-graph.
     grouped = [n for n in proto.graph.node if n.op_type == 'Conv'
-               and any(a.name == 'group' and a.i > 1 for a in n.attribute)]
-    assert len(grouped) == 8                           # 2 blocks x 4 levels
+               and any(a.name == 'group' and a.i > 1 for a in n.attribute)
+               and any(a.name == 'kernel_shape' and list(a.ints) == [3, 3]
+                       for a in n.attribute)]
+    assert len(grouped) == 8                           # 2 blocks x 4 levels (3x3 fused)
 
 
 def test_mlore_onnx_matches_pytorch_and_the_authors(exported, mlore_reference):

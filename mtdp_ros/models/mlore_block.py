@@ -93,7 +93,8 @@ def top_k_gates(logits, noise_scale, top_k, pre_softmax, training):
     if pre_softmax:
         if num_dropped:
             dropped = torch.topk(logits, num_dropped, dim=1, largest=False).indices
-            logits = logits.scatter(1, dropped, -1e10)
+            # The authors' -1e10, or the lowest value the dtype holds (fp16: -65504).
+            logits = logits.scatter(1, dropped, max(-1e10, torch.finfo(logits.dtype).min))
         return torch.softmax(logits, dim=1)
     probs = torch.softmax(logits, dim=1)
     if num_dropped:
@@ -173,13 +174,21 @@ def _fold_bn(bn):
     return scale, bn.bias - bn.running_mean * scale
 
 
+def _stack(modules, attribute, tasks):
+    return torch.stack([getattr(modules[t], attribute).detach().flatten(1)
+                        if getattr(modules[t], attribute).dim() > 1
+                        else getattr(modules[t], attribute).detach() for t in tasks])
+
+
 class FusedMLoREBlock(nn.Module):
     """Inference form: one 3x3 convolution per task and sample (kernels mixed by the gates).
 
     Buffers hold every expert's fused kernel (N x C*C*9). Per task and sample the kernel is
     the gate-weighted sum (one matmul for all tasks and samples), with both BatchNorms
     folded, the task expert and the generic path added; all tasks and samples then run as
-    one grouped convolution (groups = tasks x batch).
+    one grouped convolution (groups = tasks x batch). The per-task 1x1 projections and the
+    routers are stacked too, so a block costs a fixed number of kernels whatever the number
+    of tasks (what matters at batch 1 on a GPU).
     """
 
     def __init__(self, block: MLoREBlock):
@@ -189,14 +198,15 @@ class FusedMLoREBlock(nn.Module):
         self.tasks = block.tasks
         self.top_k = block.top_k
         self.pre_softmax = block.pre_softmax
-        self.task_in = block.task_in
-        self.task_out = block.task_out
-        self.routers = block.routers
+        tasks = self.tasks
+        routers = [block.routers[t] for t in tasks]
+        self.pool_eps = routers[0].pool_norm.eps
+        self.position_eps = routers[0].position_norm.eps
         with torch.no_grad():
             kernels, biases = zip(*(e.fused_kernel() for e in block.experts))
             generic_w, generic_b = block.generic.weight, block.generic.bias
             expert_scale, task_kernel, task_bias, base_kernel, base_bias = [], [], [], [], []
-            for task in self.tasks:
+            for task in tasks:
                 scale_e, shift_e = _fold_bn(block.expert_norm[task])
                 scale_o, shift_o = _fold_bn(block.block_norm[task])
                 kernel_t, bias_t = block.task_expert[task].fused_kernel()
@@ -206,13 +216,28 @@ class FusedMLoREBlock(nn.Module):
                 task_bias.append(bias_t * scale_o)
                 base_kernel.append(generic_w * scale_o[:, None, None, None])
                 base_bias.append(scale_o * (shift_e + generic_b) + shift_o)
+            router_parts = {}
+            for name in ('pool_in', 'pool_norm', 'pool_out', 'position_weights',
+                         'position_norm', 'position_out', 'gate'):
+                modules = {t: getattr(block.routers[t], name) for t in tasks}
+                router_parts[f'{name}_weight'] = _stack(modules, 'weight', tasks)
+                router_parts[f'{name}_bias'] = _stack(modules, 'bias', tasks)
+            # One weight per position and one bias per task: T x HW and T.
+            router_parts['position_weights_weight'] = router_parts[
+                'position_weights_weight'].flatten(1)
+            router_parts['position_weights_bias'] = router_parts['position_weights_bias'].flatten()
             buffers = {'expert_kernels': torch.stack(kernels).flatten(1),     # N x C*C*9
                        'expert_biases': torch.stack(biases),                  # N x C
                        'expert_scale': torch.stack(expert_scale),             # T x C
                        'task_kernel': torch.stack(task_kernel),               # T x C x C x 3 x 3
                        'task_bias': torch.stack(task_bias),                   # T x C
                        'base_kernel': torch.stack(base_kernel),
-                       'base_bias': torch.stack(base_bias)}
+                       'base_bias': torch.stack(base_bias),
+                       'in_weight': _stack(block.task_in, 'weight', tasks),   # T x C x C
+                       'in_bias': _stack(block.task_in, 'bias', tasks),       # T x C
+                       'out_weight': _stack(block.task_out, 'weight', tasks),
+                       'out_bias': _stack(block.task_out, 'bias', tasks),
+                       **router_parts}
             for name, value in buffers.items():
                 self.register_buffer(name, value.detach().clone())
 
@@ -223,35 +248,70 @@ class FusedMLoREBlock(nn.Module):
     def forward(self, x, task):
         return self.forward_tasks({task: x})[task]
 
+    def _params(self, index):
+        """Buffers of the selected tasks (Python-int indexing keeps CUDA graphs possible)."""
+        everything = index == list(range(len(self.tasks)))
+        return lambda name: (getattr(self, name) if everything else
+                             torch.stack([getattr(self, name)[i] for i in index]))
+
+    def _route(self, h, param):
+        """Router logits of every task at once: h is B x T x C x HW -> B x T x 2N+1."""
+        pooled = torch.einsum('tkc,btcp->btpk', param('pool_in_weight'), h)
+        pooled = pooled + param('pool_in_bias')[None, :, None]
+        pooled = F.layer_norm(pooled, pooled.shape[-1:], eps=self.pool_eps)
+        pooled = F.gelu(pooled * param('pool_norm_weight')[None, :, None]
+                        + param('pool_norm_bias')[None, :, None]).mean(dim=2)   # B x T x C/4
+        pooled = (torch.einsum('tjk,btk->btj', param('pool_out_weight'), pooled)
+                  + param('pool_out_bias'))
+        positional = (torch.einsum('tp,btcp->btc', param('position_weights_weight'), h)
+                      + param('position_weights_bias')[None, :, None])
+        positional = F.layer_norm(positional, positional.shape[-1:], eps=self.position_eps)
+        positional = F.gelu(positional * param('position_norm_weight')
+                            + param('position_norm_bias'))
+        positional = (torch.einsum('tkc,btc->btk', param('position_out_weight'), positional)
+                      + param('position_out_bias'))
+        features = torch.cat([pooled, positional], dim=2)
+        return torch.einsum('tjc,btc->btj', param('gate_weight'), features) + param('gate_bias')
+
     def forward_tasks(self, inputs):
-        """``{task: x}`` -> ``{task: (output, gates)}`` with one grouped conv for all."""
+        """``{task: x}`` -> ``{task: (output, gates)}``: a fixed number of kernels for all."""
         tasks = list(inputs)
         index = [self.tasks.index(t) for t in tasks]
-
-        def per_task(buffer):
-            # Python-int indexing: no host data goes to the device (CUDA-graph safe).
-            return buffer if index == list(range(len(self.tasks))) else \
-                torch.stack([buffer[i] for i in index])
-        hs = [self.task_in[t](inputs[t]) for t in tasks]
+        param = self._params(index)
+        num_tasks = len(tasks)
+        first = inputs[tasks[0]]
+        batch, channels, height, width = first.shape
+        in_weight = param('in_weight')
+        if all(inputs[t] is first for t in tasks):
+            # One input for all tasks (the first block of a level): one 1x1 conv.
+            h = F.conv2d(first, in_weight.reshape(num_tasks * channels, channels, 1, 1),
+                         param('in_bias').reshape(-1))
+        else:
+            h = F.conv2d(torch.cat([inputs[t] for t in tasks], dim=1),
+                         in_weight.reshape(num_tasks * channels, channels, 1, 1),
+                         param('in_bias').reshape(-1), groups=num_tasks)
+        h = h.view(batch, num_tasks, channels, height * width)
+        raw = self._route(h, param).transpose(0, 1)                           # T x B x 2N+1
         n = self.num_experts
-        raw = torch.stack([self.routers[t](h) for h, t in zip(hs, tasks)])  # T x B x 2N+1
-        num_tasks, batch = raw.shape[:2]
-        gates = top_k_gates(raw[..., :n].flatten(0, 1), None, self.top_k, self.pre_softmax,
-                            False)                                           # T*B x N
-        mix = raw[..., 2 * n]                                                # T x B
-        channels, height, width = hs[0].shape[1:]
+        gates = top_k_gates(raw[..., :n].reshape(num_tasks * batch, n), None, self.top_k,
+                            self.pre_softmax, False)                          # T*B x N
+        mix = raw[..., 2 * n]                                                 # T x B
         kernel = (gates @ self.expert_kernels).view(num_tasks, batch, channels, channels, 3, 3)
-        kernel = (kernel * per_task(self.expert_scale)[:, None, :, None, None, None]
-                  + mix[:, :, None, None, None, None] * per_task(self.task_kernel)[:, None]
-                  + per_task(self.base_kernel)[:, None])
+        kernel = (kernel * param('expert_scale')[:, None, :, None, None, None]
+                  + mix[:, :, None, None, None, None] * param('task_kernel')[:, None]
+                  + param('base_kernel')[:, None])
         bias = ((gates @ self.expert_biases).view(num_tasks, batch, channels)
-                * per_task(self.expert_scale)[:, None]
-                + mix[:, :, None] * per_task(self.task_bias)[:, None]
-                + per_task(self.base_bias)[:, None])
+                * param('expert_scale')[:, None]
+                + mix[:, :, None] * param('task_bias')[:, None]
+                + param('base_bias')[:, None])
         groups = num_tasks * batch
-        y = F.conv2d(torch.cat(hs).reshape(1, groups * channels, height, width),
+        y = F.conv2d(h.transpose(0, 1).reshape(1, groups * channels, height, width),
                      kernel.reshape(groups * channels, channels, 3, 3), bias.reshape(-1),
                      padding=1, groups=groups)
-        y = F.gelu(y.view(num_tasks, batch, channels, height, width))
+        y = F.gelu(y).view(num_tasks, batch, channels, height, width).transpose(0, 1)
+        out = F.conv2d(y.reshape(batch, num_tasks * channels, height, width),
+                       param('out_weight').reshape(num_tasks * channels, channels, 1, 1),
+                       param('out_bias').reshape(-1), groups=num_tasks)
+        out = out.view(batch, num_tasks, channels, height, width)
         gates = gates.view(num_tasks, batch, n)
-        return {t: (self.task_out[t](y[i]), gates[i]) for i, t in enumerate(tasks)}
+        return {t: (out[:, i], gates[i]) for i, t in enumerate(tasks)}
