@@ -1,0 +1,158 @@
+"""``mtdp infer IMAGE|DIR|VIDEO --model M --out DIR``: colour pictures of every output.
+
+For each image (each file of a folder, or every ``--every``-th frame of a video) it writes
+``<name>_input.png``, one ``<name>_<task>.png`` per output (the node's colour maps: class
+palette, turbo depth, ``(n + 1) / 2`` normals, grey edges / saliency) and
+``<name>_mosaic.png``: the input beside every output, each tile captioned.
+"""
+
+import os
+import sys
+
+import cv2
+import numpy as np
+
+from mtdp_ros.cli import CommandError
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff',
+                    '.webp')
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.mpg', '.mpeg', '.m4v')
+
+
+def register(subparsers):
+    """Add the ``infer`` sub-command."""
+    parser = subparsers.add_parser(
+        'infer', help='run a model on images or a video and write colour pictures',
+        description='Write a colour picture of every output and a mosaic (input beside each '
+                    'task) for an image, every image of a folder, or frames of a video.')
+    parser.add_argument('input', metavar='IMAGE|DIR|VIDEO')
+    parser.add_argument('--model', default='default', metavar='NAME|PATH',
+                        help='preset or default-model name, .safetensors or config file')
+    parser.add_argument('--checkpoint', metavar='PATH', help='weights for the model')
+    parser.add_argument('--out', required=True, metavar='DIR', help='output folder')
+    parser.add_argument('--backend', choices=('torch', 'onnxruntime'), default='torch')
+    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
+    parser.add_argument('--steps', type=int, help='TaskDiffusion denoising steps')
+    parser.add_argument('--seed', type=int, default=0, help='TaskDiffusion noise seed')
+    parser.add_argument('--tasks', help='comma-separated tasks (default: all)')
+    parser.add_argument('--every', type=int, default=10,
+                        help='video: use every N-th frame (default 10)')
+    parser.add_argument('--max-frames', type=int, default=100,
+                        help='video: at most this many frames (default 100)')
+    parser.set_defaults(func=run)
+
+
+def colorize(task, output):
+    """RGB uint8 picture of one engine output."""
+    from mtdp_ros.ros import colormaps
+    if task in ('semseg', 'human_parts'):
+        return colormaps.labels_to_color(output)
+    if task == 'depth':
+        return colormaps.depth_to_color(output)
+    if task == 'normals':
+        return colormaps.normals_to_color(output)
+    return colormaps.probability_to_color(output)
+
+
+def caption(tile, text):
+    """The tile with a dark caption band underneath."""
+    band = np.zeros((max(18, tile.shape[0] // 14), tile.shape[1], 3), np.uint8)
+    scale = band.shape[0] / 30.0
+    cv2.putText(band, text, (4, int(band.shape[0] * 0.72)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([tile, band], axis=0)
+
+
+def mosaic(image, pictures, columns=3):
+    """Grid of the input and the task pictures (all at the input's size), captioned."""
+    tiles = [caption(image, 'input')] + [caption(pic, task) for task, pic in pictures.items()]
+    blank = np.zeros_like(tiles[0])
+    rows = []
+    for start in range(0, len(tiles), columns):
+        row = tiles[start:start + columns]
+        row += [blank] * (columns - len(row))
+        rows.append(np.concatenate(row, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def _write_rgb(path, rgb):
+    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise CommandError(f'cannot write {path}')
+
+
+def process(engine, image, name, out_dir, tasks=None, steps=None):
+    """Run ``engine`` on one RGB image; write the pictures; return the mosaic path."""
+    outputs = engine.infer(image, tasks=tasks, steps=steps)
+    pictures = {task: colorize(task, value) for task, value in outputs.items()}
+    _write_rgb(os.path.join(out_dir, f'{name}_input.png'), image)
+    for task, picture in pictures.items():
+        _write_rgb(os.path.join(out_dir, f'{name}_{task}.png'), picture)
+    path = os.path.join(out_dir, f'{name}_mosaic.png')
+    _write_rgb(path, mosaic(image, pictures))
+    return path
+
+
+def _read_image(path):
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise CommandError(f'cannot read image {path}')
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def iter_inputs(path, every=10, max_frames=100):
+    """(name, RGB image) pairs from an image, a folder of images, or a video."""
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise CommandError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {path}')
+        for file in files:
+            yield os.path.splitext(file)[0], _read_image(os.path.join(path, file))
+        return
+    if not os.path.isfile(path):
+        raise CommandError(f'input not found: {path}')
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if path.lower().endswith(IMAGE_EXTENSIONS):
+        yield stem, _read_image(path)
+        return
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise CommandError(f'{path} is neither an image nor a readable video')
+    index = written = 0
+    try:
+        while written < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                yield f'{stem}_{index:06d}', cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                written += 1
+            index += 1
+    finally:
+        capture.release()
+    if written == 0:
+        raise CommandError(f'{path}: no frames could be read')
+
+
+def run(args):
+    """Create the engine, process every input, print the mosaic paths."""
+    from mtdp_ros.runtime import create_engine
+    if args.every < 1 or args.max_frames < 1:
+        raise CommandError('--every and --max-frames must be >= 1')
+    tasks = [t.strip() for t in args.tasks.split(',') if t.strip()] if args.tasks else None
+    try:
+        engine = create_engine(args.model, checkpoint=args.checkpoint, backend=args.backend,
+                               device=args.device, precision=args.precision, steps=args.steps,
+                               seed=args.seed)
+    except RuntimeError as exc:
+        raise CommandError(str(exc)) from None
+    if engine.random_weights:
+        print(f'mtdp infer: warning: {args.model} has no trained weights here; the pictures '
+              f'show random weights', file=sys.stderr)
+    os.makedirs(args.out, exist_ok=True)
+    count = 0
+    for name, image in iter_inputs(args.input, args.every, args.max_frames):
+        print(process(engine, image, name, args.out, tasks=tasks))
+        count += 1
+    print(f'mtdp infer: wrote pictures of {count} image(s) to {args.out}', file=sys.stderr)
+    return 0

@@ -1,0 +1,117 @@
+"""Colour images of the node's outputs (uint8 H x W x 3 RGB), for RViz and people.
+
+- labels: a fixed palette, one distinct colour per class id (stable across frames, runs
+  and models, so that a class keeps its colour);
+- depth: a turbo-like rainbow from near (dark blue) to far (dark red) over a given or
+  per-frame range; invalid (NaN) pixels black;
+- normals: the usual ``(n + 1) / 2`` mapping of the x, y, z components to red, green and
+  blue (camera optical frame: x right, y down, z forward); invalid pixels black;
+- probabilities (edges, saliency): grey levels, 0 black and 1 white.
+
+Each runs in a few OpenCV calls, about a millisecond at 640 x 480.
+"""
+
+import colorsys
+
+import cv2
+import numpy as np
+
+# Golden-ratio hue steps give neighbouring ids far-apart hues.
+_GOLDEN_RATIO = 0.6180339887498949
+
+
+def label_palette(num_colors=256):
+    """``num_colors`` x 3 uint8 RGB: a distinct colour per class id.
+
+    Hues advance by the golden ratio; saturation and brightness cycle through a few levels
+    so that ids whose hues nearly repeat still differ.
+    """
+    palette = np.empty((num_colors, 3), np.uint8)
+    for index in range(num_colors):
+        hue = (index * _GOLDEN_RATIO) % 1.0
+        saturation = (0.9, 0.6, 0.75)[index % 3]
+        value = (0.95, 0.7)[(index // 3) % 2]
+        palette[index] = [round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value)]
+    return palette
+
+
+_PALETTE_256 = label_palette(256)
+# cv2.applyColorMap copies the entries of a 256 x 1 x 3 table as they are, so a table in
+# RGB order yields RGB images directly.
+_PALETTE_LUT = np.ascontiguousarray(_PALETTE_256.reshape(256, 1, 3))
+
+
+def _turbo_lut():
+    ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    if hasattr(cv2, 'COLORMAP_TURBO'):
+        return np.ascontiguousarray(cv2.applyColorMap(ramp, cv2.COLORMAP_TURBO))
+    return np.ascontiguousarray(cv2.applyColorMap(ramp, cv2.COLORMAP_JET))
+
+
+# Entry 0 is dark blue, 255 dark red (OpenCV's maps are BGR: reversed into RGB).
+TURBO_RGB = np.ascontiguousarray(_turbo_lut()[:, 0, ::-1])
+# The depth table: level 0 is black (invalid), levels 1..255 span the turbo map, so that
+# NaN, which convertScaleAbs turns into 0, needs no separate mask.
+_DEPTH_RGB = np.vstack([np.zeros((1, 3), np.uint8),
+                        TURBO_RGB[np.rint(np.linspace(0, 255, 255)).astype(int)]])
+_DEPTH_LUT = np.ascontiguousarray(_DEPTH_RGB.reshape(256, 1, 3))
+
+
+def labels_to_color(labels):
+    """uint8/uint16 H x W class ids -> RGB (ids above 255 reuse the palette cyclically)."""
+    labels = np.asarray(labels)
+    if labels.dtype != np.uint8:
+        labels = (labels.astype(np.int64) % 256).astype(np.uint8)
+    return cv2.applyColorMap(np.ascontiguousarray(labels), _PALETTE_LUT)
+
+
+def depth_range(depth, minimum=0.0, maximum=0.0):
+    """The (near, far) metres that a depth colouring spans.
+
+    A positive ``maximum`` greater than ``minimum`` fixes the range; otherwise it is the
+    frame's finite minimum and maximum (``minimum`` still fixes the near end when positive).
+    """
+    if maximum > minimum:
+        return float(minimum), float(maximum)
+    # fmin/fmax skip NaN (the invalid marker) without copying the valid pixels out.
+    low = float(np.fmin.reduce(depth, axis=None)) if depth.size else float('nan')
+    high = float(np.fmax.reduce(depth, axis=None)) if depth.size else float('nan')
+    if not (np.isfinite(low) and np.isfinite(high)):
+        finite = depth[np.isfinite(depth)]
+        if finite.size == 0:
+            return 0.0, 1.0
+        low, high = float(finite.min()), float(finite.max())
+    near = float(minimum) if minimum > 0 else low
+    far = high
+    if far <= near:
+        far = near + 1e-3
+    return near, far
+
+
+def depth_to_color(depth, minimum=0.0, maximum=0.0):
+    """Colour float H x W depth in metres (NaN invalid): near blue to far red."""
+    depth = np.asarray(depth, dtype=np.float32)
+    near, far = depth_range(depth, minimum, maximum)
+    scale = 254.0 / (far - near)
+    # Valid depth -> levels 1..255 (clipped to the range first: convertScaleAbs takes an
+    # absolute value); NaN stays NaN through the clip and becomes level 0, black.
+    levels = cv2.convertScaleAbs(np.clip(depth, near, far), alpha=scale,
+                                 beta=1.0 - near * scale)
+    return cv2.applyColorMap(levels, _DEPTH_LUT)
+
+
+def normals_to_color(normals):
+    """Colour float H x W x 3 unit normals, each component mapped by ``(n + 1) / 2``."""
+    normals = np.asarray(normals, dtype=np.float32)
+    # convertScaleAbs saturates above 255 and maps NaN to 0, so an invalid (all-NaN) normal
+    # comes out black, a colour no unit vector produces (it would need n = (-1, -1, -1)).
+    # Unit vectors need no clipping: a component a rounding error below -1 still gives 0.
+    return cv2.convertScaleAbs(normals, alpha=127.5, beta=127.5)
+
+
+def probability_to_color(probability):
+    """Colour float H x W in [0, 1] as grey (0 black, 1 white; NaN black)."""
+    probability = np.asarray(probability, dtype=np.float32)
+    # convertScaleAbs maps NaN to 0 (black).
+    grey = cv2.convertScaleAbs(np.clip(probability, 0.0, 1.0), alpha=255.0)
+    return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)

@@ -1,0 +1,206 @@
+"""Every parameter of the perception node, declared in one place with its descriptor.
+
+``SPECS`` lists name, default, description, range or choices, and whether the value can
+change while the node runs (``dynamic``) or needs a restart (declared read-only). The
+node declares them with :func:`declare_all`, validates the start-up values with
+:func:`validate_startup` (fail fast) and every later change with :func:`validate_change`.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType)
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.parameter import Parameter
+
+from mtdp_ros.ros.conversions import DEFAULT_MAX_PIXELS
+
+# The most DDIM steps a user may ask for (the published TaskDiffusion models use 3).
+MAX_DIFFUSION_STEPS = 100
+INT32_MAX = 2 ** 31 - 1
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One parameter: default (a value, or a Parameter.Type when it has no static default)."""
+
+    name: str
+    default: object
+    description: str
+    dynamic: bool = False
+    choices: Tuple[str, ...] = ()
+    int_range: Optional[Tuple[int, int]] = None
+    float_range: Optional[Tuple[float, float]] = None
+
+
+SPECS = (
+    # Restart needed: the engine is built from these.
+    Spec('model.preset', 'default',
+         "Model to run: 'default' (the shipped MLoRE), 'default_taskdiffusion', a preset name "
+         "(e.g. mlore_nyud_vitL), a .safetensors checkpoint (config in its metadata) or a "
+         ".yaml/.json model config file."),
+    Spec('model.checkpoint', '',
+         "Weights overriding the model's own: a .safetensors file or the authors' .pth "
+         "checkpoint ('' = the model's own, or random weights with a warning)."),
+    Spec('engine.backend', 'torch', 'Inference engine.', choices=('torch', 'onnxruntime')),
+    Spec('engine.device', 'auto',
+         "'auto' (CUDA when present, else the CPU with a warning), 'cuda' (error when "
+         "absent) or 'cpu'.", choices=('auto', 'cuda', 'cpu')),
+    Spec('engine.precision', 'fp32', 'Arithmetic precision (fp16 on CUDA only).',
+         choices=('fp32', 'fp16')),
+    Spec('input.transport', 'raw',
+         "'raw': subscribe to image (sensor_msgs/Image); 'compressed': subscribe to "
+         "image/compressed (sensor_msgs/CompressedImage, decoded with OpenCV).",
+         choices=('raw', 'compressed')),
+    Spec('input.qos', 'sensor_data',
+         "QoS of the image subscription: 'sensor_data' (best effort, matches every camera "
+         "driver) or 'reliable' (only matches reliable publishers).",
+         choices=('sensor_data', 'reliable')),
+    Spec('input.qos_depth', 5, 'History depth of the image and camera_info subscriptions.',
+         int_range=(1, 100)),
+    Spec('output.qos', 'reliable',
+         "QoS of the outputs: 'reliable' (matches every subscriber) or 'sensor_data' "
+         "(best effort).", choices=('reliable', 'sensor_data')),
+    Spec('output.qos_depth', 2, 'History depth of the output publishers.',
+         int_range=(1, 100)),
+    Spec('diagnostics.period', 1.0, 'Seconds between /diagnostics messages.',
+         float_range=(0.1, 60.0)),
+    # Take effect while running.
+    Spec('tasks', Parameter.Type.STRING_ARRAY,
+         "Tasks to compute and publish (a subset of the model's: semseg, depth, "
+         "human_parts, sal, normals, edge); unset = all of the model's.", dynamic=True),
+    Spec('diffusion.steps', 0,
+         'DDIM steps of a TaskDiffusion model (0 = the steps it was trained with); '
+         'must stay 0 for MLoRE models.', dynamic=True, int_range=(0, MAX_DIFFUSION_STEPS)),
+    Spec('diffusion.seed', 0, "Seed of the sampler's initial noise (TaskDiffusion).",
+         dynamic=True, int_range=(0, INT32_MAX)),
+    Spec('publish.color', True,
+         'Publish the colour images (<output>/color); computed only while subscribed.',
+         dynamic=True),
+    Spec('publish.points', True,
+         'Publish the point cloud `points` (needs the depth task and camera_info); computed '
+         'only while subscribed.', dynamic=True),
+    Spec('points.stride', 1, 'Keep every n-th pixel along each axis in the point cloud.',
+         dynamic=True, int_range=(1, 16)),
+    Spec('points.color', 'image', "Point colours: 'image' (camera) or 'semantic' (classes).",
+         dynamic=True, choices=('image', 'semantic')),
+    Spec('depth.color_min', 0.0, 'Near end (metres) of depth/color (0 = frame minimum).',
+         dynamic=True, float_range=(0.0, 1000.0)),
+    Spec('depth.color_max', 0.0, 'Far end (metres) of depth/color (0 = frame maximum).',
+         dynamic=True, float_range=(0.0, 1000.0)),
+    Spec('input.max_pixels', DEFAULT_MAX_PIXELS,
+         'Frames with more pixels are rejected as corrupt.', dynamic=True,
+         int_range=(1, INT32_MAX)),
+    Spec('watchdog.timeout', 3.0,
+         'Seconds without an input frame before the node warns (naming topic, QoS and '
+         'publishers).', dynamic=True, float_range=(0.5, 3600.0)),
+)
+SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+def descriptor(spec: Spec) -> ParameterDescriptor:
+    """The ParameterDescriptor of a spec (ranges, choices in the constraints, read-only)."""
+    text = ParameterDescriptor(name=spec.name, description=spec.description,
+                               read_only=not spec.dynamic)
+    if spec.choices:
+        text.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+    if spec.int_range is not None:
+        text.integer_range = [IntegerRange(from_value=spec.int_range[0],
+                                           to_value=spec.int_range[1], step=1)]
+    if spec.float_range is not None:
+        text.floating_point_range = [FloatingPointRange(
+            from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0)]
+        # Accept integers too ('depth.color_max:=5' parses as one); check_value checks
+        # the type and the range.
+        text.dynamic_typing = True
+    if isinstance(spec.default, Parameter.Type):
+        text.type = spec.default.value
+    if spec.name == 'tasks':
+        text.type = ParameterType.PARAMETER_STRING_ARRAY
+    return text
+
+
+def declare_all(node):
+    """Declare every parameter of SPECS on ``node``.
+
+    Overrides from the command line or a YAML file are applied, and range- and
+    type-checked by rclpy.
+    """
+    for spec in SPECS:
+        node.declare_parameter(spec.name, spec.default, descriptor(spec))
+
+
+def current_values(node):
+    """Map each parameter name of SPECS to its value (None when declared but unset)."""
+    values = {}
+    for spec in SPECS:
+        try:
+            values[spec.name] = node.get_parameter(spec.name).value
+        except ParameterUninitializedException:
+            values[spec.name] = None
+    return values
+
+
+def check_value(spec: Spec, value):
+    """None when ``value`` suits ``spec`` (choices, ranges), else the reason."""
+    if spec.float_range is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f'{spec.name} must be a number, got {value!r}'
+        if value != value:
+            return f'{spec.name} must be a number, got NaN'
+    if spec.choices and value not in spec.choices:
+        return f'{spec.name} must be one of {list(spec.choices)}, got {value!r}'
+    if spec.int_range is not None and not spec.int_range[0] <= value <= spec.int_range[1]:
+        return (f'{spec.name} must lie in {spec.int_range[0]}..{spec.int_range[1]}, '
+                f'got {value}')
+    if spec.float_range is not None and not (
+            spec.float_range[0] <= value <= spec.float_range[1]):
+        return (f'{spec.name} must lie in {spec.float_range[0]}..{spec.float_range[1]}, '
+                f'got {value}')
+    return None
+
+
+def check_tasks(tasks, model_tasks):
+    """None when ``tasks`` is a valid non-empty subset of ``model_tasks``, else the reason."""
+    tasks = list(tasks)
+    if not tasks:
+        return f'tasks must name at least one of the model\'s tasks {list(model_tasks)}'
+    unknown = [task for task in tasks if task not in model_tasks]
+    if unknown:
+        return f'unknown tasks {unknown}; this model has {list(model_tasks)}'
+    if len(set(tasks)) != len(tasks):
+        return f'tasks lists a task twice: {tasks}'
+    return None
+
+
+def check_steps(steps, is_diffusion, model_name):
+    """None when ``steps`` suits the model, else the reason."""
+    if steps and not is_diffusion:
+        return (f'diffusion.steps applies to TaskDiffusion models only; {model_name} has no '
+                f'denoising steps (keep it 0)')
+    return None
+
+
+def check_depth_range(minimum, maximum):
+    """None when the depth colour range is valid (max 0 = automatic), else the reason."""
+    if maximum and maximum <= minimum:
+        return (f'depth.color_max ({maximum}) must exceed depth.color_min ({minimum}), or be '
+                f'0 for the frame maximum')
+    return None
+
+
+def validate_startup(values):
+    """Reasons (list of str) why the start-up ``values`` (name -> value) are invalid."""
+    problems = []
+    for name, value in values.items():
+        spec = SPEC_BY_NAME.get(name)
+        if spec is not None and value is not None:
+            reason = check_value(spec, value)
+            if reason:
+                problems.append(reason)
+    reason = check_depth_range(values.get('depth.color_min', 0.0),
+                               values.get('depth.color_max', 0.0))
+    if reason:
+        problems.append(reason)
+    return problems

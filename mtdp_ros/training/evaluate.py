@@ -1,0 +1,198 @@
+"""Evaluation on held-out synthetic scenes or the NYUD-v2 / PASCAL-Context validation sets.
+
+``evaluate_model(model, 'synthetic', num=200, seed=424242)`` renders scenes ``seed ..
+seed + num - 1`` at the model's input size. ``'nyud:DIR'`` / ``'pascal:DIR'`` read the
+validation split of the multi-task tarball layout at its native resolution: each image is
+letterboxed into the model's input (scaled to fit, zero padded in the normalised space, as
+the authors pad), and the predictions are cropped and resized back, so metrics are computed
+at the labels' resolution.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .metrics import MultiTaskMeter
+
+# Tolerance of the edge benchmark (fraction of the image diagonal) per data set.
+EDGE_MAX_DIST = {'synthetic': 0.011, 'nyud': 0.011, 'pascal': 0.0075}
+# Metrics kept in the one-line JSON summary, per task.
+SUMMARY_KEYS = {
+    'semseg': ('mIoU', 'mIoU_all', 'pixel_acc'),
+    'human_parts': ('mIoU',),
+    'sal': ('maxF',),
+    'depth': ('rmse', 'abs_rel', 'log_rmse', 'delta1'),
+    'normals': ('mean_angle', 'median_angle', 'within_11.25', 'within_22.5', 'within_30'),
+    'edge': ('odsF', 'threshold', 'precision', 'recall'),
+}
+
+
+def parse_data_spec(spec):
+    """'synthetic' | 'nyud:DIR' | 'pascal:DIR' -> (kind, root or None)."""
+    if spec == 'synthetic':
+        return 'synthetic', None
+    kind, sep, root = str(spec).partition(':')
+    if kind in ('nyud', 'pascal') and sep and root:
+        return kind, root
+    raise ValueError(f'--data must be synthetic, nyud:DIR or pascal:DIR, got {spec!r}')
+
+
+def letterbox_params(size, model_size):
+    """(resized (rh, rw), offset (top, left)) fitting ``size`` into ``model_size``."""
+    height, width = size
+    model_h, model_w = model_size
+    scale = min(model_h / height, model_w / width)
+    resized = (max(1, min(model_h, round(height * scale))),
+               max(1, min(model_w, round(width * scale))))
+    return resized, ((model_h - resized[0]) // 2, (model_w - resized[1]) // 2)
+
+
+def _letterbox_batch(images, model_size, config, device):
+    """uint8 H x W x 3 images (any sizes) -> normalised model batch and their geometry."""
+    mean = torch.tensor(config.mean, device=device).view(3, 1, 1)
+    std = torch.tensor(config.std, device=device).view(3, 1, 1)
+    batch = torch.zeros((len(images), 3) + tuple(model_size), device=device)
+    geometry = []
+    for index, image in enumerate(images):
+        resized, (top, left) = letterbox_params(image.shape[:2], model_size)
+        tensor = torch.as_tensor(np.ascontiguousarray(image), device=device)
+        tensor = tensor.permute(2, 0, 1).float()[None] / 255.0
+        if tuple(resized) != tuple(image.shape[:2]):
+            tensor = F.interpolate(tensor, size=resized, mode='bilinear', align_corners=False,
+                                   antialias=True)
+        batch[index, :, top:top + resized[0], left:left + resized[1]] = \
+            (tensor[0] - mean) / std
+        geometry.append((resized, (top, left), image.shape[:2]))
+    return batch, geometry
+
+
+def _unletterbox(raw, geometry):
+    """Crop the image region of each output and resize it to the image's own size."""
+    resized, (top, left), size = geometry
+    crop = raw[None, :, top:top + resized[0], left:left + resized[1]].float()
+    if tuple(resized) != tuple(size):
+        crop = F.interpolate(crop, size=tuple(size), mode='bilinear', align_corners=False)
+    return crop
+
+
+@torch.no_grad()
+def _forward(model, x, steps):
+    config = model.config
+    if config.is_diffusion:
+        return model(x, steps=steps)
+    if steps is not None:
+        raise ValueError('--steps applies to TaskDiffusion models only')
+    return model(x)
+
+
+@torch.no_grad()
+def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, device=None,
+                   steps=None, amp=None, progress=None):
+    """Metrics of ``model`` (train or reparameterised form) on ``data``; a nested dict.
+
+    ``steps``: DDIM steps for TaskDiffusion models (default: the trained count). ``amp``:
+    an autocast dtype for the forward pass (None: float32). ``progress``: callable
+    ``(done, total)``.
+    """
+    kind, root = parse_data_spec(data)
+    if num is not None and num < 1:
+        raise ValueError(f'--num must be >= 1, got {num}')
+    config = model.config
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    meter = MultiTaskMeter(config.tasks, config.num_outputs,
+                           edge_max_dist=EDGE_MAX_DIST[kind])
+
+    def run(x):
+        if amp is None:
+            return _forward(model, x, steps)
+        with torch.autocast(device.type, dtype=amp):
+            return _forward(model, x, steps)
+
+    try:
+        if kind == 'synthetic':
+            _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress)
+        else:
+            _evaluate_dataset(model, run, meter, kind, root, num, batch_size, device, progress)
+    finally:
+        model.train(was_training)
+    return meter.score()
+
+
+def _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress):
+    from .synthetic import render_batch
+    config = model.config
+    missing = [t for t in config.tasks if t in ('human_parts', 'sal')]
+    if missing:
+        raise ValueError(f'synthetic scenes have no labels for {missing}; evaluate this model '
+                         f'on pascal:DIR')
+    height, width = config.image_size
+    mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
+    done = 0
+    for first in range(seed, seed + num, batch_size):
+        seeds = list(range(first, min(first + batch_size, seed + num)))
+        batch = render_batch(seeds, height, width, device=device)
+        raw = run((batch['image'] - mean) / std)
+        meter.update({t: v.float() for t, v in raw.items()},
+                     {t: batch[t] for t in config.tasks})
+        done += len(seeds)
+        if progress:
+            progress(done, num)
+
+
+def _evaluate_dataset(model, run, meter, kind, root, num, batch_size, device, progress):
+    from .datasets import build_dataset
+    config = model.config
+    dataset = build_dataset(kind, root, 'val', config.tasks, None, augment=False)
+    total = len(dataset) if num is None else min(num, len(dataset))
+    for first in range(0, total, batch_size):
+        samples = [dataset[i] for i in range(first, min(first + batch_size, total))]
+        x, geometry = _letterbox_batch([s['image'] for s in samples], config.image_size,
+                                       config, device)
+        raw = run(x)
+        for index, sample in enumerate(samples):
+            outputs = {t: _unletterbox(raw[t][index], geometry[index]) for t in config.tasks}
+            targets = {t: torch.as_tensor(sample[t])[None] for t in config.tasks}
+            for task in ('normals',):
+                if task in targets:
+                    targets[task] = targets[task].permute(0, 3, 1, 2)
+            for task in ('semseg', 'human_parts', 'sal', 'depth', 'edge'):
+                if task in targets:
+                    targets[task] = targets[task][:, None]
+            meter.update(outputs, targets)
+        if progress:
+            progress(min(first + batch_size, total), total)
+
+
+def summarize(results):
+    """The compact form printed by ``mtdp eval --json`` (fractions, metres, degrees)."""
+    summary = {}
+    for task, values in results.items():
+        keys = SUMMARY_KEYS.get(task, tuple(values))
+        summary[task] = {k: _round(values[k]) for k in keys if k in values}
+    return summary
+
+
+def _round(value):
+    if isinstance(value, float):
+        return float(f'{value:.6g}') if math.isfinite(value) else None
+    return value
+
+
+FLOORS = {('semseg', 'mIoU'): ('>=', 0.60), ('depth', 'abs_rel'): ('<=', 0.15),
+          ('normals', 'mean_angle'): ('<=', 20.0), ('edge', 'odsF'): ('>=', 0.40)}
+
+
+def check_floors(summary, floors=None):
+    """List of human-readable failures of the default models' quality floors."""
+    failures = []
+    for (task, key), (op, bound) in (floors or FLOORS).items():
+        value = summary.get(task, {}).get(key)
+        ok = value is not None and (value >= bound if op == '>=' else value <= bound)
+        if not ok:
+            failures.append(f'{task}.{key} = {value} (needs {op} {bound})')
+    return failures

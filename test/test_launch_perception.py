@@ -1,0 +1,105 @@
+"""launch_testing test of launch/perception.launch.py (ROS 2 installations only).
+
+Runs the launch file with a tiny model config, publishes a camera frame on the remapped
+image topic and checks that depth and semantic labels come back with the frame's header;
+after shutdown every process must have exited cleanly. Skipped where launch_testing is not
+installed (it is not on PyPI); run it with ``launch_test`` or pytest with the
+launch_testing plugin after ``colcon build``.
+"""
+
+import json
+import os
+import tempfile
+import time
+import unittest
+
+import pytest
+
+try:
+    import launch
+    import launch.actions
+    import launch.launch_description_sources
+    import launch_ros.actions  # noqa: F401
+    import launch_testing
+    import launch_testing.actions
+    import launch_testing.asserts
+except ImportError as missing:
+    pytest.skip(f'launch_testing / launch_ros (ROS 2 installations only, not on PyPI) are '
+                f'not installed: {missing}', allow_module_level=True)
+
+import numpy as np
+import rclpy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from mtdp_ros.ros.conversions import rgb_to_image_msg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = {
+    'family': 'mlore', 'dataset': 'NYUD', 'tasks': ['semseg', 'depth', 'normals', 'edge'],
+    'num_outputs': {'semseg': 40, 'depth': 1, 'normals': 3, 'edge': 1},
+    'image_size': [64, 96], 'patch_size': 16, 'embed_dim': 64, 'depth': 4, 'num_heads': 2,
+    'select_layers': [1, 2, 3], 'decoder_dim': 32, 'expert_ranks': [2, 4, 6, 8, 10],
+    'task_expert_rank': 4, 'top_k': 3, 'pre_softmax': True, 'head': 'conv',
+    'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225],
+}
+
+
+@pytest.mark.launch_test
+def generate_test_description():
+    """The perception launch file with a tiny model, remapped into /launch_test."""
+    config = os.path.join(tempfile.mkdtemp(prefix='mtdp_launch_test_'), 'tiny.json')
+    with open(config, 'w', encoding='utf-8') as handle:
+        json.dump(TINY_CONFIG, handle)
+    perception = launch.actions.IncludeLaunchDescription(
+        launch.launch_description_sources.PythonLaunchDescriptionSource(
+            os.path.join(REPO, 'launch', 'perception.launch.py')),
+        launch_arguments={
+            'image_topic': '/launch_test/camera/image_raw',
+            'camera_info_topic': '/launch_test/camera/camera_info',
+            'namespace': 'launch_test', 'preset': config, 'device': 'cpu',
+            'tasks': 'semseg,depth', 'use_rviz': 'false',
+        }.items())
+    return launch.LaunchDescription([perception, launch_testing.actions.ReadyToTest()])
+
+
+class TestPerceptionLaunch(unittest.TestCase):
+    """While the launch runs: a frame in, outputs out."""
+
+    @classmethod
+    def setUpClass(cls):
+        rclpy.init()
+        cls.node = rclpy.create_node('perception_launch_test')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.destroy_node()
+        rclpy.shutdown()
+
+    def test_outputs_carry_the_input_header(self):
+        received = {'depth': [], 'semantic/labels': []}
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        for topic, store in received.items():
+            self.node.create_subscription(Image, f'/launch_test/{topic}', store.append, qos)
+        publisher = self.node.create_publisher(Image, '/launch_test/camera/image_raw', qos)
+        frame = rgb_to_image_msg(np.full((48, 64, 3), 90, np.uint8))
+        frame.header.frame_id = 'launch_test_frame'
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(received.values()):
+            frame.header.stamp = self.node.get_clock().now().to_msg()
+            publisher.publish(frame)
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end and not all(received.values()):
+                rclpy.spin_once(self.node, timeout_sec=0.1)
+        for topic, store in received.items():
+            self.assertTrue(store, f'nothing arrived on /launch_test/{topic}')
+            self.assertEqual(store[-1].header.frame_id, 'launch_test_frame')
+            self.assertEqual((store[-1].width, store[-1].height), (64, 48))
+
+
+@launch_testing.post_shutdown_test()
+class TestShutdown(unittest.TestCase):
+    """After the launch: clean exits."""
+
+    def test_exit_codes(self, proc_info):
+        launch_testing.asserts.assertExitCodes(proc_info)

@@ -1,0 +1,165 @@
+"""The demo camera (folder, video and synthetic sources) and ``mtdp-demo`` end to end."""
+
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+
+from mtdp_ros.ros.conversions import image_msg_to_rgb
+
+from ros_harness import REPO, RosClient, TINY_MLORE, domain_id, ros_env, write_config
+
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+
+
+@pytest.fixture(scope='module')
+def domain():
+    return domain_id(__name__)
+
+
+def start_camera(domain, log_path, namespace, **params):
+    command = [sys.executable, '-m', 'mtdp_ros.demo_camera', '--ros-args',
+               '-r', f'__ns:={namespace}']
+    for name, value in params.items():
+        command += ['-p', f'{name}:={value}']
+    log = open(log_path, 'w', encoding='utf-8')
+    return subprocess.Popen(command, env=ros_env(domain), cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def receive(client, process, topic, count, timeout=30.0):
+    client.spin_until(lambda: len(client.received[topic]) >= count or
+                      process.poll() is not None, timeout)
+    client.spin_for(0.3)
+    return client.received[topic]
+
+
+def test_folder_source_publishes_the_images_in_order_with_camera_info(tmp_path, domain):
+    folder = tmp_path / 'frames'
+    folder.mkdir()
+    for index, colour in enumerate(COLOURS):
+        image = np.zeros((60, 80, 3), np.uint8)
+        image[:] = colour
+        image[10:20, 10 + index * 10:20 + index * 10] = 255   # a marker per frame
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(folder / f'frame_{index:02d}.png'), bgr)
+    (folder / 'notes.txt').write_text('not an image')
+    client = RosClient(domain, name='folder_test')
+    client.subscribe(Image, '/folder/image', RELIABLE)
+    client.subscribe(CameraInfo, '/folder/camera_info', RELIABLE)
+    camera = start_camera(domain, tmp_path / 'camera.log', '/folder', source=str(folder),
+                          width=0, height=0, rate=10.0, max_frames=4, qos='reliable',
+                          frame_id='folder_cam', horizontal_fov_deg=90.0)
+    try:
+        assert client.wait_for_publishers('/folder/image')
+        frames = receive(client, camera, '/folder/image', 4)
+        assert camera.wait(20) == 0, (tmp_path / 'camera.log').read_text()
+    finally:
+        client.close()
+        if camera.poll() is None:
+            camera.kill()
+    # Discovery may cost the first frame; every received frame is the right picture.
+    assert len(frames) >= 3, (tmp_path / 'camera.log').read_text()
+    expected_order = [0, 1, 2, 0]
+    first = expected_order[4 - len(frames):]
+    for msg, index in zip(frames, first):
+        rgb = image_msg_to_rgb(msg)
+        assert rgb.shape == (60, 80, 3)
+        assert tuple(int(v) for v in rgb[50, 50]) == COLOURS[index]
+        assert tuple(int(v) for v in rgb[15, 15 + index * 10]) == (255, 255, 255)
+        assert msg.header.frame_id == 'folder_cam'
+    info = client.received['/folder/camera_info'][-1]
+    # 90 degrees across 80 pixels: fx = 40 / tan(45 deg) = 40.
+    assert (info.width, info.height) == (80, 60)
+    np.testing.assert_allclose([info.k[0], info.k[2], info.k[4], info.k[5]],
+                               [40.0, 39.5, 40.0, 29.5])
+
+
+def test_video_source_ends_when_not_looping(tmp_path, domain):
+    path = str(tmp_path / 'clip.avi')
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), 10.0, (64, 48))
+    if not writer.isOpened():
+        pytest.skip('this OpenCV build cannot write MJPG video')
+    for colour in COLOURS:
+        frame = np.zeros((48, 64, 3), np.uint8)
+        frame[:] = colour[::-1]
+        writer.write(frame)
+    writer.release()
+    client = RosClient(domain, name='video_test')
+    client.subscribe(Image, '/video/image', RELIABLE)
+    camera = start_camera(domain, tmp_path / 'camera.log', '/video', source=path, width=0,
+                          height=0, rate=5.0, loop='false', qos='reliable')
+    try:
+        assert client.wait_for_publishers('/video/image')
+        frames = receive(client, camera, '/video/image', 3)
+        assert camera.wait(20) == 0       # the end of the video ends the camera
+    finally:
+        client.close()
+        if camera.poll() is None:
+            camera.kill()
+    assert 'source exhausted' in (tmp_path / 'camera.log').read_text()
+    assert 1 <= len(frames) <= 3
+    last = image_msg_to_rgb(frames[-1]).astype(int)
+    assert last.shape == (48, 64, 3)
+    assert np.abs(last.mean(axis=(0, 1)) - COLOURS[2]).max() < 12   # MJPG is lossy
+
+
+def test_synthetic_source_serves_rendered_scenes():
+    pytest.importorskip('mtdp_ros.training.synthetic')
+    from mtdp_ros.demo_camera import NOT_READY, SyntheticSource
+    from mtdp_ros.training.synthetic import intrinsics_for
+
+    class Log:
+        def warning(self, text):
+            raise AssertionError(text)
+
+    source = SyntheticSource(64, 48, 60.0, scenes=1, seed=3, hold_frames=2, logger=Log())
+    first = source.next()          # nothing is published before the first scene exists
+    assert first is NOT_READY or first[0].shape == (48, 64, 3)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not source._scenes:
+        time.sleep(0.1)
+    assert source._scenes, 'no scene rendered within 60 s'
+    image, intrinsics = source.next()
+    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+    assert image.std() > 1.0                                    # a scene, not a blank
+    np.testing.assert_allclose(intrinsics, intrinsics_for(48, 64))
+    assert source.next()[0] is image                            # held for two frames
+
+
+def run_demo(tmp_path, domain, *extra):
+    command = [sys.executable, '-m', 'mtdp_ros.demo', '--domain-id', str(domain),
+               '--output', str(tmp_path / 'out'), *extra]
+    return subprocess.run(command, env=ros_env(domain), cwd=REPO, capture_output=True,
+                          text=True, timeout=150)
+
+
+def test_mtdp_demo_writes_a_mosaic_per_output_and_prints_rate_and_latency(tmp_path, domain):
+    config = write_config(tmp_path, TINY_MLORE)
+    result = run_demo(tmp_path, domain, '--model', config, '--source', 'pattern',
+                      '--duration', '3', '--rate', '5', '--width', '160', '--height', '120',
+                      '--device', 'cpu')
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / 'out'
+    for name in ('semantic.png', 'depth.png', 'normals.png', 'edges.png', 'overview.png',
+                 'points.png'):
+        picture = cv2.imread(str(out / name))
+        assert picture is not None, name
+        assert picture.shape[1] >= 320, name
+    assert 'Hz; latency camera stamp -> demo subscriber p50' in result.stdout
+    assert 'node diagnostics: input_rate_hz=' in result.stdout
+    assert 'random weights' in result.stdout
+    assert 'node exit code 0, camera exit code 0' in result.stdout
+
+
+def test_mtdp_demo_reports_a_node_that_cannot_start(tmp_path, domain):
+    result = run_demo(tmp_path, domain, '--model', 'no_such_model', '--source',
+                      'pattern', '--duration', '2')
+    assert result.returncode == 1
+    assert "unknown model 'no_such_model'" in result.stderr
