@@ -48,6 +48,7 @@ def run_cli(args, log):
 
 
 def floors_met(summary):
+    """Failed quality floors of an eval summary (empty when all are met)."""
     failed = []
     for task, key, op, bound in FLOORS:
         value = summary.get(task, {}).get(key)
@@ -57,6 +58,7 @@ def floors_met(summary):
 
 
 def environment():
+    """GPU, PyTorch, CUDA, CPU cores and Python of this machine."""
     import torch
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'
     return {'gpu': gpu, 'torch': torch.__version__,
@@ -65,6 +67,7 @@ def environment():
 
 
 def table(results):
+    """Markdown table of eval summaries (label -> summary)."""
     rows = ['| setting | semseg mIoU | depth abs_rel | depth RMSE (m) | normals mean (deg) '
             '| normals median (deg) | edge odsF | floors |',
             '| --- | --- | --- | --- | --- | --- | --- | --- |']
@@ -80,6 +83,7 @@ def table(results):
 
 def model_card(name, config_text, model_config, train_cmd, eval_cmds, summary, env, results,
                size_bytes, budget, eval_set):
+    """Markdown model card text."""
     from mtdp_ros.training.synthetic import SCENE_CLASSES
     classes = ', '.join(f'{k} {v.split(" (")[0]}' for k, v in sorted(SCENE_CLASSES.items()))
     steps, seen = summary['steps'], summary.get('images_seen')
@@ -152,6 +156,7 @@ generates; no third-party weights or data sets are involved.
 
 
 def main(argv=None):
+    """Train, evaluate and document the requested default models."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--models', nargs='+', choices=MODELS, default=list(MODELS))
     parser.add_argument('--time-budget-min', type=float, default=7.0,

@@ -53,6 +53,7 @@ def load_model(spec, checkpoint, device, fuse=True):
 
 
 def format_table(summary):
+    """Human-readable lines of a metrics summary."""
     lines = []
     for task, values in summary.items():
         parts = ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'

@@ -1,6 +1,7 @@
 """``mtdp train CONFIG.yaml``: train or fine-tune a model (one GPU, CPU, or torchrun DDP).
 
-Several GPUs: ``torchrun --nproc_per_node N $(command -v mtdp) train CONFIG.yaml``.
+Several GPUs: ``torchrun --nproc_per_node N -m mtdp_ros.cli train CONFIG.yaml`` (or the
+``mtdp`` script: ``torchrun --nproc_per_node N $(command -v mtdp) train CONFIG.yaml``).
 """
 
 import json

@@ -96,8 +96,10 @@ def _png_palette(path):
 
 
 def read_label_png(path):
-    """Label image as integers: palette indices for indexed PNGs (as PIL reads them),
-    grey values otherwise."""
+    """Label image as integers.
+
+    Palette indices for indexed PNGs (as PIL reads them), grey values otherwise.
+    """
     palette = _png_palette(_require(path))
     if palette is None:
         label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
@@ -230,6 +232,7 @@ class NYUDMultiTask(_MultiTaskDataset):
         return len(self.ids)
 
     def load(self, index):
+        """Native-size NumPy sample ``index`` (see the module docstring)."""
         name = self.ids[index]
         root = self.root
         sample = {'name': name, 'image': read_rgb(os.path.join(root, 'images', name + '.png'))}
@@ -276,6 +279,7 @@ class PascalContextMultiTask(_MultiTaskDataset):
         return loadmat(_require(path))['LabelMap']
 
     def load(self, index):
+        """Native-size NumPy sample ``index`` (see the module docstring)."""
         name = self.ids[index]
         root = self.root
         image = read_rgb(os.path.join(root, 'JPEGImages', name + '.jpg'))
@@ -344,6 +348,7 @@ class TrainTransform:
         self.rng = rng or random.Random()
 
     def __call__(self, sample):
+        """Augmented (or letterboxed) tensors of a native-size NumPy sample."""
         sample = dict(sample)
         if self.augment:
             sample = self._scale(sample, self.rng.uniform(0.5, 2.0))
@@ -443,7 +448,7 @@ def photometric_distortion(image, rng):
 
 
 def to_tensors(sample):
-    """NumPy sample -> tensors in the model's target format (image in [0, 1])."""
+    """Convert a NumPy sample to tensors in the model's target format (image in [0, 1])."""
     out = {'name': sample.get('name', '')}
     for key, value in sample.items():
         if key == 'name':

@@ -88,7 +88,7 @@ def edge_loss(logit, target, edge_w=0.95, ignore_index=IGNORE_INDEX):
 
 
 def load_balancing_loss(routes):
-    """MLoRE's load-balancing loss: sum over routing sites of ``(std(m) / mean(m))^2``.
+    """Load-balancing loss of MLoRE: sum over routing sites of ``(std(m) / mean(m))^2``.
 
     ``routes``: list of (rows x N_experts) gate tensors, one per routing site (rows: batch
     samples of every task); ``m`` is the mean gate of each expert over the rows. ``std`` is
@@ -149,8 +149,11 @@ class LossPrioritizer:
         return torch.log(1.0 + loss + self.eta)
 
     def observe(self, projected):
-        """Record one step's projected losses ({task: float or tensor}); weights change
-        once per period (tensors are summed on their device, read once per period)."""
+        """Record one step's projected losses ({task: float or tensor}).
+
+        Weights change once per period; tensors are summed on their device and read once
+        per period (no synchronisation per step).
+        """
         for task in self.tasks:
             self._sums[task] = self._sums[task] + projected[task]
         self._count += 1
@@ -182,6 +185,7 @@ class LossPrioritizer:
                 'sums': {t: float(v) for t, v in self._sums.items()}, 'count': self._count}
 
     def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned."""
         self.weights = {t: float(state['weights'][t]) for t in self.tasks}
         self.records = [{t: float(r[t]) for t in self.tasks} for r in state['records']]
         self._sums = {t: float(state['sums'][t]) for t in self.tasks}
@@ -238,6 +242,7 @@ class MultiTaskLoss(nn.Module):
         return sum(self.prioritizer.weights[t] * projected[t] for t in self.tasks), projected
 
     def forward(self, outputs, targets):
+        """Loss dict of one batch (see the class docstring)."""
         losses = self.task_losses(outputs['pred'], targets)
         result = {t: v.detach() for t, v in losses.items()}
         if self.prioritizer is None:
@@ -262,7 +267,7 @@ class MultiTaskLoss(nn.Module):
         return result
 
     def priorities(self):
-        """Current LPS priorities (all 1.0 with fixed balancing)."""
+        """Return the current LPS task weights (all 1.0 with fixed balancing)."""
         if self.prioritizer is None:
             return {t: 1.0 for t in self.tasks}
         return dict(self.prioritizer.weights)

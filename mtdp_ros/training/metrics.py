@@ -67,6 +67,7 @@ class SemsegMeter:
             self.num_classes, self.num_classes)
 
     def score(self):
+        """Mean IoU (classes present), mIoU_all, pixel accuracy and per-class IoU."""
         tp = np.diag(self.confusion).astype(np.float64)
         gt_count = self.confusion.sum(axis=1)
         union = gt_count + self.confusion.sum(axis=0) - tp
@@ -91,6 +92,7 @@ class DepthMeter:
         self.sq = self.abs_rel = self.sq_rel = self.log_sq = self.delta1 = 0.0
 
     def update(self, pred, gt):
+        """Add predicted and ground-truth depth maps (any matching shapes, metres)."""
         pred = _numpy(pred).astype(np.float64).reshape(-1)
         gt = _numpy(gt).astype(np.float64).reshape(-1)
         if pred.shape != gt.shape:
@@ -107,6 +109,7 @@ class DepthMeter:
         self.delta1 += float((np.maximum(p / g, g / p) < 1.25).sum())
 
     def score(self):
+        """RMSE, abs-rel, sq-rel, log-RMSE, delta < 1.25 and the valid pixel count."""
         n = max(self.n, 1)
         return {'rmse': math.sqrt(self.sq / n), 'abs_rel': self.abs_rel / n,
                 'sq_rel': self.sq_rel / n, 'log_rmse': math.sqrt(self.log_sq / n),
@@ -152,6 +155,7 @@ class NormalsMeter:
         return float(self.hist[:int(round(limit / self.BIN))].sum() / max(self.n, 1))
 
     def score(self):
+        """Mean, median and RMSE angle (degrees) and the fractions within thresholds."""
         if self.n == 0:
             nan = float('nan')
             return {'mean_angle': nan, 'median_angle': nan, 'rmse_angle': nan}
@@ -283,6 +287,7 @@ class EdgeMeter:
         self.gt_count += int(positive.sum())
 
     def score(self):
+        """ODS F with its threshold, precision and recall."""
         precision = self.pred_match / np.maximum(self.pred_count, 1)
         precision = np.where(self.pred_count > 0, precision, 1.0)
         recall = self.gt_match / max(self.gt_count, 1)
@@ -318,6 +323,7 @@ class SaliencyMeter:
         self.actual_pos += float(g.sum())
 
     def score(self):
+        """The maximum F-measure over thresholds."""
         precision = self.tp / np.maximum(self.pred_pos, 1e-12)
         recall = self.tp / max(self.actual_pos, 1e-12)
         denom = self.beta_squared * precision + recall
@@ -393,8 +399,10 @@ class MultiTaskMeter:
                 raise ValueError(f'no metric for task {task!r}')
 
     def update(self, raw, targets):
+        """Add a batch of raw model outputs and targets (task -> tensor)."""
         for task in self.tasks:
             self.meters[task].update(predictions_from_raw(task, raw[task]), targets[task])
 
     def score(self):
+        """Nested dict task -> metric -> value."""
         return {task: meter.score() for task, meter in self.meters.items()}

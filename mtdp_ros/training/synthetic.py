@@ -651,7 +651,7 @@ def _albedo(props, uv, up):
 
 # ----------------------------------------------------------------------------- rendering
 def _gather_rows(table, index):
-    """table B x S x C, index B x P -> B x P x C."""
+    """Rows of ``table`` (B x S x C) picked by ``index`` (B x P): B x P x C."""
     return table.gather(1, index[..., None].expand(-1, -1, table.shape[-1]))
 
 
@@ -683,8 +683,11 @@ def _sensor_noise(seeds, height, width, device):
 
 
 def _edges(instance, depth):
-    """1-pixel boundaries: a pixel is an edge if its right or lower neighbour belongs to
-    another surface or lies across a depth jump of more than 5 %."""
+    """One-pixel-wide boundaries between surfaces and across depth jumps.
+
+    A pixel is an edge if its right or lower neighbour belongs to another surface or lies
+    across a depth jump of more than 5 %.
+    """
     edge = torch.zeros_like(instance, dtype=torch.bool)
     for dim in (-1, -2):
         n = instance.shape[dim]

@@ -28,7 +28,7 @@ CHECKPOINT_NAME = 'checkpoint_last.pt'
 
 # ----------------------------------------------------------------------------- setup
 def model_config_from(spec):
-    """ModelConfig from a name/path, a full config dict, or ``{base: NAME, **overrides}``."""
+    """Model config from a name/path, a full config dict, or ``{base: NAME, **overrides}``."""
     if isinstance(spec, ModelConfig):
         return spec, None
     if isinstance(spec, dict):
@@ -79,6 +79,7 @@ class TrainForward(nn.Module):
         self.model = model
 
     def forward(self, x, targets):
+        """``model.forward_train(x, targets)``."""
         return self.model.forward_train(x, targets)
 
 
@@ -91,6 +92,7 @@ class ProgressBar:
         self.width = width
 
     def update(self, step, total, text):
+        """Show progress ``step`` of ``total`` with a status text."""
         frac = min(1.0, step / max(total, 1))
         filled = int(round(frac * self.width))
         bar = '#' * filled + '.' * (self.width - filled)
@@ -102,6 +104,7 @@ class ProgressBar:
         self.stream.flush()
 
     def close(self):
+        """End the progress line."""
         if self.tty:
             self.stream.write('\n')
             self.stream.flush()
@@ -127,6 +130,7 @@ class Logger:
             self.writer = SummaryWriter(os.path.join(out_dir, 'tensorboard'))
 
     def log(self, step, values, prefix='train'):
+        """Record ``values`` (nested dict of numbers) at ``step`` under ``prefix``."""
         if not self.enabled:
             return
         record = {'step': step, 'time': time.time(), prefix: values}
@@ -137,6 +141,7 @@ class Logger:
                 self.writer.add_scalar(f'{prefix}/{key}', value, step)
 
     def close(self):
+        """Flush and close the log files."""
         if self.jsonl:
             self.jsonl.close()
         if self.writer is not None:
@@ -237,8 +242,10 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------
     def step(self, batch):
-        """One optimiser step on ``batch`` (dict: image [0, 1] + targets); returns the
-        loss dict (tensors, not synchronised)."""
+        """Take one optimiser step on ``batch`` (dict: image in [0, 1] and targets).
+
+        Returns the loss dict (tensors, not synchronised with the device).
+        """
         lr = self.lr_at(self.step_count)
         for group in self.optimizer.param_groups:
             group['lr'] = lr
@@ -265,9 +272,11 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------
     @property
     def is_main(self):
+        """True on the process that logs and saves (rank 0)."""
         return self.rank == 0
 
     def checkpoint_path(self):
+        """Where the resumable training state is written."""
         return os.path.join(self.config['output']['dir'], CHECKPOINT_NAME)
 
     def save_state(self, path=None):
@@ -293,6 +302,7 @@ class Trainer:
         return path
 
     def load_state(self, path):
+        """Resume from a state written by ``save_state``."""
         state = torch.load(path, map_location='cpu', weights_only=True)
         saved = ModelConfig.from_dict(json.loads(state['model_config']))
         if saved != self.model_config:
