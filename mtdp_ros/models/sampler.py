@@ -11,7 +11,7 @@ import torch
 
 
 def cosine_log_snr(t, ns=0.0002, ds=0.00025):
-    """log SNR(t) = -log(cos((t + ns) / (1 + ds) * pi/2)^-2 - 1)  (clamped at 1e-5)."""
+    """Cosine schedule: log SNR(t) = -log(cos((t + ns) / (1 + ds) * pi/2)^-2 - 1), clamped."""
     ratio = torch.cos((t + ns) / (1 + ds) * math.pi * 0.5) ** -2 - 1
     return -torch.log(ratio.clamp(min=1e-5))
 
