@@ -18,16 +18,7 @@ class MultiTaskModel(nn.Module):
 
     def select_tasks(self, tasks):
         """Validated tuple of requested tasks in the model's order (None: all)."""
-        if tasks is None:
-            return self.config.tasks
-        if isinstance(tasks, str):
-            tasks = [tasks]
-        unknown = [t for t in tasks if t not in self.config.tasks]
-        if unknown:
-            raise ValueError(f'unknown tasks {unknown}; this model has {list(self.config.tasks)}')
-        if not tasks:
-            raise ValueError('at least one task must be requested')
-        return tuple(t for t in self.config.tasks if t in tasks)
+        return self.config.select_tasks(tasks)
 
     def check_input(self, x):
         if x.dim() != 4 or x.shape[1] != 3:

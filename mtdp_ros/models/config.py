@@ -97,6 +97,20 @@ class ModelConfig:
     def is_class_task(self, task: str) -> bool:
         return task in CLASS_TASKS
 
+    def select_tasks(self, tasks=None):
+        """Validated tuple of requested tasks in the model's order (None: all)."""
+        if tasks is None:
+            return self.tasks
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        tasks = list(tasks)
+        unknown = [t for t in tasks if t not in self.tasks]
+        if unknown:
+            raise ValueError(f'unknown tasks {unknown}; this model has {list(self.tasks)}')
+        if not tasks:
+            raise ValueError('at least one task must be requested')
+        return tuple(t for t in self.tasks if t in tasks)
+
     # ------------------------------------------------------------------ validation
     def validate(self):
         """Raise ValueError naming the first inconsistent field."""

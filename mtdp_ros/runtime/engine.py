@@ -9,6 +9,7 @@ import os
 import time
 from collections import OrderedDict
 
+import numpy as np
 import torch
 
 from mtdp_ros.models import ModelConfig, resolve_model
@@ -132,17 +133,16 @@ class Engine:
 
     def select_tasks(self, tasks):
         """Return the requested tasks (None: all) in the model's order; ValueError if unknown."""
-        if tasks is None:
-            return self.tasks
-        if isinstance(tasks, str):
-            tasks = [tasks]
-        tasks = list(tasks)
-        unknown = [t for t in tasks if t not in self.config.tasks]
-        if unknown:
-            raise ValueError(f'unknown tasks {unknown}; this model has {list(self.tasks)}')
-        if not tasks:
-            raise ValueError('at least one task must be requested')
-        return tuple(t for t in self.config.tasks if t in tasks)
+        return self.config.select_tasks(tasks)
+
+    def forward_arguments(self, x, tasks, steps, seed):
+        """Validated ``(x, tasks, steps, seed)`` of a ``forward`` call (x as a CPU tensor)."""
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        expected = (1, 3, *self.config.image_size)
+        if tuple(x.shape) != expected:
+            raise ValueError(f'input must be {expected}, got {tuple(x.shape)}')
+        return (x, self.select_tasks(tasks), self.resolve_steps(steps),
+                self.seed if seed is None else seed)
 
     def resolve_steps(self, steps):
         """Step count of one call (None: the engine's default); None for MLoRE models."""

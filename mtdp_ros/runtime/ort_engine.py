@@ -290,13 +290,7 @@ class OrtEngine(Engine):
 
     def forward(self, x, tasks=None, steps=None, seed=None):
         """Raw outputs (numpy float32, 1 x C x h x w) for a normalised model-size input."""
-        tasks = self.select_tasks(tasks)
-        steps = self.resolve_steps(steps)
-        seed = self.seed if seed is None else seed
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        expected = (1, 3, *self.config.image_size)
-        if tuple(x.shape) != expected:
-            raise ValueError(f'input must be {expected}, got {tuple(x.shape)}')
+        x, tasks, steps, seed = self.forward_arguments(x, tasks, steps, seed)
         with self._lock:
             raw = self._run(self._session(steps), x.to(self.torch_device), tasks, seed)
             return {t: v.cpu().numpy() for t, v in raw.items()}

@@ -107,13 +107,7 @@ class TorchEngine(Engine):
 
     def forward(self, x, tasks=None, steps=None, seed=None):
         """Raw outputs (numpy float32, 1 x C x h x w) for a normalised model-size input."""
-        tasks = self.select_tasks(tasks)
-        steps = self.resolve_steps(steps)
-        seed = self.seed if seed is None else seed
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        expected = (1, 3, *self.config.image_size)
-        if tuple(x.shape) != expected:
-            raise ValueError(f'input must be {expected}, got {tuple(x.shape)}')
+        x, tasks, steps, seed = self.forward_arguments(x, tasks, steps, seed)
         with self._lock:
             raw = self.run_network(x.to(self.torch_device, self.dtype), tasks, steps,
                                    self.device_noise(seed))
