@@ -33,16 +33,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from mtdp_ros.ros.conversions import rgb_to_image_msg
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_CONFIG = {
-    'family': 'mlore', 'dataset': 'NYUD', 'tasks': ['semseg', 'depth', 'normals', 'edge'],
-    'num_outputs': {'semseg': 40, 'depth': 1, 'normals': 3, 'edge': 1},
-    'image_size': [64, 96], 'patch_size': 16, 'embed_dim': 64, 'depth': 4, 'num_heads': 2,
-    'select_layers': [1, 2, 3], 'decoder_dim': 32, 'expert_ranks': [2, 4, 6, 8, 10],
-    'task_expert_rank': 4, 'top_k': 3, 'pre_softmax': True, 'head': 'conv',
-    'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225],
-}
+from ros_harness import REPO, TINY_MLORE as TINY_CONFIG  # noqa: E402
 
 
 @pytest.mark.launch_test
