@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..models import build_model, load_checkpoint, ModelConfig, resolve_model, save_checkpoint
+from ..models.pretrained import load_pretrained_encoder
 from .config import load_config
 from .losses import MultiTaskLoss
 
@@ -193,7 +194,12 @@ class Trainer:
                 raise ValueError(f'init: model, but the model {config["model"]!r} comes '
                                  f'without weights (give a checkpoint path or random)')
             init = shipped
-        if init not in (None, 'random'):
+        if isinstance(init, dict):
+            report = load_pretrained_encoder(self.model.encoder, init['encoder'])
+            self.echo(f'encoder initialised from {init["encoder"]} (position embedding '
+                      f'{report["pos_embed"]}; left out: {", ".join(report["dropped"]) or "-"})'
+                      f'; decoder and heads random')
+        elif init not in (None, 'random'):
             load_checkpoint(self.model, init)
             self.echo(f'initialised from {init}')
         self.model.to(self.device)
