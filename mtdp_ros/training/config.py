@@ -58,6 +58,8 @@ DEFAULTS = {
         'checkpoint_every': 1000,
         'compile': False,             # torch.compile the model (slow start, faster steps)
         'find_unused_parameters': False,
+        'sync_batchnorm': 'auto',     # auto (several CUDA processes) | true | false: BatchNorm
+                                      # -> SyncBatchNorm under DDP, as the authors convert
     },
     'loss': {
         'weights': {},                # task -> weight (defaults: the authors' values)
@@ -132,6 +134,9 @@ def validate(config):
             raise ValueError(f'{section}.{key} must be one of {options}, '
                              f'got {config[section][key]!r}')
     train, data = config['train'], config['data']
+    if train['sync_batchnorm'] not in ('auto', True, False):
+        raise ValueError(f"train.sync_batchnorm must be auto, true or false, "
+                         f"got {train['sync_batchnorm']!r}")
     for key in ('steps', 'batch_size'):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ValueError(f'train.{key} must be a positive integer, got {train[key]!r}')
