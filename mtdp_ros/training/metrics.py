@@ -300,9 +300,19 @@ class EdgeMeter:
 
 
 class SaliencyMeter:
-    """Maximum F-measure over thresholds (beta^2 = 0.3, thresholds 0.05 .. 0.95)."""
+    """Maximum F-measure over thresholds (beta^2 = 0.3, thresholds 0.05 .. 0.95).
 
-    def __init__(self, threshold_step=0.05, beta_squared=0.3, ignore_index=IGNORE_INDEX):
+    The thresholds apply to the saliency probability (softmax of the two logits), as
+    TaskDiffusion's ``evaluation/eval_sal.py``. MLoRE's ``eval_sal.py`` applies a sigmoid to
+    that probability first, squeezing it into [0.5, 0.731] where only the thresholds 0.55
+    .. 0.70 separate pixels (0.20, 0.41, 0.62, 0.85 on the probability), so its maxF is
+    usually lower on the same predictions; ``squash=True`` reproduces that protocol (to
+    compare with the MLoRE paper's saliency numbers).
+    """
+
+    def __init__(self, threshold_step=0.05, beta_squared=0.3, ignore_index=IGNORE_INDEX,
+                 squash=False):
+        self.squash = bool(squash)
         self.thresholds = np.arange(threshold_step, 1 - 1e-9, threshold_step)
         self.beta_squared = beta_squared
         self.ignore_index = ignore_index
@@ -317,6 +327,8 @@ class SaliencyMeter:
             prob = prob[:, 0]
         if prob.shape != gt.shape:
             raise ValueError(f'saliency prediction {prob.shape} and label {gt.shape} differ')
+        if self.squash:
+            prob = 1.0 / (1.0 + np.exp(-prob))
         valid = gt != self.ignore_index
         p, g = prob[valid], gt[valid] == 1
         self.pred_pos += _count_ge(p, self.thresholds)
