@@ -10,10 +10,10 @@ at the labels' resolution.
 
 import math
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..runtime.preprocess import check_image, letterbox, normalisation, plan_letterbox, \
+    unletterbox
 from .metrics import MultiTaskMeter
 
 # Tolerance of the edge benchmark (fraction of the image diagonal) per data set.
@@ -39,42 +39,22 @@ def parse_data_spec(spec):
     raise ValueError(f'--data must be synthetic, nyud:DIR or pascal:DIR, got {spec!r}')
 
 
-def letterbox_params(size, model_size):
-    """(resized (rh, rw), offset (top, left)) fitting ``size`` into ``model_size``."""
-    height, width = size
-    model_h, model_w = model_size
-    scale = min(model_h / height, model_w / width)
-    resized = (max(1, min(model_h, round(height * scale))),
-               max(1, min(model_w, round(width * scale))))
-    return resized, ((model_h - resized[0]) // 2, (model_w - resized[1]) // 2)
-
-
 def _letterbox_batch(images, model_size, config, device):
-    """uint8 H x W x 3 images (any sizes) -> normalised model batch and their geometry."""
-    mean = torch.tensor(config.mean, device=device).view(3, 1, 1)
-    std = torch.tensor(config.std, device=device).view(3, 1, 1)
+    """uint8 H x W x 3 images (any sizes) -> normalised model batch and their letterboxes.
+
+    The runtime's letterbox (``mtdp_ros.runtime.preprocess``): evaluation sees exactly the
+    input the engines and the node give the model, and maps outputs back the same way.
+    """
+    gain, offset = normalisation(config.mean, config.std, device)
     batch = torch.zeros((len(images), 3) + tuple(model_size), device=device)
-    geometry = []
+    plans = []
     for index, image in enumerate(images):
-        resized, (top, left) = letterbox_params(image.shape[:2], model_size)
-        tensor = torch.as_tensor(np.ascontiguousarray(image), device=device)
-        tensor = tensor.permute(2, 0, 1).float()[None] / 255.0
-        if tuple(resized) != tuple(image.shape[:2]):
-            tensor = F.interpolate(tensor, size=resized, mode='bilinear', align_corners=False,
-                                   antialias=True)
-        batch[index, :, top:top + resized[0], left:left + resized[1]] = \
-            (tensor[0] - mean) / std
-        geometry.append((resized, (top, left), image.shape[:2]))
-    return batch, geometry
-
-
-def _unletterbox(raw, geometry):
-    """Crop the image region of each output and resize it to the image's own size."""
-    resized, (top, left), size = geometry
-    crop = raw[None, :, top:top + resized[0], left:left + resized[1]].float()
-    if tuple(resized) != tuple(size):
-        crop = F.interpolate(crop, size=tuple(size), mode='bilinear', align_corners=False)
-    return crop
+        image = check_image(image)
+        plan = plan_letterbox(image.shape[:2], model_size)
+        letterbox(torch.as_tensor(image, device=device), plan, gain, offset,
+                  out=batch[index:index + 1])
+        plans.append(plan)
+    return batch, plans
 
 
 @torch.no_grad()
@@ -155,7 +135,8 @@ def _evaluate_dataset(model, run, meter, kind, root, num, batch_size, device, pr
                                        config, device)
         raw = run(x)
         for index, sample in enumerate(samples):
-            outputs = {t: _unletterbox(raw[t][index], geometry[index]) for t in config.tasks}
+            outputs = {t: unletterbox(raw[t][index:index + 1].float(), geometry[index])
+                       for t in config.tasks}
             targets = {t: torch.as_tensor(sample[t])[None] for t in config.tasks}
             for task in ('normals',):
                 if task in targets:
@@ -183,6 +164,8 @@ def _round(value):
     return value
 
 
+# Quality floors of the shipped default models on held-out synthetic scenes: the one place
+# they are defined (scripts/train_default_models.py and the tests read them from here).
 FLOORS = {('semseg', 'mIoU'): ('>=', 0.60), ('depth', 'abs_rel'): ('<=', 0.15),
           ('normals', 'mean_angle'): ('<=', 20.0), ('edge', 'odsF'): ('>=', 0.40)}
 
@@ -196,3 +179,9 @@ def check_floors(summary, floors=None):
         if not ok:
             failures.append(f'{task}.{key} = {value} (needs {op} {bound})')
     return failures
+
+
+def describe_floors(floors=None):
+    """The floors as one line of text, e.g. 'semseg mIoU >= 0.6, depth abs_rel <= 0.15'."""
+    return ', '.join(f'{task} {key} {op} {bound:g}'
+                     for (task, key), (op, bound) in (floors or FLOORS).items())
