@@ -150,9 +150,10 @@ class NodeProcess:
         return code, time.monotonic() - started
 
     def signal_group(self, signals, gap=0.05, timeout=10.0):
-        """Send ``signals`` to the process group ``gap`` s apart (as a terminal and
-        ``ros2 launch`` do); returns (exit code, seconds from the first signal), or
-        (None, timeout) if the process is still alive then.
+        """Send ``signals`` to the process group ``gap`` s apart, as a terminal does.
+
+        Returns (exit code, seconds from the first signal), or (None, timeout) if the
+        process is still alive then.
         """
         group = os.getpgid(self.process.pid)
         started = time.monotonic()
@@ -297,8 +298,10 @@ class RosClient:
                           timeout).current_state.label
 
     def change_state(self, node_name, transition, timeout=60.0):
-        """Request a lifecycle transition by label ('configure', 'activate', 'deactivate',
-        'cleanup', 'shutdown'); True when it succeeded."""
+        """Request a lifecycle transition of ``node_name``; True when it succeeded.
+
+        ``transition`` is a label: configure, activate, deactivate, cleanup, shutdown.
+        """
         from lifecycle_msgs.msg import Transition
         from lifecycle_msgs.srv import ChangeState
         request = ChangeState.Request()
