@@ -233,6 +233,7 @@ class PerceptionNode(LifecycleNode):
         # or releases the engine takes it, so no frame is half-way through then.
         self._frame_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._stopped = None            # set by stop(): whether the engine was released
         self._ready = threading.Event()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
@@ -659,11 +660,15 @@ class PerceptionNode(LifecycleNode):
         engine stays (the process is about to end: see ``inference_running``). True when
         the engine is released (or there was none).
         """
+        if self._stopped is not None:     # the shutdown transition, then destroy_node
+            return self._stopped
+        deadline = time.monotonic() + STOP_TIMEOUT
         self._stopping.set()
         self._deactivate(STOP_TIMEOUT)
         self._slot.close()
-        self._worker.join(STOP_TIMEOUT)
-        return not self._worker.is_alive() and self._release_engine(0.0)
+        self._worker.join(max(0.0, deadline - time.monotonic()))
+        self._stopped = not self._worker.is_alive() and self._release_engine(0.0)
+        return self._stopped
 
     def inference_running(self):
         """True while the inference thread is still busy (after ``stop``)."""
