@@ -211,3 +211,39 @@ def test_a_model_without_depth_advertises_no_points(nodes):
     assert client.wait_for_publishers('/nodepth/edges'), node.log()
     assert client.node.count_publishers('/nodepth/points') == 0
     assert client.node.count_publishers('/nodepth/depth') == 0
+
+
+def test_cleanup_leaves_no_reference_to_the_engine(tmp_path):
+    """In one process: after cleanup nothing holds the engine or its network any more."""
+    import gc
+    import weakref
+
+    import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from mtdp_ros.perception_node import PerceptionNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(__name__ + '.in_process'),
+               signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    node = None
+    try:
+        node = PerceptionNode(context=context, parameter_overrides=[
+            Parameter('model.preset', value=write_config(tmp_path, TINY_MLORE)),
+            Parameter('autostart', value=False)])
+        assert node.engine is None and node.state == 'unconfigured'
+        for _ in range(2):          # a second configure / cleanup cycle releases too
+            assert node.run_autostart()
+            assert node.state == 'active'
+            engine = weakref.ref(node.engine)
+            network = weakref.ref(node.engine.model)
+            assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+            assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+            assert node.state == 'unconfigured' and node.engine is None
+            gc.collect()
+            assert engine() is None and network() is None
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
