@@ -3,7 +3,8 @@
 A terminal sends SIGINT to the whole process group, and ``ros2 launch`` forwards a second
 one: each node runs in its own process group, which the test signals. Every stop must end
 the process with exit code 0 within 10 s, with no traceback and no C++ abort in its log.
-Both nodes start at once (their start-ups overlap) in one ROS domain.
+A third node is signalled twice during its start-up. The nodes start at once (their
+start-ups overlap) in one ROS domain.
 """
 
 import signal
@@ -33,6 +34,10 @@ def nodes(tmp_path_factory):
     started = {}
     client = None
     try:
+        # Signalled during its start-up (the engine exists, the node may not be ready).
+        started['startup'] = NodeProcess(
+            domain, directory / 'startup.log', namespace='/startup', new_session=True,
+            params={'model.preset': config})
         for name in STOPS:
             started[name] = NodeProcess(
                 domain, directory / f'{name}.log', namespace=f'/{name}', new_session=True,
@@ -44,6 +49,21 @@ def nodes(tmp_path_factory):
             client.close()
         for process in started.values():
             process.close()
+
+
+def test_two_sigints_during_start_up_end_the_node_cleanly(nodes):
+    started, _ = nodes
+    node = started['startup']
+    # Logged while the engine is created: the signals land in the start-up (or, on a fast
+    # machine, just after it; either way the exit must be clean).
+    assert node.wait_for_log('the weights are random', 90), node.log()
+    code, seconds = node.signal_group([signal.SIGINT, signal.SIGINT], gap=0.05,
+                                      timeout=STOP_WITHIN_S)
+    log = node.log()
+    assert code == 0, (code, log)
+    for words in ABORT_WORDS:
+        assert words not in log, log
+    print(f'start-up: exit code {code} after {seconds:.2f} s')
 
 
 @pytest.mark.parametrize('name', sorted(STOPS))
