@@ -18,12 +18,12 @@ one inference thread takes the newest frame, converts it, runs the engine, and p
 So a slow model never builds a backlog, and memory stays bounded at any input rate.
 
 Stops: SIGINT and SIGTERM only set an event (later signals do nothing), the main thread
-leaves the executor loop and shuts down once; see :class:`StopSignals`.
+leaves the executor loop and shuts down once; see :mod:`mtdp_ros.ros.stops`.
 """
 
+import functools
 import gc
 import os
-import signal
 import sys
 import threading
 import time
@@ -50,6 +50,7 @@ from mtdp_ros.ros.outputs import KINDS, OUTPUT_TOPICS, OutputBuilder, OutputOpti
     output_topics
 from mtdp_ros.ros.qos import describe_qos, qos_profile
 from mtdp_ros.ros.runtime_log import RuntimeLogBridge
+from mtdp_ros.ros.stops import StopSignals
 
 __all__ = ['NODE_NAME', 'OUTPUT_TOPICS', 'STAGES', 'PerceptionNode', 'StartupError', 'main']
 
@@ -150,41 +151,10 @@ class LatestFrame:
             self._condition.notify_all()
 
 
-class StopSignals:
-    """SIGINT and SIGTERM handlers that only request a stop; later signals are no-ops.
-
-    rclpy's own handlers shut the context down and raise KeyboardInterrupt on every
-    SIGINT, so a second Ctrl-C (``ros2 launch`` forwards one after the terminal's) lands
-    in the middle of the cleanup. Here the first signal sets :attr:`requested`; only while
-    ``interrupt_startup`` is true (creating the node, the autostart transitions: nothing
-    to clean up yet) does it also raise KeyboardInterrupt, once.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = threading.Event()
-        self.interrupt_startup = True
-        self.received = []
-
-    def install(self):
-        """Install the handlers (main thread only)."""
-        for number in self.SIGNALS:
-            signal.signal(number, self._handle)
-
-    def _handle(self, number, frame):
-        self.received.append(number)
-        if self.requested.is_set():
-            return
-        self.requested.set()
-        if self.interrupt_startup:
-            self.interrupt_startup = False
-            raise KeyboardInterrupt
-
-
 def _callback_returning(result_on_exception):
     """Wrap a transition callback: an exception is logged (rclpy would drop it silently)."""
     def decorator(method):
+        @functools.wraps(method)
         def wrapper(self, state):
             try:
                 return method(self, state)
@@ -192,8 +162,6 @@ def _callback_returning(result_on_exception):
                 self._log.error(f'transition from {state.label} failed: '
                                 f'{type(exc).__name__}: {exc}')
                 return result_on_exception
-        wrapper.__name__ = method.__name__
-        wrapper.__doc__ = method.__doc__
         return wrapper
     return decorator
 
