@@ -71,11 +71,7 @@ def camera_info(width, height):
 
 def reset_statistics(node):
     """Forget the node's timing samples (warm-up frames are not timed)."""
-    from mtdp_ros.ros.monitoring import Samples
-    node._stage_ms = {stage: Samples() for stage in node._stage_ms}
-    node._processing_ms = Samples()
-    node._model_ms = Samples()
-    node._overhead_ms = Samples()
+    node.statistics.reset_samples()
 
 
 def listen(topics):
@@ -119,7 +115,8 @@ def main(argv=None):
         Parameter('engine.backend', value=args.backend),
         Parameter('engine.precision', value=args.precision),
         Parameter('watchdog.timeout', value=3600.0)])
-    node._ready.wait(300)
+    if not node.run_autostart():        # configure + activate (the reason is logged)
+        return 1
     tasks = node.engine.tasks
     raw_topics = [OUTPUT_TOPICS[t][0] for t in tasks]
     color_topics = [OUTPUT_TOPICS[t][1] for t in tasks]
@@ -160,10 +157,10 @@ def main(argv=None):
             node._process(frame, node.get_clock().now().nanoseconds)
         row = {'case': name}
         for stage in STAGES:
-            row[stage] = node._stage_ms[stage].percentile(50)
-        row['model'] = node._model_ms.percentile(50)
-        row['total'] = node._processing_ms.percentile(50)
-        row['overhead'] = node._overhead_ms.percentile(50)
+            row[stage] = node.statistics.stage_ms[stage].percentile(50)
+        row['model'] = node.statistics.model_ms.percentile(50)
+        row['total'] = node.statistics.processing_ms.percentile(50)
+        row['overhead'] = node.statistics.overhead_ms.percentile(50)
         results.append(row)
     for listener in listeners:
         listener.send_signal(signal.SIGINT)

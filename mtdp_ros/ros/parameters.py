@@ -66,6 +66,9 @@ SPECS = (
          int_range=(1, 100)),
     Spec('diagnostics.period', 1.0, 'Seconds between /diagnostics messages.',
          float_range=(0.1, 60.0)),
+    Spec('autostart', True,
+         'Configure and activate at start-up (true), or start unconfigured and wait for the '
+         'lifecycle transitions on ~/change_state (false).'),
     # Take effect while running.
     Spec('tasks', Parameter.Type.STRING_ARRAY,
          "Tasks to compute and publish (a subset of the model's: semseg, depth, "
