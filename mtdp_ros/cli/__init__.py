@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order ``mtdp --help`` lists them.
-SUBCOMMANDS = ('export', 'bench', 'train', 'eval', 'infer')
+SUBCOMMANDS = ('export', 'bench', 'train', 'eval', 'infer', 'bag')
 
 
 class CommandError(Exception):
@@ -18,7 +18,8 @@ class CommandError(Exception):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog='mtdp', description='Multi-task dense prediction: export, bench, train, eval, infer.')
+        prog='mtdp',
+        description='Multi-task dense prediction: export, bench, train, eval, infer, bag.')
     subparsers = parser.add_subparsers(dest='command', required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f'{__name__}.{name}').register(subparsers)

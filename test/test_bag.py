@@ -1,0 +1,255 @@
+"""``mtdp bag``: rosbag2 bags written by ``rosbags`` in, the node's outputs out.
+
+Input bags are written with rosbags' own typestore and CDR serializer (independent of
+rclpy), in both storage formats; the output is read back with rosbags and checked frame by
+frame against what the engine computes for the same decoded image.
+"""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import Reader, Writer
+from rosbags.rosbag2.enums import StoragePlugin
+from rosbags.typesys import Stores, get_typestore
+from sensor_msgs.msg import Image, PointCloud2
+
+from mtdp_ros.cli import main
+from mtdp_ros.ros.conversions import image_msg_to_numpy
+from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
+from ros_harness import TINY_MLORE, pattern_image, write_checkpoint, write_config
+
+TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
+STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
+NAMESPACE = '/mtdp_perception'
+# Node-relative output topics of the NYUD tasks of the tiny model.
+IMAGE_OUTPUTS = ('semantic/labels', 'semantic/color', 'depth', 'depth/color', 'normals',
+                 'normals/color', 'edges', 'edges/color')
+# Frame sizes differ from the model's 64 x 96 input, and from one another.
+FRAME_SIZES = ((48, 80), (60, 60), (48, 80))
+FRAME_ID = 'camera_optical_frame'
+# Bag times apart from the header stamps: the output must keep both as they were.
+BAG_TIMES = (1_700_000_000_000_000_000, 1_700_000_000_100_000_000, 1_700_000_000_250_000_000)
+
+
+def _header(index):
+    time = TYPESTORE.types['builtin_interfaces/msg/Time'](sec=1000 + index,
+                                                          nanosec=12345 * (index + 1))
+    return TYPESTORE.types['std_msgs/msg/Header'](stamp=time, frame_id=FRAME_ID)
+
+
+def _image_msg(rgb, encoding, index):
+    if encoding == 'jpeg':
+        ok, data = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        assert ok
+        return TYPESTORE.types['sensor_msgs/msg/CompressedImage'](
+            header=_header(index), format='jpeg', data=data.reshape(-1))
+    pixels = rgb if encoding == 'rgb8' else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    return TYPESTORE.types['sensor_msgs/msg/Image'](
+        header=_header(index), height=rgb.shape[0], width=rgb.shape[1], encoding=encoding,
+        is_bigendian=0, step=rgb.shape[1] * 3, data=np.ascontiguousarray(pixels).reshape(-1))
+
+
+def _camera_info_msg(height, width, index):
+    fx = 0.9 * width
+    return TYPESTORE.types['sensor_msgs/msg/CameraInfo'](
+        header=_header(index), height=height, width=width, distortion_model='plumb_bob',
+        d=np.zeros(5), k=np.array([fx, 0, width / 2, 0, fx, height / 2, 0, 0, 1.0]),
+        r=np.eye(3).reshape(-1), p=np.array([fx, 0, width / 2, 0, 0, fx, height / 2, 0,
+                                             0, 0, 1.0, 0]),
+        binning_x=0, binning_y=0,
+        roi=TYPESTORE.types['sensor_msgs/msg/RegionOfInterest'](
+            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+
+def write_input_bag(path, storage, encoding, camera_info=False):
+    """A bag of FRAME_SIZES pattern frames on /camera/image_raw (or .../compressed)."""
+    topic = '/camera/image_raw/compressed' if encoding == 'jpeg' else '/camera/image_raw'
+    msgtype = ('sensor_msgs/msg/CompressedImage' if encoding == 'jpeg'
+               else 'sensor_msgs/msg/Image')
+    frames = []
+    with Writer(path, version=9, storage_plugin=STORAGES[storage]) as writer:
+        image_connection = writer.add_connection(topic, msgtype, typestore=TYPESTORE)
+        info_connection = None
+        if camera_info:
+            info_connection = writer.add_connection('/camera/camera_info',
+                                                    'sensor_msgs/msg/CameraInfo',
+                                                    typestore=TYPESTORE)
+        for index, ((height, width), bag_time) in enumerate(zip(FRAME_SIZES, BAG_TIMES)):
+            rgb = pattern_image(height, width, seed=index)
+            if info_connection is not None:
+                # Recorded just before its frame, so that each frame has its own.
+                writer.write(info_connection, bag_time - 1000, TYPESTORE.serialize_cdr(
+                    _camera_info_msg(height, width, index), 'sensor_msgs/msg/CameraInfo'))
+            writer.write(image_connection, bag_time,
+                         TYPESTORE.serialize_cdr(_image_msg(rgb, encoding, index), msgtype))
+            frames.append(rgb)
+    return topic, frames
+
+
+def read_bag(path):
+    """{topic: [(bag time, raw bytes, msgtype)]} of a bag, in time order."""
+    topics = {}
+    with Reader(path) as reader:
+        for connection, timestamp, raw in reader.messages():
+            topics.setdefault(connection.topic, []).append(
+                (timestamp, bytes(raw), connection.msgtype))
+    return topics
+
+
+@pytest.fixture(scope='module')
+def model(tmp_path_factory):
+    """The tiny MLoRE config and a checkpoint whose depth is positive."""
+    directory = tmp_path_factory.mktemp('model')
+    return write_config(directory, TINY_MLORE), write_checkpoint(directory, TINY_MLORE)
+
+
+@pytest.fixture(scope='module')
+def engine(model):
+    """The engine the CLI creates for the tiny model (the reference for the values)."""
+    from mtdp_ros.runtime import create_engine
+    return create_engine(model[0], checkpoint=model[1], device='cpu')
+
+
+def run_bag(model, *args):
+    """``mtdp bag`` with the tiny model on the CPU; returns the exit code."""
+    return main(['bag', *args, '--model', model[0], '--checkpoint', model[1],
+                 '--device', 'cpu', '--no-progress'])
+
+
+def decoded_frames(frames, encoding):
+    """The RGB images the node would decode from the frames (JPEG is lossy)."""
+    if encoding != 'jpeg':
+        return frames
+    decoded = []
+    for rgb in frames:
+        _, data = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        decoded.append(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+    return decoded
+
+
+CASES = [('mcap', 'rgb8', False, 'mcap'), ('sqlite3', 'bgr8', True, 'sqlite3'),
+         ('mcap', 'jpeg', True, 'sqlite3'), ('sqlite3', 'jpeg', False, 'mcap')]
+
+
+@pytest.mark.parametrize('in_storage, encoding, camera_info, out_storage', CASES)
+def test_every_frame_on_every_topic(tmp_path, model, engine, in_storage, encoding,
+                                    camera_info, out_storage):
+    in_path = str(tmp_path / 'in')
+    topic, frames = write_input_bag(in_path, in_storage, encoding, camera_info)
+    out_path = str(tmp_path / 'out')
+    args = [in_path, '--out', out_path, '--image-topic', topic, '--storage', out_storage]
+    if camera_info:
+        args += ['--camera-info-topic', '/camera/camera_info']
+    assert run_bag(model, *args) == 0
+
+    with Reader(out_path) as reader:
+        assert {c.topic for c in reader.connections} == {
+            f'{NAMESPACE}/{t}' for t in IMAGE_OUTPUTS + (('points',) if camera_info else ())}
+        for connection in reader.connections:
+            assert connection.digest == TYPESTORE.hash_rihs01(connection.msgtype)
+    stored_file = [f for f in os.listdir(out_path) if f != 'metadata.yaml']
+    assert stored_file == [f'out.{"mcap" if out_storage == "mcap" else "db3"}']
+
+    topics = read_bag(out_path)
+    expected = [engine.infer(rgb) for rgb in decoded_frames(frames, encoding)]
+    raw_topics = {'semantic/labels': 'semseg', 'depth': 'depth', 'normals': 'normals',
+                  'edges': 'edge'}
+    for relative in IMAGE_OUTPUTS:
+        records = topics[f'{NAMESPACE}/{relative}']
+        assert [t for t, _, _ in records] == list(BAG_TIMES)
+        for index, (_, raw, msgtype) in enumerate(records):
+            assert msgtype == 'sensor_msgs/msg/Image'
+            msg = deserialize_message(raw, Image)
+            assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (
+                1000 + index, 12345 * (index + 1))
+            assert msg.header.frame_id == FRAME_ID
+            assert (msg.height, msg.width) == FRAME_SIZES[index]
+            values = image_msg_to_numpy(msg)
+            if relative in raw_topics:
+                reference = expected[index][raw_topics[relative]]
+                np.testing.assert_array_equal(values, reference)
+    if camera_info:
+        records = topics[f'{NAMESPACE}/points']
+        assert [t for t, _, _ in records] == list(BAG_TIMES)
+        for index, (_, raw, _) in enumerate(records):
+            cloud = deserialize_message(raw, PointCloud2)
+            assert (cloud.height, cloud.width) == FRAME_SIZES[index]
+            points = cloud_msg_to_numpy(cloud)
+            np.testing.assert_array_equal(points[..., 2], expected[index]['depth'])
+
+
+def test_copy_input_carries_input_topics(tmp_path, model):
+    in_path = str(tmp_path / 'in')
+    topic, _ = write_input_bag(in_path, 'mcap', 'rgb8', camera_info=True)
+    out_path = str(tmp_path / 'out')
+    assert run_bag(model, in_path, '--out', out_path, '--image-topic', topic,
+                   '--camera-info-topic', '/camera/camera_info', '--copy-input',
+                   '--namespace', '/robot/perception', '--tasks', 'depth') == 0
+    inputs = read_bag(in_path)
+    outputs = read_bag(out_path)
+    assert set(outputs) == {topic, '/camera/camera_info', '/robot/perception/depth',
+                            '/robot/perception/depth/color', '/robot/perception/points'}
+    for copied in (topic, '/camera/camera_info'):
+        assert outputs[copied] == inputs[copied]
+
+
+def test_errors_leave_no_output(tmp_path, model, capsys):
+    in_path = str(tmp_path / 'in')
+    topic, _ = write_input_bag(in_path, 'sqlite3', 'rgb8', camera_info=True)
+    out_path = str(tmp_path / 'out')
+    not_a_bag = tmp_path / 'not_a_bag'
+    not_a_bag.mkdir()
+    (not_a_bag / 'metadata.yaml').write_text('this: [is not rosbag2 metadata\n')
+    cases = [
+        ([str(tmp_path / 'missing'), '--out', out_path, '--image-topic', topic],
+         'input bag not found'),
+        ([str(not_a_bag), '--out', out_path, '--image-topic', topic], 'cannot read bag'),
+        ([in_path, '--out', out_path, '--image-topic', '/nope'],
+         'image topic /nope is not in the bag'),
+        ([in_path, '--out', out_path, '--image-topic', '/camera/camera_info'],
+         'has type sensor_msgs/msg/CameraInfo'),
+        ([in_path, '--out', out_path, '--image-topic', topic, '--camera-info-topic', topic],
+         'camera info topic /camera/image_raw has type sensor_msgs/msg/Image'),
+        ([in_path, '--out', out_path, '--image-topic', topic, '--namespace', 'rel/ns'],
+         'is not an absolute ROS namespace'),
+        ([in_path, '--out', out_path, '--image-topic', topic, '--tasks', 'saliency'],
+         'saliency'),
+    ]
+    for args, message in cases:
+        capsys.readouterr()
+        assert run_bag(model, *args) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and error[0].startswith('mtdp bag: error: '), error
+        assert message in error[0], error
+        assert sorted(os.listdir(tmp_path)) == ['in', 'not_a_bag'], args
+
+    existing = tmp_path / 'existing'
+    existing.mkdir()
+    capsys.readouterr()
+    assert run_bag(model, in_path, '--out', str(existing), '--image-topic', topic) == 2
+    error = capsys.readouterr().err.strip()
+    assert 'exists already' in error and '\n' not in error
+    assert os.listdir(existing) == []
+
+
+def test_bad_frame_fails_and_removes_partial_bag(tmp_path, model, capsys):
+    """A frame the node would reject stops the run; the half-written bag is removed."""
+    in_path = str(tmp_path / 'in')
+    with Writer(in_path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection('/camera/image_raw', 'sensor_msgs/msg/Image',
+                                           typestore=TYPESTORE)
+        good = _image_msg(pattern_image(48, 80), 'rgb8', 0)
+        writer.write(connection, BAG_TIMES[0],
+                     TYPESTORE.serialize_cdr(good, 'sensor_msgs/msg/Image'))
+        bad = _image_msg(pattern_image(48, 80), 'rgb8', 1)
+        bad.step = 80 * 3 + 1   # data is no longer step * height bytes
+        writer.write(connection, BAG_TIMES[1],
+                     TYPESTORE.serialize_cdr(bad, 'sensor_msgs/msg/Image'))
+    out_path = str(tmp_path / 'out')
+    assert run_bag(model, in_path, '--out', out_path, '--image-topic', '/camera/image_raw') == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and 'frame 1' in error[0] and 'step' in error[0], error
+    assert sorted(os.listdir(tmp_path)) == ['in']
