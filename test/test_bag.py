@@ -253,3 +253,77 @@ def test_bad_frame_fails_and_removes_partial_bag(tmp_path, model, capsys):
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and 'frame 1' in error[0] and 'step' in error[0], error
     assert sorted(os.listdir(tmp_path)) == ['in']
+
+
+def test_output_options(tmp_path, model, engine, capsys):
+    in_path = str(tmp_path / 'in')
+    topic, frames = write_input_bag(in_path, 'mcap', 'rgb8', camera_info=True)
+    out_path = str(tmp_path / 'raw_only')
+    assert run_bag(model, in_path, '--out', out_path, '--image-topic', topic,
+                   '--camera-info-topic', '/camera/camera_info', '--no-color',
+                   '--points-stride', '2') == 0
+    topics = read_bag(out_path)
+    assert set(topics) == {f'{NAMESPACE}/{t}' for t in
+                           ('semantic/labels', 'depth', 'normals', 'edges', 'points')}
+    for index, (_, raw, _) in enumerate(topics[f'{NAMESPACE}/points']):
+        cloud = cloud_msg_to_numpy(deserialize_message(raw, PointCloud2))
+        depth = engine.infer(frames[index])['depth']
+        np.testing.assert_array_equal(cloud[..., 2], depth[::2, ::2])
+
+    # A fixed depth colour range: depth/color is the colour map of that range.
+    out_path = str(tmp_path / 'range')
+    assert run_bag(model, in_path, '--out', out_path, '--image-topic', topic,
+                   '--tasks', 'depth', '--depth-color-min', '1', '--depth-color-max', '3') == 0
+    from mtdp_ros.ros.colormaps import depth_to_color
+    topics = read_bag(out_path)
+    assert set(topics) == {f'{NAMESPACE}/depth', f'{NAMESPACE}/depth/color'}
+    for index, (_, raw, _) in enumerate(topics[f'{NAMESPACE}/depth/color']):
+        color = image_msg_to_numpy(deserialize_message(raw, Image))
+        depth = engine.infer(frames[index])['depth']
+        np.testing.assert_array_equal(color, depth_to_color(depth, 1.0, 3.0))
+
+    # camera_info without the depth task: a warning, no points topic.
+    out_path = str(tmp_path / 'no_depth')
+    capsys.readouterr()
+    assert run_bag(model, in_path, '--out', out_path, '--image-topic', topic,
+                   '--camera-info-topic', '/camera/camera_info', '--tasks', 'semseg') == 0
+    assert 'no points: the depth task is not among' in capsys.readouterr().err
+    assert set(read_bag(out_path)) == {f'{NAMESPACE}/semantic/labels',
+                                       f'{NAMESPACE}/semantic/color'}
+
+    capsys.readouterr()
+    assert run_bag(model, in_path, '--out', str(tmp_path / 'bad'), '--image-topic', topic,
+                   '--depth-color-min', '3', '--depth-color-max', '1') == 2
+    assert '--depth-color-max (1.0) must exceed --depth-color-min' in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / 'bad')
+
+
+def test_unusable_camera_info_fails(tmp_path, model, capsys):
+    in_path = str(tmp_path / 'in')
+    with Writer(in_path, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        images = writer.add_connection('/camera/image_raw', 'sensor_msgs/msg/Image',
+                                       typestore=TYPESTORE)
+        infos = writer.add_connection('/camera/camera_info', 'sensor_msgs/msg/CameraInfo',
+                                      typestore=TYPESTORE)
+        info = _camera_info_msg(48, 80, 0)
+        info.k = np.zeros(9)
+        writer.write(infos, BAG_TIMES[0], TYPESTORE.serialize_cdr(
+            info, 'sensor_msgs/msg/CameraInfo'))
+        writer.write(images, BAG_TIMES[0], TYPESTORE.serialize_cdr(
+            _image_msg(pattern_image(48, 80), 'rgb8', 0), 'sensor_msgs/msg/Image'))
+    assert run_bag(model, in_path, '--out', str(tmp_path / 'out'), '--image-topic',
+                   '/camera/image_raw', '--camera-info-topic', '/camera/camera_info') == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and 'no usable camera matrix K' in error[0], error
+    assert sorted(os.listdir(tmp_path)) == ['in']
+
+
+def test_reads_a_single_storage_file(tmp_path, model):
+    """A bare .mcap file (without its metadata.yaml) is an input too."""
+    in_path = str(tmp_path / 'in')
+    topic, _ = write_input_bag(in_path, 'mcap', 'rgb8')
+    out_path = str(tmp_path / 'out')
+    assert run_bag(model, os.path.join(in_path, 'in.mcap'), '--out', out_path,
+                   '--image-topic', topic, '--tasks', 'edge') == 0
+    topics = read_bag(out_path)
+    assert [t for t, _, _ in topics[f'{NAMESPACE}/edges']] == list(BAG_TIMES)

@@ -13,6 +13,7 @@ the end, and removed on any error.
 """
 
 import bisect
+import dataclasses
 import os
 import sys
 import time
@@ -44,6 +45,16 @@ def register(subparsers):
     parser.add_argument('--copy-input', action='store_true',
                         help='also write the input image (and camera_info) messages')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--no-color', action='store_true',
+                        help='write the raw outputs only (no */color topics)')
+    parser.add_argument('--depth-color-min', type=float, default=0.0, metavar='M',
+                        help='near end of depth/color in metres (0: frame minimum)')
+    parser.add_argument('--depth-color-max', type=float, default=0.0, metavar='M',
+                        help='far end of depth/color in metres (0: frame maximum)')
+    parser.add_argument('--points-stride', type=int, default=1, metavar='N',
+                        help='keep every N-th pixel along each axis in points')
+    parser.add_argument('--points-color', choices=('image', 'semantic'), default='image',
+                        help='point colours: camera image or semantic classes')
     add_engine_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -92,16 +103,37 @@ def output_topic(namespace, relative):
     return f'{namespace}/{relative}'
 
 
+def output_options(args):
+    """The OutputOptions of the command line (as the node's publish/points/depth params)."""
+    from mtdp_ros.ros.outputs import OutputOptions
+    from mtdp_ros.ros.parameters import check_depth_range
+    problem = check_depth_range(args.depth_color_min, args.depth_color_max)
+    if problem:
+        raise CommandError(problem.replace('depth.color_', '--depth-color-'))
+    if args.points_stride < 1:
+        raise CommandError(f'--points-stride must be >= 1, got {args.points_stride}')
+    return OutputOptions(publish_color=not args.no_color,
+                         publish_points=bool(args.camera_info_topic),
+                         points_stride=args.points_stride, points_color=args.points_color,
+                         depth_color_min=args.depth_color_min,
+                         depth_color_max=args.depth_color_max)
+
+
+def _points_problem(kind, text):
+    raise CommandError(text)
+
+
 def run(args):
     """Process the bag; print the output path; the summary goes to stderr."""
     from mtdp_ros.ros import bag_io
     namespace = bag_io.check_namespace(args.namespace)
+    options = output_options(args)
     if os.path.lexists(args.out):
         raise CommandError(f'output {args.out} exists already; remove it or choose another '
                            f'--out')
     reader = bag_io.open_bag(args.input)
     try:
-        summary = _process(reader, args, namespace, bag_io)
+        summary = _process(reader, args, namespace, options, bag_io)
     finally:
         reader.close()
     frames, seconds, messages, topics = summary
@@ -113,9 +145,10 @@ def run(args):
     return 0
 
 
-def _process(reader, args, namespace, bag_io):
+def _process(reader, args, namespace, options, bag_io):
     """Run the engine on every frame of ``reader``; returns (frames, s, messages, topics)."""
     from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb
+    from mtdp_ros.ros.outputs import OutputBuilder
     image_connections, image_type = bag_io.topic_connections(
         reader, args.image_topic, tuple(bag_io.IMAGE_TYPES), 'image topic')
     image_class = bag_io.IMAGE_TYPES[image_type]
@@ -137,6 +170,11 @@ def _process(reader, args, namespace, bag_io):
     tasks = parse_tasks(args.tasks)
     engine = engine_from_args(args)
     tasks = engine.select_tasks(tasks)
+    if options.publish_points and 'depth' not in tasks:
+        print(f'mtdp bag: warning: no points: the depth task is not among {list(tasks)}',
+              file=sys.stderr)
+        options = dataclasses.replace(options, publish_points=False)
+    builder = OutputBuilder()
     copied = image_connections + info_connections if args.copy_input else []
     frames = 0
     progress = Progress(total, enabled=not args.no_progress)
@@ -165,38 +203,12 @@ def _process(reader, args, namespace, bag_io):
                                    f'ns) cannot be processed: {bag_io.one_line(exc)}'
                                    ) from None
             info = camera_info_at(infos, info_times, timestamp)
-            for relative, out_msg in frame_messages(outputs, msg.header, rgb, info).items():
-                writer.write(output_topic(namespace, relative), timestamp, out_msg)
+            for output in builder.messages(outputs, msg.header, rgb, info, options,
+                                           on_problem=_points_problem):
+                writer.write(output_topic(namespace, output.topic), timestamp, output.msg)
             frames += 1
             progress.update(frames)
         seconds = time.perf_counter() - started
         messages = sum(writer.counts.values())
         topics = len(writer.counts)
     return frames, seconds, messages, topics
-
-
-def frame_messages(outputs, header, rgb, camera_info):
-    """The node's messages of one frame: node-relative topic -> message."""
-    from mtdp_ros.perception_node import LABEL_TASKS, OUTPUT_TOPICS, PerceptionNode
-    from mtdp_ros.ros import colormaps
-    from mtdp_ros.ros.conversions import numpy_to_image_msg
-    from mtdp_ros.ros.pointcloud import compute_rays, depth_to_points, points_to_msg
-    messages = {}
-    for task, values in outputs.items():
-        raw_topic, color_topic = OUTPUT_TOPICS[task]
-        messages[raw_topic] = numpy_to_image_msg(values, PerceptionNode._raw_encoding(values),
-                                                 header)
-        if task in LABEL_TASKS:
-            colored = colormaps.labels_to_color(values)
-        elif task == 'depth':
-            colored = colormaps.depth_to_color(values)
-        elif task == 'normals':
-            colored = colormaps.normals_to_color(values)
-        else:
-            colored = colormaps.probability_to_color(values)
-        messages[color_topic] = numpy_to_image_msg(colored, 'rgb8', header)
-    if camera_info is not None and 'depth' in outputs:
-        depth = outputs['depth']
-        rays = compute_rays(camera_info, depth.shape[1], depth.shape[0])
-        messages['points'] = points_to_msg(depth_to_points(depth, rays, rgb), header)
-    return messages
