@@ -5,7 +5,9 @@ rclpy), in both storage formats; the output is read back with rosbags and checke
 frame against what the engine computes for the same decoded image.
 """
 
+import io
 import os
+import struct
 
 import cv2
 import numpy as np
@@ -17,6 +19,7 @@ from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import Image, PointCloud2
 
 from mtdp_ros.cli import main
+from mtdp_ros.cli.bag import Progress
 from mtdp_ros.ros.conversions import image_msg_to_numpy
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
 from ros_harness import TINY_MLORE, pattern_image, write_checkpoint, write_config
@@ -318,12 +321,65 @@ def test_unusable_camera_info_fails(tmp_path, model, capsys):
     assert sorted(os.listdir(tmp_path)) == ['in']
 
 
-def test_reads_a_single_storage_file(tmp_path, model):
-    """A bare .mcap file (without its metadata.yaml) is an input too."""
+def test_reads_a_single_storage_file(tmp_path, model, capsys):
+    """A bare .mcap file (without its metadata.yaml) is an input too; the summary."""
     in_path = str(tmp_path / 'in')
     topic, _ = write_input_bag(in_path, 'mcap', 'rgb8')
     out_path = str(tmp_path / 'out')
+    capsys.readouterr()
     assert run_bag(model, os.path.join(in_path, 'in.mcap'), '--out', out_path,
                    '--image-topic', topic, '--tasks', 'edge') == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == out_path
+    assert f'mtdp bag: 3 frame(s) of {topic} -> {out_path} (mcap, 6 messages on 2 topics)' \
+        in captured.err and ' fps (engine ' in captured.err
     topics = read_bag(out_path)
     assert [t for t, _, _ in topics[f'{NAMESPACE}/edges']] == list(BAG_TIMES)
+
+
+def _damage_first_message_record(mcap_file):
+    """Set the length of the first Message record inside the first Chunk beyond the file."""
+    data = bytearray(open(mcap_file, 'rb').read())
+    position = 8                                    # after the magic
+    while data[position] != 0x06:                   # Chunk
+        position += 9 + struct.unpack_from('<Q', data, position + 1)[0]
+    # Chunk: start, end, uncompressed size (u64 each), crc (u32), compression (string),
+    # records length (u64), records.
+    inner = position + 9 + 8 + 8 + 8 + 4
+    inner += 4 + struct.unpack_from('<I', data, inner)[0] + 8
+    while data[inner] != 0x05:                      # Message
+        inner += 9 + struct.unpack_from('<Q', data, inner + 1)[0]
+    struct.pack_into('<Q', data, inner + 1, 2 ** 62)
+    with open(mcap_file, 'wb') as handle:
+        handle.write(data)
+
+
+def test_damaged_bags_fail_cleanly(tmp_path, model, capsys):
+    """Damage found on opening (truncation) or while reading records: one line, no output."""
+    truncated = str(tmp_path / 'truncated')
+    topic, _ = write_input_bag(truncated, 'mcap', 'rgb8')
+    storage_file = os.path.join(truncated, 'truncated.mcap')
+    with open(storage_file, 'r+b') as handle:
+        handle.truncate(os.path.getsize(storage_file) // 2)
+    damaged = str(tmp_path / 'damaged')
+    write_input_bag(damaged, 'mcap', 'rgb8')
+    _damage_first_message_record(os.path.join(damaged, 'damaged.mcap'))
+    for path in (truncated, damaged):
+        capsys.readouterr()
+        assert run_bag(model, path, '--out', str(tmp_path / 'out'), '--image-topic', topic) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and error[0].startswith(
+            f'mtdp bag: error: cannot read bag {path}'), error
+        assert sorted(os.listdir(tmp_path)) == ['damaged', 'truncated']
+
+
+def test_progress_lines_without_a_terminal():
+    stream = io.StringIO()
+    progress = Progress(25, stream=stream)
+    for done in range(1, 26):
+        progress.update(done)
+    lines = stream.getvalue().splitlines()
+    # A line per tenth (every 2 frames of 25) and the last frame.
+    assert [int(line.split('] ')[1].split('/')[0]) for line in lines] == \
+        list(range(1, 25, 2)) + [25]
+    assert lines[-1].startswith('[' + '#' * 30 + '] 25/25 frames, ')

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 
 from rclpy.serialization import deserialize_message, serialize_message
-from rosbags.rosbag2 import Reader, ReaderError, Writer, WriterError
+from rosbags.rosbag2 import Reader, Writer, WriterError
 from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -71,9 +71,25 @@ def open_bag(path):
     try:
         reader = Reader(path)
         reader.open()
-    except (ReaderError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: B902 - a damaged file fails in many ways (fuzzed)
         raise BagError(f'cannot read bag {path}: {one_line(exc)}') from None
     return reader
+
+
+def read_messages(reader, connections):
+    """(connection, bag time ns, raw CDR) of ``connections`` in time order.
+
+    A record the reader fails on (a damaged file) raises BagError naming the bag.
+    """
+    records = reader.messages(connections=connections)
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: B902 - as in open_bag
+            raise BagError(f'cannot read bag {reader.path}: {one_line(exc)}') from None
+        yield record
 
 
 def topic_connections(reader, topic, allowed_types, role):
