@@ -383,3 +383,53 @@ def test_progress_lines_without_a_terminal():
     assert [int(line.split('] ')[1].split('/')[0]) for line in lines] == \
         list(range(1, 25, 2)) + [25]
     assert lines[-1].startswith('[' + '#' * 30 + '] 25/25 frames, ')
+
+
+def _seeded_checkpoint(directory, config, name):
+    """Weights of a seeded random model (the same for the CLI and the reference engine)."""
+    import torch
+    from mtdp_ros.models import ModelConfig, build_model, save_checkpoint
+    torch.manual_seed(0)
+    path = str(directory / name)
+    save_checkpoint(build_model(ModelConfig.from_dict(config)), path)
+    return path
+
+
+def test_pascal_and_diffusion_models(tmp_path):
+    """A PASCAL model's topics (no depth: no points), and TaskDiffusion with --steps."""
+    from mtdp_ros.runtime import create_engine
+    in_path = str(tmp_path / 'in')
+    topic, frames = write_input_bag(in_path, 'sqlite3', 'rgb8', camera_info=True)
+    pascal = dict(TINY_MLORE, dataset='PASCALContext',
+                  tasks=['semseg', 'human_parts', 'sal', 'normals', 'edge'],
+                  num_outputs={'semseg': 21, 'human_parts': 7, 'sal': 2, 'normals': 3,
+                               'edge': 1})
+    config = write_config(tmp_path, pascal, 'tiny_pascal.json')
+    weights = _seeded_checkpoint(tmp_path, pascal, 'tiny_pascal.safetensors')
+    out_path = str(tmp_path / 'pascal')
+    assert main(['bag', in_path, '--out', out_path, '--image-topic', topic,
+                 '--camera-info-topic', '/camera/camera_info', '--model', config,
+                 '--checkpoint', weights, '--device', 'cpu', '--no-progress']) == 0
+    topics = read_bag(out_path)
+    assert set(topics) == {f'{NAMESPACE}/{t}' for t in (
+        'semantic/labels', 'semantic/color', 'human_parts/labels', 'human_parts/color',
+        'saliency', 'saliency/color', 'normals', 'normals/color', 'edges', 'edges/color')}
+    engine = create_engine(config, checkpoint=weights, device='cpu')
+    for index, (timestamp, raw, _) in enumerate(topics[f'{NAMESPACE}/saliency']):
+        assert timestamp == BAG_TIMES[index]
+        np.testing.assert_array_equal(image_msg_to_numpy(deserialize_message(raw, Image)),
+                                      engine.infer(frames[index])['sal'])
+
+    from ros_harness import TINY_TASKDIFFUSION
+    config = write_config(tmp_path, TINY_TASKDIFFUSION, 'tiny_td.json')
+    weights = _seeded_checkpoint(tmp_path, TINY_TASKDIFFUSION, 'tiny_td.safetensors')
+    out_path = str(tmp_path / 'diffusion')
+    assert main(['bag', in_path, '--out', out_path, '--image-topic', topic, '--model', config,
+                 '--checkpoint', weights, '--device', 'cpu', '--steps', '2', '--seed', '7',
+                 '--tasks', 'depth,edge', '--no-progress']) == 0
+    topics = read_bag(out_path)
+    engine = create_engine(config, checkpoint=weights, device='cpu')
+    for index, (_, raw, _) in enumerate(topics[f'{NAMESPACE}/edges']):
+        expected = engine.infer(frames[index], tasks=['depth', 'edge'], steps=2, seed=7)
+        np.testing.assert_array_equal(image_msg_to_numpy(deserialize_message(raw, Image)),
+                                      expected['edge'])
