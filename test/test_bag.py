@@ -206,6 +206,9 @@ def test_errors_leave_no_output(tmp_path, model, capsys):
     not_a_bag = tmp_path / 'not_a_bag'
     not_a_bag.mkdir()
     (not_a_bag / 'metadata.yaml').write_text('this: [is not rosbag2 metadata\n')
+    empty_path = str(tmp_path / 'empty')
+    with Writer(empty_path, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        writer.add_connection(topic, 'sensor_msgs/msg/Image', typestore=TYPESTORE)
     cases = [
         ([str(tmp_path / 'missing'), '--out', out_path, '--image-topic', topic],
          'input bag not found'),
@@ -220,6 +223,10 @@ def test_errors_leave_no_output(tmp_path, model, capsys):
          'is not an absolute ROS namespace'),
         ([in_path, '--out', out_path, '--image-topic', topic, '--tasks', 'saliency'],
          'saliency'),
+        ([in_path, '--out', str(tmp_path / 'no_such_folder' / 'out'), '--image-topic', topic],
+         'folder of the output'),
+        ([empty_path, '--out', out_path, '--image-topic', topic],
+         'image topic /camera/image_raw has no messages'),
     ]
     for args, message in cases:
         capsys.readouterr()
@@ -227,7 +234,21 @@ def test_errors_leave_no_output(tmp_path, model, capsys):
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and error[0].startswith('mtdp bag: error: '), error
         assert message in error[0], error
-        assert sorted(os.listdir(tmp_path)) == ['in', 'not_a_bag'], args
+        assert sorted(os.listdir(tmp_path)) == ['empty', 'in', 'not_a_bag'], args
+
+    # --copy-input of an input topic that is also an output topic.
+    clash_path = str(tmp_path / 'clash')
+    with Writer(clash_path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connection = writer.add_connection('/cam/depth', 'sensor_msgs/msg/Image',
+                                           typestore=TYPESTORE)
+        writer.write(connection, BAG_TIMES[0], TYPESTORE.serialize_cdr(
+            _image_msg(pattern_image(48, 80), 'rgb8', 0), 'sensor_msgs/msg/Image'))
+    capsys.readouterr()
+    assert run_bag(model, clash_path, '--out', out_path, '--image-topic', '/cam/depth',
+                   '--namespace', '/cam', '--copy-input') == 2
+    error = capsys.readouterr().err.strip()
+    assert '--copy-input would write /cam/depth twice' in error and '\n' not in error
+    assert sorted(os.listdir(tmp_path)) == ['clash', 'empty', 'in', 'not_a_bag']
 
     existing = tmp_path / 'existing'
     existing.mkdir()

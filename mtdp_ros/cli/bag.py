@@ -149,7 +149,7 @@ def run(args):
 def _process(reader, args, namespace, options, bag_io):
     """Run the engine on every frame; returns (frames, s, engine s, messages, topics)."""
     from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb
-    from mtdp_ros.ros.outputs import OutputBuilder
+    from mtdp_ros.ros.outputs import OutputBuilder, output_topics
     image_connections, image_type = bag_io.topic_connections(
         reader, args.image_topic, tuple(bag_io.IMAGE_TYPES), 'image topic')
     image_class = bag_io.IMAGE_TYPES[image_type]
@@ -177,6 +177,11 @@ def _process(reader, args, namespace, options, bag_io):
         options = dataclasses.replace(options, publish_points=False)
     builder = OutputBuilder()
     copied = image_connections + info_connections if args.copy_input else []
+    written = {output_topic(namespace, topic) for topic, _ in output_topics(tasks)}
+    clashes = sorted(written & {connection.topic for connection in copied})
+    if clashes:
+        raise CommandError(f'--copy-input would write {", ".join(clashes)} twice (an input '
+                           f'topic among the outputs): choose another --namespace')
     frames = 0
     engine_seconds = 0.0
     progress = Progress(total, enabled=not args.no_progress)

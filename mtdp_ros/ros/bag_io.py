@@ -154,6 +154,8 @@ class BagWriter:
 
     def add_topic(self, topic, msgtype, msgdef=None, rihs01=None):
         """Register ``topic`` of ``msgtype`` (definition from the Jazzy typestore if not given)."""
+        if topic in self._connections:
+            raise BagError(f'topic {topic} would be written twice into {self.path}')
         if msgdef is None:
             connection = self._writer.add_connection(topic, msgtype, typestore=typestore())
         else:
@@ -164,7 +166,10 @@ class BagWriter:
 
     def write_raw(self, topic, timestamp, raw):
         """Write already serialized bytes on a registered topic at ``timestamp`` (ns)."""
-        self._writer.write(self._connections[topic], int(timestamp), raw)
+        try:
+            self._writer.write(self._connections[topic], int(timestamp), raw)
+        except (WriterError, OSError) as exc:
+            raise BagError(f'cannot write {self.path}: {one_line(exc)}') from None
         self.counts[topic] += 1
 
     def write(self, topic, timestamp, msg):
@@ -176,7 +181,10 @@ class BagWriter:
     def commit(self):
         """Close the bag and move it to its destination (BagError if that appeared since)."""
         try:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except (WriterError, OSError) as exc:
+                raise BagError(f'cannot write {self.path}: {one_line(exc)}') from None
             if os.path.lexists(self.path):
                 raise BagError(f'output {self.path} appeared while writing; not replacing it')
             os.rename(self._bag_path, self.path)
