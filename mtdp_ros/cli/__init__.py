@@ -16,7 +16,7 @@ import sys
 import traceback
 
 # Sub-command modules, in the order ``mtdp --help`` lists them.
-SUBCOMMANDS = ('export', 'bench', 'train', 'eval', 'infer')
+SUBCOMMANDS = ('export', 'bench', 'train', 'eval', 'infer', 'bag')
 
 
 class CommandError(Exception):
@@ -25,7 +25,8 @@ class CommandError(Exception):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog='mtdp', description='Multi-task dense prediction: export, bench, train, eval, infer.')
+        prog='mtdp',
+        description='Multi-task dense prediction: export, bench, train, eval, infer, bag.')
     parser.add_argument('--debug', action='store_true',
                         help='print the traceback of an error (also MTDP_DEBUG=1)')
     subparsers = parser.add_subparsers(dest='command', required=True)
