@@ -66,6 +66,12 @@ SPECS = (
          int_range=(1, 100)),
     Spec('diagnostics.period', 1.0, 'Seconds between /diagnostics messages.',
          float_range=(0.1, 60.0)),
+    Spec('camera.rectified', False,
+         'True: the input image is rectified (image_rect): the point cloud uses P from '
+         'camera_info and ignores D. False: the raw image: K and D (undistorted).'),
+    Spec('depth.focal_correction', True,
+         "Rescale metric depth from the model's training focal length to the camera's "
+         '(K, or P when camera.rectified; needs camera_info, else uncorrected).'),
     # Take effect while running.
     Spec('tasks', Parameter.Type.STRING_ARRAY,
          "Tasks to compute and publish (a subset of the model's: semseg, depth, "
