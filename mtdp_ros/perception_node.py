@@ -29,27 +29,15 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from mtdp_ros.ros import colormaps, parameters
-from mtdp_ros.ros.conversions import (ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb,
-                                      numpy_to_image_msg)
+from mtdp_ros.ros import parameters
+from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb
 from mtdp_ros.ros.monitoring import Counters, RateMeter, Samples, WarningThrottle
-from mtdp_ros.ros.pointcloud import RayCache, depth_to_points, points_to_msg
+from mtdp_ros.ros.outputs import KINDS, OutputBuilder, OutputOptions, output_topics
 from mtdp_ros.ros.qos import describe_qos, qos_profile
 
 NODE_NAME = 'mtdp_perception'
-# task -> (raw topic, colour topic), relative names so that namespaces and remapping work.
-OUTPUT_TOPICS = {
-    'semseg': ('semantic/labels', 'semantic/color'),
-    'depth': ('depth', 'depth/color'),
-    'human_parts': ('human_parts/labels', 'human_parts/color'),
-    'sal': ('saliency', 'saliency/color'),
-    'normals': ('normals', 'normals/color'),
-    'edge': ('edges', 'edges/color'),
-}
-LABEL_TASKS = ('semseg', 'human_parts')
-POINTS_TOPIC = 'points'
 # Seconds the inference thread may take to finish its frame at shutdown.
 STOP_TIMEOUT = 3.0
 # Milliseconds per nanosecond.
@@ -177,7 +165,7 @@ class PerceptionNode(Node):
         self._overhead_ms = Samples()
         self._stage_ms = {name: Samples() for name in STAGES}
         self._throttle = WarningThrottle(period=5.0)
-        self._rays = RayCache()
+        self._outputs = OutputBuilder()
         self._camera_info = None
         self._slot = LatestFrame()
         self._stopping = threading.Event()
@@ -262,13 +250,10 @@ class PerceptionNode(Node):
         reliability = values['output.qos']
         depth = values['output.qos_depth']
         qos = qos_profile(reliability, depth)
-        self._raw_publishers = {}
-        self._color_publishers = {}
-        for task in self._model_tasks:
-            raw_topic, color_topic = OUTPUT_TOPICS[task]
-            self._raw_publishers[task] = self.create_publisher(Image, raw_topic, qos)
-            self._color_publishers[task] = self.create_publisher(Image, color_topic, qos)
-        self._points_publisher = self.create_publisher(PointCloud2, POINTS_TOPIC, qos)
+        # Only the outputs this model has are advertised (no points without depth).
+        self._output_publishers = {
+            topic: self.create_publisher(msg_type, topic, qos)
+            for topic, msg_type in output_topics(self._model_tasks)}
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics',
                                                             10)
 
@@ -381,7 +366,6 @@ class PerceptionNode(Node):
         """Convert, infer and publish one frame; per-stage times go to the statistics."""
         clock = time.perf_counter
         started = clock()
-        stages = {}
         settings = self._settings
         try:
             if self._compressed:
@@ -391,92 +375,40 @@ class PerceptionNode(Node):
         except ImageRejected as exc:
             self._reject(exc.kind, str(exc))
             return
-        stages['convert'] = clock()
+        converted = clock()
         try:
             outputs = self.engine.infer(rgb, tasks=settings.tasks,
                                         steps=settings.steps or None, seed=settings.seed)
         except ValueError as exc:
             self._reject('engine', str(exc))
             return
-        stages['engine'] = clock()
         header = msg.header
-        semantic_rgb = None
-        raw_seconds = color_seconds = 0.0
-        for task, values in outputs.items():
-            mark = clock()
-            raw_publisher = self._raw_publishers[task]
-            if raw_publisher.get_subscription_count():
-                raw_publisher.publish(numpy_to_image_msg(values, self._raw_encoding(values),
-                                                         header))
-            between = clock()
-            raw_seconds += between - mark
-            color_publisher = self._color_publishers[task]
-            if settings.publish_color and color_publisher.get_subscription_count():
-                colored = self._colorize(task, values, settings)
-                if task == 'semseg':
-                    semantic_rgb = colored
-                color_publisher.publish(numpy_to_image_msg(colored, 'rgb8', header))
-            color_seconds += clock() - between
+        options = OutputOptions(
+            publish_color=settings.publish_color, publish_points=settings.publish_points,
+            points_stride=settings.points_stride, points_color=settings.points_color,
+            depth_color_min=settings.depth_color_min, depth_color_max=settings.depth_color_max)
+        publishers = self._output_publishers
+        seconds = dict.fromkeys(KINDS, 0.0)
         mark = clock()
-        if settings.publish_points and self._points_publisher.get_subscription_count():
-            self._publish_points(outputs, rgb, semantic_rgb, header, settings)
-        finished = clock()
+        # Each message is built when the loop asks for it, so its time is its kind's.
+        for kind, topic, out in self._outputs.messages(
+                outputs, header, rgb, self._camera_info, options,
+                wanted=lambda name: publishers[name].get_subscription_count() > 0,
+                on_problem=self._warn):
+            publishers[topic].publish(out)
+            now = clock()
+            seconds[kind] += now - mark
+            mark = now
         timing = self.engine.last_timing
         model_ms = float(timing.get('model_ms', 0.0))
-        self._stage_ms['convert'].add((stages['convert'] - started) * 1000.0)
+        self._stage_ms['convert'].add((converted - started) * 1000.0)
         self._stage_ms['engine_pre_post'].add(float(timing.get('preprocess_ms', 0.0)) +
                                               float(timing.get('postprocess_ms', 0.0)))
-        self._stage_ms['publish_raw'].add(raw_seconds * 1000.0)
-        self._stage_ms['publish_color'].add(color_seconds * 1000.0)
-        self._stage_ms['publish_points'].add((finished - mark) * 1000.0)
-        own = (stages['convert'] - started) + raw_seconds + color_seconds + (finished - mark)
+        for kind in KINDS:
+            self._stage_ms['publish_' + kind].add(seconds[kind] * 1000.0)
+        own = (converted - started) + sum(seconds.values())
         self._stage_ms['node_own'].add(own * 1000.0)
         self._record_frame(header, received_ns, started, model_ms)
-
-    @staticmethod
-    def _raw_encoding(values):
-        if values.dtype == np.uint8:
-            return 'mono8'
-        if values.dtype == np.uint16:
-            return 'mono16'
-        return '32FC3' if values.ndim == 3 else '32FC1'
-
-    @staticmethod
-    def _colorize(task, values, settings):
-        if task in LABEL_TASKS:
-            return colormaps.labels_to_color(values)
-        if task == 'depth':
-            return colormaps.depth_to_color(values, settings.depth_color_min,
-                                            settings.depth_color_max)
-        if task == 'normals':
-            return colormaps.normals_to_color(values)
-        return colormaps.probability_to_color(values)
-
-    def _publish_points(self, outputs, rgb, semantic_rgb, header, settings):
-        depth = outputs.get('depth')
-        if depth is None:
-            self._warn('points_depth', f'{self._points_publisher.topic_name} has subscribers '
-                                       f'but the depth task is not enabled (tasks: '
-                                       f'{list(settings.tasks)})')
-            return
-        info = self._camera_info
-        if info is None:
-            self._warn('points_info', f'{self._points_publisher.topic_name} has subscribers '
-                                      f'but nothing arrived on '
-                                      f'{self._info_subscription.topic_name} yet')
-            return
-        height, width = depth.shape
-        try:
-            rays = self._rays.rays(info, width, height, settings.points_stride)
-        except ValueError as exc:
-            self._warn('points_info', f'cannot build points: {exc}')
-            return
-        colors = rgb
-        if settings.points_color == 'semantic' and 'semseg' in outputs:
-            colors = semantic_rgb if semantic_rgb is not None else \
-                colormaps.labels_to_color(outputs['semseg'])
-        points = depth_to_points(depth, rays, colors, settings.points_stride)
-        self._points_publisher.publish(points_to_msg(points, header))
 
     def _record_frame(self, header, received_ns, started, model_ms):
         now_ns = self.get_clock().now().nanoseconds

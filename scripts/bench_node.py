@@ -109,7 +109,8 @@ def main(argv=None):
     import rclpy
     from rclpy.parameter import Parameter
 
-    from mtdp_ros.perception_node import OUTPUT_TOPICS, STAGES, PerceptionNode
+    from mtdp_ros.perception_node import STAGES, PerceptionNode
+    from mtdp_ros.ros.outputs import OUTPUT_TOPICS
 
     rclpy.init()
     node = PerceptionNode(parameter_overrides=[
@@ -122,9 +123,7 @@ def main(argv=None):
     tasks = node.engine.tasks
     raw_topics = [OUTPUT_TOPICS[t][0] for t in tasks]
     color_topics = [OUTPUT_TOPICS[t][1] for t in tasks]
-    publishers = {**{OUTPUT_TOPICS[t][0]: node._raw_publishers[t] for t in tasks},
-                  **{OUTPUT_TOPICS[t][1]: node._color_publishers[t] for t in tasks},
-                  'points': node._points_publisher}
+    publishers = node._output_publishers
     listeners = []
 
     def start_listener(topics):
