@@ -32,6 +32,7 @@ from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from mtdp_ros.ros import parameters
+from mtdp_ros.ros.camera import camera_info_problem, FocalCorrection
 from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb
 from mtdp_ros.ros.monitoring import Counters, RateMeter, Samples, WarningThrottle
 from mtdp_ros.ros.outputs import KINDS, OutputBuilder, OutputOptions, output_topics
@@ -176,6 +177,10 @@ class PerceptionNode(Node):
 
         self._create_publishers(values)
         self._create_subscriptions(values)
+        # Camera geometry (mtdp_ros/ros/camera.py): K + D or P, and depth's focal correction.
+        self._focal = FocalCorrection(values['depth.focal_correction'],
+                                      values['camera.rectified'],
+                                      self._info_subscription.topic_name, self._log.info)
         self.create_timer(float(values['diagnostics.period']), self._publish_diagnostics)
         self.create_timer(1.0, self._watchdog)
         self._worker = threading.Thread(target=self._run_inference, name='mtdp_inference',
@@ -323,6 +328,11 @@ class PerceptionNode(Node):
             self._counters.add('dropped')
 
     def _on_camera_info(self, msg):
+        problem = camera_info_problem(msg, self._focal.rectified)
+        if problem:        # e.g. NaN in D: the cloud would be all NaN
+            self._warn('camera_info', f'ignoring camera_info from '
+                                      f'{self._info_subscription.topic_name}: {problem}')
+            return
         self._camera_info = msg
 
     # ------------------------------------------------------------------ inference thread
@@ -377,8 +387,10 @@ class PerceptionNode(Node):
             return
         converted = clock()
         try:
+            intrinsics = self._focal.intrinsics(self._camera_info, rgb.shape[1], rgb.shape[0])
             outputs = self.engine.infer(rgb, tasks=settings.tasks,
-                                        steps=settings.steps or None, seed=settings.seed)
+                                        steps=settings.steps or None, seed=settings.seed,
+                                        intrinsics=intrinsics)
         except ValueError as exc:
             self._reject('engine', str(exc))
             return
@@ -386,7 +398,8 @@ class PerceptionNode(Node):
         options = OutputOptions(
             publish_color=settings.publish_color, publish_points=settings.publish_points,
             points_stride=settings.points_stride, points_color=settings.points_color,
-            depth_color_min=settings.depth_color_min, depth_color_max=settings.depth_color_max)
+            depth_color_min=settings.depth_color_min, depth_color_max=settings.depth_color_max,
+            camera_rectified=self._focal.rectified)
         publishers = self._output_publishers
         seconds = dict.fromkeys(KINDS, 0.0)
         mark = clock()

@@ -121,3 +121,32 @@ def depth_camera_info(info: CameraInfo, header, width, height, rectified=False) 
     out.binning_x, out.binning_y = info.binning_x, info.binning_y
     out.roi = info.roi
     return out
+
+
+class FocalCorrection:
+    """The intrinsics the node hands to ``engine.infer`` for camera-aware metric depth.
+
+    ``enabled`` (parameter ``depth.focal_correction``): without it, or before any
+    camera_info has arrived, depth stays as the network predicts it; ``say`` (a log
+    function) is told that once, naming ``info_topic``. ``rectified``: K (false) or P.
+    """
+
+    def __init__(self, enabled, rectified, info_topic, say):
+        self.enabled = bool(enabled)
+        self.rectified = bool(rectified)
+        self._info_topic = info_topic
+        self._say = say
+        self._said_missing = False
+
+    def intrinsics(self, camera_info, width, height):
+        """(fx, fy, cx, cy) for an image of ``width`` x ``height``, or None: no correction."""
+        if not self.enabled:
+            return None
+        if camera_info is None:
+            if not self._said_missing:
+                self._say(f'no camera_info on {self._info_topic} yet: depth is not corrected '
+                          f'for the camera focal length (depth.focal_correction) until one '
+                          f'arrives')
+                self._said_missing = True
+            return None
+        return camera_matrix(camera_info, width, height, self.rectified)
