@@ -42,6 +42,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from mtdp_ros.ros import parameters
+from mtdp_ros.ros.camera import camera_info_problem, FocalCorrection
 from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb
 from mtdp_ros.ros.diagnostics import (MS_PER_NS, STAGES, FrameStatistics,
                                       InputWatchdog, build_status)
@@ -206,6 +207,11 @@ class PerceptionNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
         self._create_camera_info_subscription()
+        # Camera geometry (mtdp_ros/ros/camera.py): K + D or P, and depth's focal correction;
+        # read-only parameters, needed by camera_info in every state.
+        self._focal = FocalCorrection(bool(self.get_parameter('depth.focal_correction').value),
+                                      bool(self.get_parameter('camera.rectified').value),
+                                      self._info_subscription.topic_name, self._log.info)
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics',
                                                             10)
         # A steady clock: under use_sim_time without /clock, ROS-time timers never fire.
@@ -487,6 +493,11 @@ class PerceptionNode(LifecycleNode):
             self.statistics.counters.add('dropped')
 
     def _on_camera_info(self, msg):
+        problem = camera_info_problem(msg, self._focal.rectified)
+        if problem:        # e.g. NaN in D: the cloud would be all NaN
+            self._warn('camera_info', f'ignoring camera_info from '
+                                      f'{self._info_subscription.topic_name}: {problem}')
+            return
         previous = self._camera_info
         self._camera_info = msg
         if previous is None or (previous.width, previous.height) != (msg.width, msg.height):
@@ -548,8 +559,10 @@ class PerceptionNode(LifecycleNode):
             return
         converted = clock()
         try:
+            intrinsics = self._focal.intrinsics(self._camera_info, rgb.shape[1], rgb.shape[0])
             outputs = self.engine.infer(rgb, tasks=settings.tasks,
-                                        steps=settings.steps or None, seed=settings.seed)
+                                        steps=settings.steps or None, seed=settings.seed,
+                                        intrinsics=intrinsics)
         except ValueError as exc:
             self._reject('engine', str(exc))
             return
@@ -557,7 +570,8 @@ class PerceptionNode(LifecycleNode):
         options = OutputOptions(
             publish_color=settings.publish_color, publish_points=settings.publish_points,
             points_stride=settings.points_stride, points_color=settings.points_color,
-            depth_color_min=settings.depth_color_min, depth_color_max=settings.depth_color_max)
+            depth_color_min=settings.depth_color_min, depth_color_max=settings.depth_color_max,
+            camera_rectified=self._focal.rectified)
         publishers = self._output_publishers
         seconds = dict.fromkeys(KINDS, 0.0)
         mark = clock()

@@ -101,6 +101,9 @@ def model_card(name, config_text, model_config, train_cmd, eval_cmds, summary, e
 scenes (`mtdp_ros/training/synthetic.py`).
 
 - Input: {size[0]} x {size[1]} RGB (any camera image is letterboxed to it).
+- Training camera: pinhole, fx = fy = {model_config.get('train_focal_px') or 0:.5f} px at \
+{size[0]} x {size[1]} (the Kinect's field of view, principal point at the centre); depth is \
+rescaled to other cameras from their camera_info (README, Camera-aware depth).
 - Outputs (NYUD-v2 tasks): semantic segmentation over the 40 NYUD classes, of which the \
 scenes use {classes}; metric depth; surface normals in the camera optical frame; edges.
 - Weights: `{name}.safetensors`, {size_bytes / 1e6:.1f} MB (float16, the model config in \

@@ -40,10 +40,12 @@ def test_topics_of_a_model_follow_its_tasks():
     nyud = dict(output_topics(['semseg', 'depth', 'normals', 'edge']))
     assert nyud['semantic/labels'] is Image and nyud['points'] is PointCloud2
     assert set(nyud) == {'semantic/labels', 'semantic/color', 'depth', 'depth/color',
-                         'normals', 'normals/color', 'edges', 'edges/color', 'points'}
+                         'normals', 'normals/color', 'edges', 'edges/color', 'points',
+                         'depth/camera_info'}
+    assert nyud['depth/camera_info'] is CameraInfo
     pascal = dict(output_topics(['semseg', 'human_parts', 'sal', 'normals', 'edge']))
     # No depth, no cloud.
-    assert 'points' not in pascal
+    assert 'points' not in pascal and 'depth/camera_info' not in pascal
     assert {'human_parts/labels', 'saliency', 'saliency/color'} <= set(pascal)
 
 
@@ -59,8 +61,9 @@ def test_every_message_carries_the_header_and_the_values():
     rgb = np.full((HEIGHT, WIDTH, 3), 7, np.uint8)
     messages = list(OutputBuilder().messages(outputs, header(), rgb, camera_info()))
     topics = [m.topic for m in messages]
-    assert topics == ['semantic/labels', 'semantic/color', 'depth', 'depth/color', 'normals',
-                      'normals/color', 'edges', 'edges/color', 'points']
+    assert topics == ['semantic/labels', 'semantic/color', 'depth', 'depth/camera_info',
+                      'depth/color', 'normals', 'normals/color', 'edges', 'edges/color',
+                      'points']
     by_topic = {m.topic: m for m in messages}
     for message in messages:
         assert message.msg.header.stamp.sec == 12 and message.msg.header.stamp.nanosec == 345
@@ -126,3 +129,28 @@ def test_semantic_point_colours():
     cloud = cloud_msg_to_numpy(messages['points'])
     np.testing.assert_array_equal(unpack_rgb(cloud[..., 3]),
                                   colorize('semseg', outputs['semseg'], options))
+
+
+def test_rectified_input_uses_p_for_the_cloud_and_depth_camera_info():
+    info = camera_info()
+    info.d = [-0.2, 0.05, 0.0, 0.0, 0.0]
+    info.distortion_model = 'plumb_bob'
+    info.p = [5.0, 0.0, 3.0, 0.0, 0.0, 6.0, 2.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    outputs = nyud_outputs()
+    by_topic = {m.topic: m.msg for m in OutputBuilder().messages(
+        outputs, header(), None, info, OutputOptions(camera_rectified=True),
+        wanted=lambda t: t in ('points', 'depth/camera_info'))}
+    depth_info = by_topic['depth/camera_info']
+    assert list(depth_info.d) == [0.0] * 5
+    assert list(depth_info.k) == [5.0, 0.0, 3.0, 0.0, 6.0, 2.0, 0.0, 0.0, 1.0]
+    assert depth_info.header.frame_id == 'camera_optical'
+    cloud = cloud_msg_to_numpy(by_topic['points'])
+    z = outputs['depth'][HEIGHT - 1, WIDTH - 1]
+    np.testing.assert_allclose(cloud[HEIGHT - 1, WIDTH - 1, :2],
+                               [(WIDTH - 1 - 3.0) / 5.0 * z, (HEIGHT - 1 - 2.0) / 6.0 * z],
+                               rtol=1e-6)
+    # Unrectified: depth/camera_info is the input's calibration as it is.
+    plain = {m.topic: m.msg for m in OutputBuilder().messages(
+        outputs, header(), None, info, wanted=lambda t: t == 'depth/camera_info')}
+    assert list(plain['depth/camera_info'].d) == list(info.d)
+    assert list(plain['depth/camera_info'].k) == list(info.k)

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
-from sensor_msgs.msg import Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from mtdp_ros.ros import colormaps
+from mtdp_ros.ros.camera import depth_camera_info
 from mtdp_ros.ros.conversions import numpy_to_image_msg
 from mtdp_ros.ros.pointcloud import RayCache, depth_to_points, points_to_msg
 
@@ -27,6 +28,8 @@ OUTPUT_TOPICS = {
 }
 LABEL_TASKS = ('semseg', 'human_parts')
 POINTS_TOPIC = 'points'
+# The calibration of the depth image (same header and size), for depth_image_proc & co.
+DEPTH_INFO_TOPIC = 'depth/camera_info'
 # Kinds of output message, for per-kind statistics.
 KINDS = ('raw', 'color', 'points')
 
@@ -41,6 +44,8 @@ class OutputOptions:
     points_color: str = 'image'
     depth_color_min: float = 0.0
     depth_color_max: float = 0.0
+    # The input is rectified (image_rect): the cloud and depth/camera_info use P, not K + D.
+    camera_rectified: bool = False
 
 
 class OutputMessage(NamedTuple):
@@ -54,14 +59,14 @@ class OutputMessage(NamedTuple):
 def output_topics(tasks):
     """(relative topic, message type) of every output a model with ``tasks`` can publish.
 
-    ``points`` exists only for models that predict depth.
+    ``points`` and ``depth/camera_info`` exist only for models that predict depth.
     """
     topics = []
     for task in tasks:
         raw_topic, color_topic = OUTPUT_TOPICS[task]
         topics += [(raw_topic, Image), (color_topic, Image)]
     if 'depth' in tasks:
-        topics.append((POINTS_TOPIC, PointCloud2))
+        topics += [(DEPTH_INFO_TOPIC, CameraInfo), (POINTS_TOPIC, PointCloud2)]
     return topics
 
 
@@ -118,6 +123,10 @@ class OutputBuilder:
             if wanted(raw_topic):
                 yield OutputMessage('raw', raw_topic,
                                     numpy_to_image_msg(values, raw_encoding(values), header))
+            if task == 'depth' and camera_info is not None and wanted(DEPTH_INFO_TOPIC):
+                info = self._depth_info(camera_info, header, values.shape, options, on_problem)
+                if info is not None:
+                    yield OutputMessage('raw', DEPTH_INFO_TOPIC, info)
             if options.publish_color and wanted(color_topic):
                 colored = colorize(task, values, options)
                 if task == 'semseg':
@@ -129,6 +138,16 @@ class OutputBuilder:
                                  on_problem)
             if cloud is not None:
                 yield OutputMessage('points', POINTS_TOPIC, cloud)
+
+    @staticmethod
+    def _depth_info(camera_info, header, shape, options, on_problem) -> Optional[CameraInfo]:
+        height, width = shape
+        try:
+            return depth_camera_info(camera_info, header, width, height,
+                                     options.camera_rectified)
+        except ValueError as exc:
+            on_problem('depth_info', f'cannot build {DEPTH_INFO_TOPIC}: {exc}')
+            return None
 
     def _points(self, outputs, rgb, semantic_rgb, camera_info, header, options,
                 on_problem) -> Optional[PointCloud2]:
@@ -143,7 +162,8 @@ class OutputBuilder:
             return None
         height, width = depth.shape
         try:
-            rays = self._rays.rays(camera_info, width, height, options.points_stride)
+            rays = self._rays.rays(camera_info, width, height, options.points_stride,
+                                   options.camera_rectified)
         except ValueError as exc:
             on_problem('points_info', f'cannot build points: {exc}')
             return None

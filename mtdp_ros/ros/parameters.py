@@ -69,6 +69,12 @@ SPECS = (
     Spec('autostart', True,
          'Configure and activate at start-up (true), or start unconfigured and wait for the '
          'lifecycle transitions on ~/change_state (false).'),
+    Spec('camera.rectified', False,
+         'True: the input image is rectified (image_rect): the point cloud uses P from '
+         'camera_info and ignores D. False: the raw image: K and D (undistorted).'),
+    Spec('depth.focal_correction', True,
+         "Rescale metric depth from the model's training focal length to the camera's "
+         '(K, or P when camera.rectified; needs camera_info, else uncorrected).'),
     # Take effect while running.
     Spec('tasks', Parameter.Type.STRING_ARRAY,
          "Tasks to compute and publish (a subset of the model's: semseg, depth, "

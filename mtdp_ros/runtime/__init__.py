@@ -5,6 +5,8 @@ Usage::
     from mtdp_ros.runtime import create_engine
     engine = create_engine('default', device='auto', precision='fp16')
     outputs = engine.infer(rgb_uint8_image)      # {task: numpy array at the image size}
+    # depth rescaled from the model's training camera to this one (camera-aware depth):
+    outputs = engine.infer(rgb_uint8_image, intrinsics=(fx, fy, cx, cy))
 """
 
 from .engine import BACKENDS, check_choice, DEVICES, Engine, PRECISIONS, resolve_device

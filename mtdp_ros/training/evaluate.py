@@ -6,6 +6,12 @@ validation split of the multi-task tarball layout at its native resolution: each
 letterboxed into the model's input (scaled to fit, zero padded in the normalised space, as
 the authors pad), and the predictions are cropped and resized back, so metrics are computed
 at the labels' resolution.
+
+Camera-aware depth on synthetic scenes: ``focal_scale`` renders the held-out scenes with the
+camera's focal length times that factor, and ``focal_correction`` (default true) rescales
+the predicted depth by the scene camera's focal length over the model's training focal
+length (``mtdp_ros.runtime.postprocess.focal_correction_factor``, the engines' rule), so
+the metrics show what a camera other than the training one costs with and without it.
 """
 
 import math
@@ -69,16 +75,24 @@ def _forward(model, x, steps):
 
 @torch.no_grad()
 def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, device=None,
-                   steps=None, amp=None, progress=None):
+                   steps=None, amp=None, progress=None, focal_scale=1.0,
+                   focal_correction=True):
     """Metrics of ``model`` (train or reparameterised form) on ``data``; a nested dict.
 
     ``steps``: DDIM steps for TaskDiffusion models (default: the trained count). ``amp``:
     an autocast dtype for the forward pass (None: float32). ``progress``: callable
-    ``(done, total)``.
+    ``(done, total)``. ``focal_scale`` (synthetic only): render the scenes with the focal
+    length times this factor. ``focal_correction``: on synthetic scenes, rescale depth
+    from the model's training focal length to the scene camera's (no effect for a model
+    whose config states no ``train_focal_px``; the data sets' cameras are not modelled).
     """
+    from .synthetic import check_focal_scale
     kind, root = parse_data_spec(data)
     if num is not None and num < 1:
         raise ValueError(f'--num must be >= 1, got {num}')
+    focal_scale = check_focal_scale(focal_scale)
+    if kind != 'synthetic' and focal_scale != 1.0:
+        raise ValueError('--focal-scale applies to --data synthetic only')
     config = model.config
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -94,7 +108,8 @@ def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, 
 
     try:
         if kind == 'synthetic':
-            _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress)
+            _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress,
+                                focal_scale, focal_correction)
         else:
             _evaluate_dataset(model, run, meter, kind, root, num, batch_size, device, progress)
     finally:
@@ -102,7 +117,19 @@ def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, 
     return meter.score()
 
 
-def _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress):
+def _focal_corrected(raw, intrinsics, train_focal_px):
+    """Raw outputs with depth scaled per image by the engines' focal correction."""
+    from mtdp_ros.runtime.postprocess import focal_correction_factor
+    if 'depth' not in raw or train_focal_px is None:
+        return raw
+    # Scenes are rendered at the model's input size: the letterbox scale is 1.
+    factors = [focal_correction_factor(row.tolist(), train_focal_px) for row in intrinsics]
+    factors = torch.tensor(factors, dtype=raw['depth'].dtype, device=raw['depth'].device)
+    return {**raw, 'depth': raw['depth'] * factors.view(-1, 1, 1, 1)}
+
+
+def _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress,
+                        focal_scale=1.0, focal_correction=True):
     from .synthetic import render_batch
     config = model.config
     missing = [t for t in config.tasks if t in ('human_parts', 'sal')]
@@ -115,8 +142,10 @@ def _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progre
     done = 0
     for first in range(seed, seed + num, batch_size):
         seeds = list(range(first, min(first + batch_size, seed + num)))
-        batch = render_batch(seeds, height, width, device=device)
+        batch = render_batch(seeds, height, width, device=device, focal_scale=focal_scale)
         raw = run((batch['image'] - mean) / std)
+        if focal_correction:
+            raw = _focal_corrected(raw, batch['intrinsics'].cpu(), config.train_focal_px)
         meter.update({t: v.float() for t, v in raw.items()},
                      {t: batch[t] for t in config.tasks})
         done += len(seeds)
