@@ -212,7 +212,8 @@ class PerceptionNode(Node):
                                        backend=values['engine.backend'],
                                        device=values['engine.device'],
                                        precision=values['engine.precision'],
-                                       seed=values['diffusion.seed'])
+                                       seed=values['diffusion.seed'],
+                                       reparameterize=values['engine.reparameterize'])
         except Exception as exc:  # noqa: B902 - every failure here is a start-up error
             raise StartupError(f'cannot create the engine for model.preset '
                                f'{values["model.preset"]!r} (checkpoint '
@@ -302,6 +303,9 @@ class PerceptionNode(Node):
             elif parameter.name == 'diffusion.steps':
                 reason = parameters.check_steps(value, self._is_diffusion,
                                                 self.engine.model_name)
+                if not reason and self._is_diffusion:
+                    # What this engine cannot run (a fixed .onnx file's other counts).
+                    reason = self.engine.check_steps(value or None)
             else:
                 reason = parameters.check_value(spec, value)
             if parameter.name in current:
@@ -323,6 +327,9 @@ class PerceptionNode(Node):
             value = parameter.value
             if setting == 'tasks':
                 value = tuple(t for t in self._model_tasks if t in value)
+            elif setting == 'steps' and self._is_diffusion:
+                # ONNX Runtime exports a new count in the background; the old one serves.
+                self.engine.prepare_steps(value or None)
             elif setting in FLOAT_SETTINGS:
                 value = float(value)
             updates[setting] = value

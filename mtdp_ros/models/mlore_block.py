@@ -127,6 +127,10 @@ class MLoREBlock(nn.Module):
     def num_experts(self):
         return len(self.experts)
 
+    def fuse(self):
+        """This block's inference form (:class:`FusedMLoREBlock`; needs eval mode)."""
+        return FusedMLoREBlock(self)
+
     def route(self, h, task):
         """Gates (B x N) and the task-expert mixing weight (B) for projected input ``h``."""
         raw = self.routers[task](h)
@@ -238,8 +242,10 @@ class FusedMLoREBlock(nn.Module):
                        'out_weight': _stack(block.task_out, 'weight', tasks),
                        'out_bias': _stack(block.task_out, 'bias', tasks),
                        **router_parts}
+            # Every value is a new tensor (stack/einsum results): no copy is needed, and
+            # none is made, so fusing a block holds one fused form, not two.
             for name, value in buffers.items():
-                self.register_buffer(name, value.detach().clone())
+                self.register_buffer(name, value.detach().contiguous())
 
     @property
     def num_experts(self):
