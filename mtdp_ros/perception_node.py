@@ -246,6 +246,10 @@ class PerceptionNode(Node):
                 problems.append(reason)
         reason = parameters.check_steps(values['diffusion.steps'], self._is_diffusion,
                                         self.engine.model_name)
+        if not reason and self._is_diffusion:
+            reason = self.engine.check_steps(values['diffusion.steps'] or None)
+            if not reason:
+                self.engine.prepare_steps(values['diffusion.steps'] or None)
         if reason:
             problems.append(reason)
         if problems:

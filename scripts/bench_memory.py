@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Start-up memory of an engine: peak while creating it against what it keeps afterwards.
+
+Not a timed test: a benchmark with a goal (issue 9). Every measurement runs in a fresh
+Python subprocess so the peak is that of one engine creation alone:
+
+- CPU: the process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``)
+  against its resident set right after ``create_engine`` returned (VmRSS); both include
+  the interpreter and PyTorch (reported separately as ``baseline_mb``, the RSS after the
+  imports).
+- CUDA (when available): ``torch.cuda.max_memory_allocated`` during creation against
+  ``torch.cuda.memory_allocated`` afterwards (PyTorch's own allocations only).
+
+    python scripts/bench_memory.py --preset mlore_pascal_vitS            # CPU, goal <= 1.3
+    python scripts/bench_memory.py --preset mlore_pascal_vitS --device cuda --precision fp16
+    python scripts/bench_memory.py --table                               # sizes of all nine
+
+Exit code 1 when a measured ratio exceeds ``--goal``.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+CHILD = r'''
+import json, os, re, resource, sys, time
+def rss_mb():
+    with open('/proc/self/status') as handle:
+        return int(re.search(r'VmRSS:\s+(\d+)', handle.read()).group(1)) / 1024
+import torch
+from mtdp_ros.runtime import create_engine
+args = json.loads(sys.argv[1])
+baseline = rss_mb()
+cuda = args['device'] == 'cuda'
+if cuda:
+    torch.cuda.init()
+    torch.cuda.reset_peak_memory_stats()
+started = time.perf_counter()
+engine = create_engine(args['preset'], device=args['device'], precision=args['precision'],
+                       reparameterize=args['reparameterize'])
+seconds = time.perf_counter() - started
+result = {'preset': args['preset'], 'device': args['device'], 'precision': args['precision'],
+          'reparameterize': args['reparameterize'], 'reparameterized': engine.reparameterized,
+          'creation_s': round(seconds, 2), 'baseline_mb': round(baseline, 1),
+          'cpu_resident_mb': round(rss_mb(), 1),
+          'cpu_peak_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+if cuda:
+    torch.cuda.synchronize()
+    result['cuda_resident_mb'] = round(torch.cuda.memory_allocated() / 2 ** 20, 1)
+    result['cuda_peak_mb'] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+print('RESULT ' + json.dumps(result))
+'''
+
+
+def measure(preset, device, precision, reparameterize):
+    """One engine creation in a fresh subprocess; its result dict."""
+    spec = json.dumps({'preset': preset, 'device': device, 'precision': precision,
+                       'reparameterize': reparameterize})
+    done = subprocess.run([sys.executable, '-c', CHILD, spec], capture_output=True, text=True,
+                          env={**os.environ, 'OMP_NUM_THREADS': os.environ.get(
+                              'OMP_NUM_THREADS', '1')})
+    for line in done.stdout.splitlines():
+        if line.startswith('RESULT '):
+            return json.loads(line[len('RESULT '):])
+    raise RuntimeError(f'measurement of {preset} failed:\n{done.stderr[-2000:]}')
+
+
+JETSONS_GB = (8, 16, 32, 64)
+
+
+def table():
+    """Markdown rows: sizes of every preset's forms and the Jetson sizes each fits."""
+    from mtdp_ros.models import PRESETS
+    from mtdp_ros.models.reparam import model_memory
+    print('| preset | parameters (M) | train form fp32 / fp16 (MB) | fused fp32 / fp16 (MB) |'
+          ' fused fp16 fits (GB) |')
+    print('| --- | --- | --- | --- | --- |')
+    for name, config in PRESETS.items():
+        sizes = model_memory(config)
+        train = sizes['train_mb']
+        fused = sizes['fused_mb']
+        resident = (fused or train)['fp16']
+        # The auto rule: the weights in at most half of the free memory; a Jetson's shared
+        # memory keeps ~2 GB for the OS and the rest of the robot (assumed free: total - 2).
+        fits = [gb for gb in JETSONS_GB if resident <= 0.5 * (gb - 2) * 1024]
+        fused_text = (f"{fused['fp32']:.0f} / {fused['fp16']:.0f}" if fused else '-')
+        print(f"| {name} | {sizes['parameters'] / 1e6:.1f} | {train['fp32']:.0f} / "
+              f"{train['fp16']:.0f} | {fused_text} | {', '.join(map(str, fits)) or '-'} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--preset', action='append',
+                        help='preset to measure (repeatable; default mlore_pascal_vitS)')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+    parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
+    parser.add_argument('--reparameterize', choices=('auto', 'true', 'false'), default='true')
+    parser.add_argument('--goal', type=float, default=1.3, help='largest peak / resident')
+    parser.add_argument('--table', action='store_true', help='print the sizes of all presets')
+    parser.add_argument('--json', action='store_true', help='one JSON line per measurement')
+    args = parser.parse_args()
+    if args.table:
+        table()
+        return 0
+    if args.device == 'cuda':
+        import torch
+        if not torch.cuda.is_available():
+            print('bench_memory: --device cuda but CUDA is not available', file=sys.stderr)
+            return 2
+    worst = 0.0
+    for preset in args.preset or ['mlore_pascal_vitS']:
+        result = measure(preset, args.device, args.precision, args.reparameterize)
+        kind = 'cuda' if args.device == 'cuda' else 'cpu'
+        peak, resident = result[f'{kind}_peak_mb'], result[f'{kind}_resident_mb']
+        result['peak_over_resident'] = round(peak / resident, 3)
+        if kind == 'cpu':
+            base = result['baseline_mb']
+            result['net_peak_over_resident'] = round((peak - base) / (resident - base), 3)
+        worst = max(worst, result['peak_over_resident'])
+        print(f"{preset} on {args.device} {args.precision} "
+              f"({'fused' if result['reparameterized'] else 'train form'}): created in "
+              f"{result['creation_s']} s, peak {peak} MiB, resident {resident} MiB, "
+              f"peak/resident {result['peak_over_resident']}"
+              + (f" (without the {result['baseline_mb']} MiB of Python and PyTorch: "
+                 f"{result['net_peak_over_resident']})" if kind == 'cpu' else ''))
+        if args.json:
+            print(json.dumps(result))
+    return 1 if worst > args.goal else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
