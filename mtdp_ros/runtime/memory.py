@@ -49,6 +49,13 @@ def free_device_bytes(device):
     return available_cpu_bytes()
 
 
+def model_memory_bytes(config, element_bytes):
+    """Bytes of the fused form of ``config`` (the train form without MLoRE blocks)."""
+    from mtdp_ros.models.reparam import model_memory
+    sizes = model_memory(config)
+    return (sizes['fused_elements'] or sizes['train_elements']) * element_bytes
+
+
 def decide(config, option, device, precision, free_bytes=None):
     """``(fuse, reason)`` for ``option`` on ``device`` (see the module docstring).
 
