@@ -78,12 +78,36 @@ def decide(config, option, device, precision, free_bytes=None):
     if free_bytes is None:
         return True, f'auto: {where} unknown; fused ({fused / 2 ** 20:.0f} MiB)'
     budget = AUTO_FRACTION * free_bytes
+    host_free = available_cpu_bytes() if torch.device(device).type == 'cuda' else None
+    host_needed = sizes['fused_elements'] * 4
+    if host_free is not None and host_needed > host_free:
+        # The fused form is made on the CPU in fp32 first (a Jetson: the same memory).
+        return False, (f'auto: making the fused form needs {host_needed / 2 ** 20:.0f} MiB '
+                       f'of RAM (fp32, on the CPU), only {host_free / 2 ** 20:.0f} MiB '
+                       f'available; running the train form ({train / 2 ** 20:.0f} MiB)')
     if fused <= budget:
         return True, (f'auto: fused weights {fused / 2 ** 20:.0f} MiB fit in '
                       f'{AUTO_FRACTION:.0%} of the {free_bytes / 2 ** 20:.0f} MiB of {where}')
     return False, (f'auto: the fused weights ({fused / 2 ** 20:.0f} MiB) exceed '
                    f'{AUTO_FRACTION:.0%} of the {free_bytes / 2 ** 20:.0f} MiB of {where}; '
                    f'running the train form ({train / 2 ** 20:.0f} MiB, more FLOPs)')
+
+
+def release_freed_host_memory():
+    """Return freed heap pages to the OS (glibc ``malloc_trim``); False where unavailable.
+
+    The train-form blocks freed while fusing stay in the C heap otherwise: resident on the
+    CPU, and on a Jetson that is the memory the GPU uses too.
+    """
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library('c')
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def log_decision(fuse, reason):

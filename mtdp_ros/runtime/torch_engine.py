@@ -71,6 +71,7 @@ class TorchEngine(Engine):
             model = reparameterize(model, inplace=True)
         self.model = model.to(device=self.torch_device, dtype=self.dtype).eval()
         del model
+        memory.release_freed_host_memory()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.gain, self.offset = normalisation(config.mean, config.std, self.torch_device)
