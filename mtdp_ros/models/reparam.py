@@ -73,6 +73,19 @@ def _state_bytes(module: nn.Module, bytes_per_element):
     return elements, elements * bytes_per_element
 
 
+def _fused_minus_train(block):
+    """State elements a block's fused form adds (see FusedMLoREBlock's buffers)."""
+    channels = block.generic.in_channels
+    tasks = len(block.tasks)
+    kernel = channels * channels * 9
+    # Fused: every expert's kernel and bias; per task the task-expert and base kernels,
+    # the expert scale and three biases, the 1x1 projections; the routers, stacked.
+    fused = (block.num_experts * (kernel + channels) + tasks * (2 * kernel + 3 * channels)
+             + tasks * 2 * (channels * channels + channels)
+             + sum(t.numel() for t in block.routers.parameters()))
+    return fused - sum(t.numel() for t in block.state_dict().values())
+
+
 def model_memory(config):
     """Sizes of a configuration's two forms, computed on the ``meta`` device (no weights).
 
@@ -89,11 +102,9 @@ def model_memory(config):
             'train_mb': {'fp32': train_elements * 4 / 2 ** 20,
                          'fp16': train_elements * 2 / 2 ** 20},
             'fused_elements': None, 'fused_mb': None}
-    if any(isinstance(m, MLoREBlock) for m in model.modules()):
-        model.eval()
-        with torch.device('meta'):
-            _fuse_children(model)
-        fused_elements, _ = _state_bytes(model, 4)
+    blocks = [m for m in model.modules() if isinstance(m, MLoREBlock)]
+    if blocks:
+        fused_elements = train_elements + sum(_fused_minus_train(b) for b in blocks)
         info.update(fused_elements=fused_elements,
                     fused_mb={'fp32': fused_elements * 4 / 2 ** 20,
                               'fp16': fused_elements * 2 / 2 ** 20})
