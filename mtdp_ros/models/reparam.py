@@ -86,16 +86,20 @@ def _fused_minus_train(block):
     return fused - sum(t.numel() for t in block.state_dict().values())
 
 
-def model_memory(config):
+def model_memory(config, model=None):
     """Sizes of a configuration's two forms, computed on the ``meta`` device (no weights).
+
+    ``model``: an already built train-form model of ``config`` to count instead (nothing
+    is allocated either way; the fused form's size follows from the block shapes).
 
     Returns ``{'parameters': trainable parameters, 'train_elements': state elements of the
     train form (parameters and buffers), 'fused_elements': state elements of the fused form
     (None without MLoRE blocks), 'train_mb'/'fused_mb': {'fp32': MiB, 'fp16': MiB}}``.
     """
-    from .factory import build_model
-    with torch.device('meta'):
-        model = build_model(config)
+    if model is None:
+        from .factory import build_model
+        with torch.device('meta'):
+            model = build_model(config)
     parameters = sum(p.numel() for p in model.parameters())
     train_elements, _ = _state_bytes(model, 4)
     info = {'parameters': parameters, 'train_elements': train_elements,

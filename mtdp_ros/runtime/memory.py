@@ -56,10 +56,11 @@ def model_memory_bytes(config, element_bytes):
     return (sizes['fused_elements'] or sizes['train_elements']) * element_bytes
 
 
-def decide(config, option, device, precision, free_bytes=None):
+def decide(config, option, device, precision, free_bytes=None, model=None):
     """``(fuse, reason)`` for ``option`` on ``device`` (see the module docstring).
 
     ``free_bytes`` overrides the measured free memory (tests, planning for another device).
+    ``model``: the built train-form model, counted instead of a ``meta`` build.
     Models without MLoRE blocks never fuse; ``true`` on them is refused by the model.
     """
     option = normalize_option(option)
@@ -68,7 +69,7 @@ def decide(config, option, device, precision, free_bytes=None):
     if option != 'auto':
         return option == 'true', f'reparameterize {option}'
     from mtdp_ros.models.reparam import model_memory
-    sizes = model_memory(config)
+    sizes = model_memory(config, model)
     element_bytes = 2 if precision == 'fp16' and torch.device(device).type == 'cuda' else 4
     fused = sizes['fused_elements'] * element_bytes
     train = sizes['train_elements'] * element_bytes

@@ -56,13 +56,13 @@ class TorchEngine(Engine):
                  f'and the outputs meaningless')
         self.torch_device = torch.device(device)
         self.dtype = torch.float16 if precision == 'fp16' else torch.float32
-        fuse, self.reparameterize_reason = memory.decide(config, reparameterize_mlore, device,
-                                                         self.precision)
-        memory.log_decision(fuse, self.reparameterize_reason)
         # Built, loaded and fused on the CPU in fp32, block by block in place (each train
         # block is freed as its fused form is made), then moved and cast once: the device
         # only ever holds the final form, in the final dtype.
         model = build_model(config)
+        fuse, self.reparameterize_reason = memory.decide(config, reparameterize_mlore, device,
+                                                         self.precision, model=model)
+        memory.log_decision(fuse, self.reparameterize_reason)
         if checkpoint is not None:
             load_checkpoint(model, checkpoint)
         model.eval()
