@@ -361,7 +361,8 @@ class PerceptionNode(LifecycleNode):
                                        backend=values['engine.backend'],
                                        device=values['engine.device'],
                                        precision=values['engine.precision'],
-                                       seed=values['diffusion.seed'])
+                                       seed=values['diffusion.seed'],
+                                       reparameterize=values['engine.reparameterize'])
         except Exception as exc:  # noqa: B902 - every failure here is a start-up error
             raise StartupError(f'cannot create the engine for model.preset '
                                f'{values["model.preset"]!r} (checkpoint '
@@ -389,6 +390,10 @@ class PerceptionNode(LifecycleNode):
                 problems.append(reason)
         reason = parameters.check_steps(values['diffusion.steps'], self._is_diffusion,
                                         self.engine.model_name)
+        if not reason and self._is_diffusion:
+            reason = self.engine.check_steps(values['diffusion.steps'] or None)
+            if not reason:
+                self.engine.prepare_steps(values['diffusion.steps'] or None)
         if reason:
             problems.append(reason)
         if problems:
@@ -456,6 +461,9 @@ class PerceptionNode(LifecycleNode):
                 if engine is not None and not reason:
                     reason = parameters.check_steps(value, self._is_diffusion,
                                                     engine.model_name)
+                    if not reason and self._is_diffusion:
+                        # What this engine cannot run (a fixed .onnx file's other counts).
+                        reason = engine.check_steps(value or None)
             else:
                 reason = parameters.check_value(spec, value)
             if parameter.name in current:
@@ -479,6 +487,9 @@ class PerceptionNode(LifecycleNode):
             value = parameter.value
             if setting == 'tasks':
                 value = tuple(t for t in self._model_tasks if t in value)
+            elif setting == 'steps' and self._is_diffusion:
+                # ONNX Runtime exports a new count in the background; the old one serves.
+                self.engine.prepare_steps(value or None)
             elif setting in FLOAT_SETTINGS:
                 value = float(value)
             updates[setting] = value

@@ -49,6 +49,10 @@ SPECS = (
          "absent) or 'cpu'.", choices=('auto', 'cuda', 'cpu')),
     Spec('engine.precision', 'fp32', 'Arithmetic precision (fp16 on CUDA only).',
          choices=('fp32', 'fp16')),
+    Spec('engine.reparameterize', 'auto',
+         "MLoRE experts fused into one convolution per task: 'auto' (when the fused weights "
+         "fit in half of the device's free memory, else the train form with a logged "
+         "reason), 'true' or 'false'.", choices=('auto', 'true', 'false')),
     Spec('input.transport', 'raw',
          "'raw': subscribe to image (sensor_msgs/Image); 'compressed': subscribe to "
          "image/compressed (sensor_msgs/CompressedImage, decoded with OpenCV).",

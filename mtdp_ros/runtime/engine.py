@@ -154,6 +154,35 @@ class Engine:
             return self.default_steps
         return check_steps(steps, self.config)
 
+    # ------------------------------------------------------------------ step counts
+    def check_steps(self, steps):
+        """None when this engine can run ``steps`` (None: its default), else the reason."""
+        try:
+            self.resolve_steps(steps)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def available_steps(self):
+        """Step counts that run now without preparation (empty for MLoRE models)."""
+        return range(1, MAX_STEPS + 1) if self.config.is_diffusion else ()
+
+    def prepare_steps(self, steps):
+        """Make ``steps`` ready to run; True when it is ready now (ValueError if impossible).
+
+        An engine that must build something per step count (ONNX Runtime: an exported
+        graph) does it in the background and returns False; until it is ready, calls asking
+        for that count run the count that served before (see ``OrtEngine``).
+        """
+        reason = self.check_steps(steps)
+        if reason:
+            raise ValueError(reason)
+        return True
+
+    def wait_for_steps(self, steps, timeout=None):
+        """Block until ``steps`` is ready (or ``timeout`` s pass); True when it is ready."""
+        return self.check_steps(steps) is None
+
     def plan(self, image_size):
         """Return the (cached) letterbox plan for an image size."""
         key = tuple(int(v) for v in image_size)
