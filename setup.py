@@ -31,7 +31,9 @@ setup(
     maintainer_email='mtdp-ros@example.com',
     description='Multi-task dense prediction (MLoRE, TaskDiffusion) as a ROS 2 perception node.',
     license='Apache-2.0',
-    tests_require=['pytest'],
+    # colcon picks its pytest step from extras_require['test'] (current setuptools drops
+    # tests_require); launch_testing's pytest plugin cannot load under pytest 9.
+    extras_require={'test': ['pytest>=8,<9']},
     entry_points={
         'console_scripts': [
             'perception_node = mtdp_ros.perception_node:main',
