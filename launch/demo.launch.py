@@ -9,12 +9,14 @@ Examples::
 import os
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
+from launch.actions import (DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction,
+                            SetEnvironmentVariable)
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from mtdp_ros.ros.launch_support import node_parameters_from_arguments, parse_number
+from mtdp_ros.ros.launch_support import (fastdds_transports, node_parameters_from_arguments,
+                                         parse_number)
 
 PACKAGE = 'mtdp_ros'
 ARGUMENTS = (
@@ -31,6 +33,9 @@ ARGUMENTS = (
     ('device', 'auto', 'engine.device: auto, cuda or cpu.'),
     ('autostart', 'true', 'Node parameter autostart (false: a lifecycle manager '
      'configures and activates the node).'),
+    ('fastdds_transports', 'LARGE_DATA',
+     'FASTDDS_BUILTIN_TRANSPORTS of the camera and the node (empty: keep the environment; '
+     'a variable already set is kept).'),
     ('use_rviz', 'true', 'Start RViz (skipped with a warning where rviz2 is not '
      'installed).'),
 )
@@ -56,6 +61,10 @@ def launch_setup(context, *args, **kwargs):
     rate = parse_number('rate', values['rate'], float, 0.1, 1000.0)
     width = parse_number('width', values['width'], int, 0, 16384)
     height = parse_number('height', values['height'], int, 0, 16384)
+    # The camera's transports must be the node's: set before the camera starts.
+    transports = fastdds_transports(values['fastdds_transports'], os.environ)
+    environment = ([SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', transports)]
+                   if transports else [])
     camera = Node(
         package=PACKAGE, executable='demo_camera', name='demo_camera',
         namespace=values['namespace'], output='screen',
@@ -72,8 +81,9 @@ def launch_setup(context, *args, **kwargs):
             'steps': values['steps'], 'device': values['device'],
             'autostart': values['autostart'], 'use_rviz': values['use_rviz'],
             'fixed_frame': 'camera_optical_frame',
+            'fastdds_transports': values['fastdds_transports'],
         }.items())
-    return [camera, perception]
+    return environment + [camera, perception]
 
 
 def generate_launch_description():

@@ -12,12 +12,13 @@ import os
 
 from launch import LaunchDescription
 import launch.logging
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from mtdp_ros.ros.launch_support import (find_rviz2, node_parameters_from_arguments,
-                                         parse_bool, rviz_arguments)
+from mtdp_ros.ros.launch_support import (fastdds_transports, find_rviz2,
+                                         node_parameters_from_arguments, parse_bool,
+                                         rviz_arguments)
 
 PACKAGE = 'mtdp_ros'
 # (name, default, description): the launch arguments of this file.
@@ -43,6 +44,10 @@ ARGUMENTS = (
     ('use_rviz', 'false', 'Start RViz with rviz/perception.rviz (skipped with a warning '
      'where rviz2 is not installed).'),
     ('fixed_frame', 'camera_optical_frame', "RViz fixed frame: the camera's frame_id."),
+    ('fastdds_transports', 'LARGE_DATA',
+     'FASTDDS_BUILTIN_TRANSPORTS of the launched processes (Fast DDS): LARGE_DATA (TCP '
+     'and shared memory for camera-sized messages, measured in README, Transport and QoS), '
+     'or empty to keep the environment. A variable already set is kept.'),
 )
 
 
@@ -73,7 +78,11 @@ def launch_setup(context, *args, **kwargs):
         parameters.append(values['params_file'].strip())
     parameters.append(overrides)
     image_topic = values['image_topic']
-    actions = [Node(
+    actions = []
+    transports = fastdds_transports(values['fastdds_transports'], os.environ)
+    if transports:
+        actions.append(SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', transports))
+    actions += [Node(
         package=PACKAGE, executable='perception_node',
         name=values['node_name'], namespace=values['namespace'],
         parameters=parameters, output='screen', emulate_tty=True,

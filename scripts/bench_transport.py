@@ -60,6 +60,9 @@ def build_parser():
     parser.add_argument('--cases', default=','.join(CASES), help='cases to run (see above)')
     parser.add_argument('--output-topics', type=int, default=4,
                         help='topics per frame of the outputs_* cases')
+    parser.add_argument('--discovery-range', default='LOCALHOST',
+                        choices=('LOCALHOST', 'SUBNET', 'SYSTEM_DEFAULT'),
+                        help='ROS_AUTOMATIC_DISCOVERY_RANGE of both processes')
     parser.add_argument('--json', help='also write the results to this JSON file')
     # Internal: the two roles of one case.
     parser.add_argument('--role', choices=('publisher', 'subscriber'), help=argparse.SUPPRESS)
@@ -173,7 +176,7 @@ def run_case(name, size, args):
     topics = args.output_topics if outputs else 1
     env = dict(os.environ)
     env['ROS_DOMAIN_ID'] = str(1 + zlib.crc32(f'{os.getpid()} {name} {size}'.encode()) % 100)
-    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = args.discovery_range
     env.pop('FASTDDS_BUILTIN_TRANSPORTS', None)
     if large_data:
         env['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
@@ -214,7 +217,8 @@ def main(argv=None):
         print(f'unknown case(s) {unknown}; choose from {list(CASES)}', file=sys.stderr)
         return 2
     rows = []
-    print(f'{args.frames} frames at {args.rate:g} Hz per case (after 1 s of warm-up); '
+    print(f'{args.frames} frames at {args.rate:g} Hz per case (after 1 s of warm-up), '
+          f'discovery range {args.discovery_range}; '
           f'latency = publish -> subscriber callback of the last topic of a frame')
     print('| case | size | topics | writer depth | complete / sent | lost | p50 ms | p95 ms |')
     print('|---|---|---|---|---|---|---|---|')

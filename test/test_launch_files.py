@@ -153,6 +153,17 @@ def test_demo_numbers_are_checked_by_name():
         launch_support.parse_number('width', '64.5', int, 0, 16384)
 
 
+def test_the_fastdds_transport_argument_never_overrides_the_users_choice():
+    assert ARGUMENT_DEFAULTS['fastdds_transports'] == 'LARGE_DATA'
+    assert launch_support.fastdds_transports('LARGE_DATA', {}) == 'LARGE_DATA'
+    assert launch_support.fastdds_transports(' ', {}) is None
+    assert launch_support.fastdds_transports(
+        'LARGE_DATA', {'FASTDDS_BUILTIN_TRANSPORTS': 'UDPv4'}) is None
+    with pytest.raises(LaunchArgumentError, match="'fastdds_transports'.*'LARGEDATA'"):
+        launch_support.node_parameters_from_arguments(
+            dict(ARGUMENT_DEFAULTS, fastdds_transports='LARGEDATA'))
+
+
 def test_rviz2_is_found_only_where_its_package_and_executable_are(tmp_path, monkeypatch):
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -208,8 +219,12 @@ def test_use_rviz_without_rviz2_runs_the_node_alone(tmp_path, monkeypatch):
     empty = tmp_path / 'empty'
     empty.mkdir()
     monkeypatch.setenv('AMENT_PREFIX_PATH', str(empty))
+    monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
     actions = evaluate_launch_setup(PERCEPTION_LAUNCH, {'use_rviz': 'true'})
     assert node_actions(actions) == [('mtdp_ros', 'perception_node')]
+    # The transport variable is set before the node starts.
+    from launch.actions import SetEnvironmentVariable
+    assert isinstance(actions[0], SetEnvironmentVariable)
     monkeypatch.setenv('AMENT_PREFIX_PATH', fake_rviz2_prefix(tmp_path / 'prefix'))
     actions = evaluate_launch_setup(PERCEPTION_LAUNCH, {'use_rviz': 'true',
                                                         'namespace': 'cam'})

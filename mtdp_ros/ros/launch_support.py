@@ -105,7 +105,28 @@ def node_parameters_from_arguments(values):
         overrides['autostart'] = parse_bool('autostart', value('autostart'))
     if value('use_rviz'):
         parse_bool('use_rviz', value('use_rviz'))   # checked here, used by the launch file
+    fastdds_transports(value('fastdds_transports'), {})   # checked here as well
     return overrides
+
+
+FASTDDS_TRANSPORT_CHOICES = ('', 'DEFAULT', 'DEFAULTv6', 'SHM', 'UDPv4', 'UDPv6',
+                             'LARGE_DATA', 'LARGE_DATAv6')
+
+
+def fastdds_transports(text, environment):
+    """The FASTDDS_BUILTIN_TRANSPORTS value the launch should set, or None to set nothing.
+
+    ``text`` is the launch argument; an empty one, or a variable already set in
+    ``environment`` (the user's choice), leaves the environment alone.
+    """
+    value = text.strip()
+    if value not in FASTDDS_TRANSPORT_CHOICES:
+        raise LaunchArgumentError(
+            f"launch argument 'fastdds_transports' must be one of "
+            f'{list(FASTDDS_TRANSPORT_CHOICES)}, got {text!r}')
+    if not value or environment.get('FASTDDS_BUILTIN_TRANSPORTS'):
+        return None
+    return value
 
 
 def find_rviz2():
