@@ -17,7 +17,7 @@ setup(
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
     package_data={package_name: ['data/*.json', 'data/*.safetensors', 'data/*.md']},
-    include_package_data=True,
+    include_package_data=False,   # package_data lists the data files (no MANIFEST.in)
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
