@@ -17,7 +17,7 @@ setup(
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
     package_data={package_name: ['data/*.json', 'data/*.safetensors', 'data/*.md']},
-    include_package_data=True,
+    include_package_data=False,   # package_data lists the data files (no MANIFEST.in)
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -31,7 +31,9 @@ setup(
     maintainer_email='mtdp-ros@example.com',
     description='Multi-task dense prediction (MLoRE, TaskDiffusion) as a ROS 2 perception node.',
     license='Apache-2.0',
-    tests_require=['pytest'],
+    # colcon picks its pytest step from extras_require['test'] (current setuptools drops
+    # tests_require); launch_testing's pytest plugin cannot load under pytest 9.
+    extras_require={'test': ['pytest>=8,<9']},
     entry_points={
         'console_scripts': [
             'perception_node = mtdp_ros.perception_node:main',

@@ -9,10 +9,14 @@ Examples::
 import os
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.actions import (DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction,
+                            SetEnvironmentVariable)
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from mtdp_ros.ros.launch_support import (fastdds_transports, node_parameters_from_arguments,
+                                         parse_number)
 
 PACKAGE = 'mtdp_ros'
 ARGUMENTS = (
@@ -27,7 +31,13 @@ ARGUMENTS = (
     ('tasks', '', 'Comma-separated tasks (empty: all).'),
     ('steps', '', 'diffusion.steps (empty: trained steps).'),
     ('device', 'auto', 'engine.device: auto, cuda or cpu.'),
-    ('use_rviz', 'true', 'Start RViz.'),
+    ('autostart', 'true', 'Node parameter autostart (false: a lifecycle manager '
+     'configures and activates the node).'),
+    ('fastdds_transports', 'LARGE_DATA',
+     'FASTDDS_BUILTIN_TRANSPORTS of the camera and the node (empty: keep the environment; '
+     'a variable already set is kept).'),
+    ('use_rviz', 'true', 'Start RViz (skipped with a warning where rviz2 is not '
+     'installed).'),
 )
 
 
@@ -40,29 +50,44 @@ def launch_directory():
         return os.path.dirname(os.path.abspath(__file__))
 
 
-def generate_launch_description():
-    """Launch description: the camera, and perception.launch.py fed by it."""
-    namespace = LaunchConfiguration('namespace')
+def launch_setup(context, *args, **kwargs):
+    """The camera and the perception launch, after the arguments are checked.
+
+    Checking here (not only in perception.launch.py) means a rejected argument stops the
+    launch before the camera starts, so nothing is left running.
+    """
+    values = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
+    node_parameters_from_arguments(values)
+    rate = parse_number('rate', values['rate'], float, 0.1, 1000.0)
+    width = parse_number('width', values['width'], int, 0, 16384)
+    height = parse_number('height', values['height'], int, 0, 16384)
+    # The camera's transports must be the node's: set before the camera starts.
+    transports = fastdds_transports(values['fastdds_transports'], os.environ)
+    environment = ([SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', transports)]
+                   if transports else [])
     camera = Node(
-        package=PACKAGE, executable='demo_camera', name='demo_camera', namespace=namespace,
-        output='screen',
-        parameters=[{'source': LaunchConfiguration('source'),
-                     'rate': LaunchConfiguration('rate'),
-                     'width': LaunchConfiguration('width'),
-                     'height': LaunchConfiguration('height'),
+        package=PACKAGE, executable='demo_camera', name='demo_camera',
+        namespace=values['namespace'], output='screen',
+        parameters=[{'source': values['source'],
+                     'rate': rate, 'width': width, 'height': height,
                      'frame_id': 'camera_optical_frame'}])
     perception = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(launch_directory(),
                                                    'perception.launch.py')),
         launch_arguments={
             'image_topic': 'image', 'camera_info_topic': 'camera_info',
-            'namespace': namespace, 'preset': LaunchConfiguration('preset'),
-            'checkpoint': LaunchConfiguration('checkpoint'),
-            'tasks': LaunchConfiguration('tasks'), 'steps': LaunchConfiguration('steps'),
-            'device': LaunchConfiguration('device'),
-            'use_rviz': LaunchConfiguration('use_rviz'),
+            'namespace': values['namespace'], 'preset': values['preset'],
+            'checkpoint': values['checkpoint'], 'tasks': values['tasks'],
+            'steps': values['steps'], 'device': values['device'],
+            'autostart': values['autostart'], 'use_rviz': values['use_rviz'],
             'fixed_frame': 'camera_optical_frame',
+            'fastdds_transports': values['fastdds_transports'],
         }.items())
+    return environment + [camera, perception]
+
+
+def generate_launch_description():
+    """Launch description: the arguments, then the camera and perception.launch.py."""
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value=default, description=description)
-         for name, default, description in ARGUMENTS] + [camera, perception])
+         for name, default, description in ARGUMENTS] + [OpaqueFunction(function=launch_setup)])

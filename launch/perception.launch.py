@@ -9,12 +9,16 @@ Arguments left empty keep the value of ``params_file`` (or the node's default).
 """
 
 import os
-import tempfile
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+import launch.logging
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from mtdp_ros.ros.launch_support import (fastdds_transports, find_rviz2,
+                                         node_parameters_from_arguments, parse_bool,
+                                         rviz_arguments)
 
 PACKAGE = 'mtdp_ros'
 # (name, default, description): the launch arguments of this file.
@@ -34,8 +38,16 @@ ARGUMENTS = (
     ('tasks', '', 'Comma-separated tasks, e.g. semseg,depth (empty: all of the model).'),
     ('steps', '', 'diffusion.steps of a TaskDiffusion model (empty or 0: trained steps).'),
     ('device', '', 'engine.device: auto, cuda or cpu (empty: params_file / auto).'),
-    ('use_rviz', 'false', 'Start RViz with rviz/perception.rviz.'),
+    ('autostart', 'true',
+     'Node parameter autostart: true configures and activates the (lifecycle) node at '
+     'start-up; false leaves it unconfigured for a lifecycle manager.'),
+    ('use_rviz', 'false', 'Start RViz with rviz/perception.rviz (skipped with a warning '
+     'where rviz2 is not installed).'),
     ('fixed_frame', 'camera_optical_frame', "RViz fixed frame: the camera's frame_id."),
+    ('fastdds_transports', 'LARGE_DATA',
+     'FASTDDS_BUILTIN_TRANSPORTS of the launched processes (Fast DDS): LARGE_DATA (TCP '
+     'and shared memory for camera-sized messages, measured in README, Transport and QoS), '
+     'or empty to keep the environment. A variable already set is kept.'),
 )
 
 
@@ -48,64 +60,47 @@ def package_share():
         return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def parameter_overrides(context):
-    """Node parameters from the non-empty launch arguments."""
-    def value(name):
-        return LaunchConfiguration(name).perform(context).strip()
-
-    overrides = {}
-    if value('preset'):
-        overrides['model.preset'] = value('preset')
-    if value('checkpoint'):
-        overrides['model.checkpoint'] = value('checkpoint')
-    if value('device'):
-        overrides['engine.device'] = value('device')
-    if value('tasks'):
-        overrides['tasks'] = [t.strip() for t in value('tasks').split(',') if t.strip()]
-    if value('steps'):
-        overrides['diffusion.steps'] = int(value('steps'))
-    return overrides
-
-
-def rviz_config(context, share):
-    """The RViz file, rewritten for the namespace and fixed frame when they differ."""
-    path = os.path.join(share, 'rviz', 'perception.rviz')
-    namespace = LaunchConfiguration('namespace').perform(context).strip().strip('/')
-    fixed_frame = LaunchConfiguration('fixed_frame').perform(context).strip()
-    if not namespace and fixed_frame == 'camera_optical_frame':
-        return path
-    with open(path, 'r', encoding='utf-8') as handle:
-        text = handle.read()
-    if namespace:
-        for topic in ('semantic/color', 'depth/color', 'normals/color', 'edges/color',
-                      'human_parts/color', 'saliency/color', 'points'):
-            text = text.replace(f'Value: /{topic}\n', f'Value: /{namespace}/{topic}\n')
-    text = text.replace('Fixed Frame: camera_optical_frame', f'Fixed Frame: {fixed_frame}')
-    handle, rewritten = tempfile.mkstemp(prefix='mtdp_perception_', suffix='.rviz')
-    with os.fdopen(handle, 'w', encoding='utf-8') as out:
-        out.write(text)
-    return rewritten
+def argument_values(context):
+    """The evaluated launch arguments of ARGUMENTS (name -> text)."""
+    return {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
 
 
 def launch_setup(context, *args, **kwargs):
-    """The node (and RViz) for the evaluated arguments."""
-    share = package_share()
+    """The node (and RViz) for the evaluated arguments; a bad argument stops the launch.
+
+    The arguments are checked before any process starts, so a rejected value leaves
+    nothing running.
+    """
+    values = argument_values(context)
+    overrides = node_parameters_from_arguments(values)
     parameters = []
-    params_file = LaunchConfiguration('params_file').perform(context).strip()
-    if params_file:
-        parameters.append(params_file)
-    parameters.append(parameter_overrides(context))
-    image_topic = LaunchConfiguration('image_topic').perform(context)
-    actions = [Node(
+    if values['params_file'].strip():
+        parameters.append(values['params_file'].strip())
+    parameters.append(overrides)
+    image_topic = values['image_topic']
+    actions = []
+    transports = fastdds_transports(values['fastdds_transports'], os.environ)
+    if transports:
+        actions.append(SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', transports))
+    actions += [Node(
         package=PACKAGE, executable='perception_node',
-        name=LaunchConfiguration('node_name'), namespace=LaunchConfiguration('namespace'),
+        name=values['node_name'], namespace=values['namespace'],
         parameters=parameters, output='screen', emulate_tty=True,
         remappings=[('image', image_topic),
                     ('image/compressed', image_topic.rstrip('/') + '/compressed'),
-                    ('camera_info', LaunchConfiguration('camera_info_topic'))])]
-    if LaunchConfiguration('use_rviz').perform(context).lower() in ('true', '1', 'yes'):
-        actions.append(Node(package='rviz2', executable='rviz2', name='rviz2',
-                            arguments=['-d', rviz_config(context, share)], output='log'))
+                    ('camera_info', values['camera_info_topic'])])]
+    if parse_bool('use_rviz', values['use_rviz']):
+        if find_rviz2() is None:
+            launch.logging.get_logger('perception.launch').warning(
+                'use_rviz: rviz2 is not installed (no rviz2 package on AMENT_PREFIX_PATH); '
+                'running without RViz')
+        else:
+            rviz_args, rviz_remappings = rviz_arguments(
+                os.path.join(package_share(), 'rviz', 'perception.rviz'),
+                values['namespace'], values['fixed_frame'].strip())
+            actions.append(Node(package='rviz2', executable='rviz2', name='rviz2',
+                                arguments=rviz_args, remappings=rviz_remappings,
+                                output='log'))
     return actions
 
 

@@ -18,6 +18,7 @@ matrix comes from the renderer for synthetic scenes, otherwise from ``horizontal
 
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -27,6 +28,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
@@ -248,7 +250,13 @@ class DemoCamera(Node):
         seed = declare('synthetic.seed', 0, 'First synthetic scene seed.', ints=(0, 2 ** 31 - 1))
         hold = declare('synthetic.hold', 2.0, 'Seconds each synthetic scene is shown.',
                        floats=(0.0, 3600.0))
-        qos = declare('qos', 'sensor_data', "'sensor_data' or 'reliable'.")
+        qos = declare('qos', 'reliable', "'reliable' (what the node subscribes with by "
+                      "default) or 'sensor_data'.")
+        self.wait_for_subscribers = declare(
+            'wait_for_subscribers', 0, 'Publish the first frame only once the image topic has '
+            'this many subscribers (0: start at once), so a short source is seen whole.',
+            ints=(0, 1000))
+        self.reliable = qos == 'reliable'
         if self.encoding not in SUPPORTED_ENCODINGS:
             raise ValueError(f'encoding must be one of {list(SUPPORTED_ENCODINGS)}, '
                              f'got {self.encoding!r}')
@@ -289,6 +297,9 @@ class DemoCamera(Node):
     def _tick(self):
         if self.finished or not self.context.ok():
             return
+        if (not self.published and self.image_publisher.get_subscription_count()
+                < self.wait_for_subscribers):
+            return      # the source is not advanced: no frame is spent before discovery
         frame = self.source.next()
         if frame is NOT_READY:
             return
@@ -328,7 +339,11 @@ def main(args=None):
     try:
         while rclpy.ok() and not camera.finished:
             executor.spin_once(timeout_sec=0.1)
-        # Let the last messages leave before the process ends.
+        # Let the last messages leave before the process ends: a reliable publisher waits
+        # until its subscribers acknowledged them (bounded), a best-effort one briefly.
+        if camera.reliable and rclpy.ok():
+            for publisher in (camera.image_publisher, camera.info_publisher):
+                publisher.wait_for_all_acked(Duration(seconds=5.0))
         deadline = time.monotonic() + 0.5
         while rclpy.ok() and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
@@ -338,6 +353,9 @@ def main(args=None):
         if rclpy.ok():
             raise               # a real error; otherwise Ctrl-C raced a publish
     finally:
+        # Under `ros2 launch`, Ctrl-C reaches us twice (the terminal's SIGINT to the group,
+        # then launch's own): a second one must not interrupt the clean-up below.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         rendering_ended = camera.source.close() if hasattr(camera.source, 'close') else True
         camera.destroy_node()
         rclpy.try_shutdown()

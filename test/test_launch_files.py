@@ -14,13 +14,15 @@ import pytest
 import rclpy
 import yaml
 
-from mtdp_ros.ros import parameters
+from mtdp_ros.ros import launch_support, parameters
+from mtdp_ros.ros.launch_support import LaunchArgumentError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PERCEPTION_LAUNCH = os.path.join(REPO, 'launch', 'perception.launch.py')
 DEMO_LAUNCH = os.path.join(REPO, 'launch', 'demo.launch.py')
 REQUIRED_ARGUMENTS = {'image_topic', 'camera_info_topic', 'namespace', 'params_file',
-                      'preset', 'checkpoint', 'tasks', 'steps', 'device', 'use_rviz'}
+                      'preset', 'checkpoint', 'tasks', 'steps', 'device', 'use_rviz',
+                      'autostart'}
 
 
 def launch_arguments(path):
@@ -48,7 +50,7 @@ def test_perception_launch_parses_and_declares_the_required_arguments():
 
 def test_demo_launch_parses_and_includes_the_perception_launch():
     names = launch_arguments(DEMO_LAUNCH)
-    assert {'source', 'rate', 'preset', 'device', 'use_rviz'} <= set(names)
+    assert {'source', 'rate', 'preset', 'device', 'use_rviz', 'autostart'} <= set(names)
     source = open(DEMO_LAUNCH, encoding='utf-8').read()
     assert "executable='demo_camera'" in source and 'perception.launch.py' in source
 
@@ -81,6 +83,165 @@ def test_launch_descriptions_build_with_the_real_launch_api():
         declared = {entity.name for entity in description.entities
                     if isinstance(entity, DeclareLaunchArgument)}
         assert required <= declared
+
+
+def fake_rviz2_prefix(root):
+    """An ament prefix holding a package 'rviz2' with an executable lib/rviz2/rviz2."""
+    index = root / 'share' / 'ament_index' / 'resource_index' / 'packages'
+    index.mkdir(parents=True)
+    (index / 'rviz2').write_text('')
+    executable = root / 'lib' / 'rviz2' / 'rviz2'
+    executable.parent.mkdir(parents=True)
+    executable.write_text('#!/bin/sh\nexec sleep 3600\n')
+    executable.chmod(0o755)
+    return str(root)
+
+
+ARGUMENT_DEFAULTS = {name: default for name, default, _ in (
+    ast.literal_eval(next(
+        node.value for node in ast.parse(open(PERCEPTION_LAUNCH, encoding='utf-8').read()).body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], 'id', '') == 'ARGUMENTS')))}
+
+
+def test_launch_arguments_become_typed_node_parameters(tmp_path):
+    params_file = tmp_path / 'params.yaml'
+    params_file.write_text('mtdp_perception:\n  ros__parameters: {}\n')
+    values = dict(ARGUMENT_DEFAULTS, params_file=str(params_file), preset='default',
+                  tasks=' semseg, depth ,', steps='3', device='cpu', autostart='false',
+                  use_rviz='TRUE')
+    assert launch_support.node_parameters_from_arguments(values) == {
+        'model.preset': 'default', 'tasks': ['semseg', 'depth'], 'diffusion.steps': 3,
+        'engine.device': 'cpu', 'autostart': False}
+    # The defaults: nothing but autostart (true) reaches the node.
+    assert launch_support.node_parameters_from_arguments(ARGUMENT_DEFAULTS) == {
+        'autostart': True}
+
+
+@pytest.mark.parametrize('name, value, words', [
+    ('steps', 'abc', ["'steps'", 'whole number 0..100', "'abc'"]),
+    ('steps', '-1', ["'steps'", "'-1'"]),
+    ('steps', '101', ["'steps'", "'101'"]),
+    ('use_rviz', 'maybe', ["'use_rviz'", 'true or false', "'maybe'"]),
+    ('autostart', 'yes please', ["'autostart'", 'true or false']),
+    ('device', 'gpu', ["'device'", "['auto', 'cuda', 'cpu']", "'gpu'"]),
+    ('tasks', ', ,', ["'tasks'", 'semseg,depth']),
+])
+def test_a_bad_launch_argument_is_named_with_the_accepted_values(name, value, words):
+    with pytest.raises(LaunchArgumentError) as error:
+        launch_support.node_parameters_from_arguments(dict(ARGUMENT_DEFAULTS, **{name: value}))
+    for word in words:
+        assert word in str(error.value), (word, str(error.value))
+
+
+def test_a_mistyped_params_file_is_named_not_ignored(tmp_path):
+    missing = str(tmp_path / 'mlroe.yaml')
+    with pytest.raises(LaunchArgumentError) as error:
+        launch_support.node_parameters_from_arguments(
+            dict(ARGUMENT_DEFAULTS, params_file=missing))
+    assert "'params_file'" in str(error.value) and missing in str(error.value)
+    with pytest.raises(LaunchArgumentError, match='not a file'):
+        launch_support.node_parameters_from_arguments(
+            dict(ARGUMENT_DEFAULTS, params_file=str(tmp_path)))
+
+
+def test_demo_numbers_are_checked_by_name():
+    assert launch_support.parse_number('rate', ' 15 ', float, 0.1, 1000.0) == 15.0
+    for text in ('fast', 'nan', '0', '1e9'):
+        with pytest.raises(LaunchArgumentError, match="'rate'"):
+            launch_support.parse_number('rate', text, float, 0.1, 1000.0)
+    with pytest.raises(LaunchArgumentError, match="'width' must be a whole number"):
+        launch_support.parse_number('width', '64.5', int, 0, 16384)
+
+
+def test_the_fastdds_transport_argument_never_overrides_the_users_choice():
+    assert ARGUMENT_DEFAULTS['fastdds_transports'] == 'LARGE_DATA'
+    assert launch_support.fastdds_transports('LARGE_DATA', {}) == 'LARGE_DATA'
+    assert launch_support.fastdds_transports(' ', {}) is None
+    assert launch_support.fastdds_transports(
+        'LARGE_DATA', {'FASTDDS_BUILTIN_TRANSPORTS': 'UDPv4'}) is None
+    with pytest.raises(LaunchArgumentError, match="'fastdds_transports'.*'LARGEDATA'"):
+        launch_support.node_parameters_from_arguments(
+            dict(ARGUMENT_DEFAULTS, fastdds_transports='LARGEDATA'))
+
+
+def test_rviz2_is_found_only_where_its_package_and_executable_are(tmp_path, monkeypatch):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    monkeypatch.setenv('AMENT_PREFIX_PATH', str(empty))
+    assert launch_support.find_rviz2() is None
+    monkeypatch.delenv('AMENT_PREFIX_PATH')
+    assert launch_support.find_rviz2() is None
+    prefix = fake_rviz2_prefix(tmp_path / 'prefix')
+    monkeypatch.setenv('AMENT_PREFIX_PATH', prefix)
+    assert launch_support.find_rviz2() == os.path.join(prefix, 'lib', 'rviz2', 'rviz2')
+    os.chmod(launch_support.find_rviz2(), 0o644)      # not executable: not usable
+    assert launch_support.find_rviz2() is None
+
+
+def test_rviz_follows_namespace_and_frame_by_remapping_without_a_rewritten_file():
+    layout = os.path.join(REPO, 'rviz', 'perception.rviz')
+    assert launch_support.rviz_arguments(layout, '', '') == (['-d', layout], [])
+    arguments, remappings = launch_support.rviz_arguments(layout, '/robot/cam/', 'base')
+    assert arguments == ['-d', layout, '-f', 'base']
+    assert ('/semantic/color', '/robot/cam/semantic/color') in remappings
+    assert ('/points', '/robot/cam/points') in remappings
+    # Every topic the layout displays is remapped.
+    displays = yaml.safe_load(open(layout, encoding='utf-8'))['Visualization Manager'][
+        'Displays']
+    shown = {d['Topic']['Value'] for d in displays if 'Topic' in d}
+    assert shown == {source for source, _ in remappings}
+    for path in (PERCEPTION_LAUNCH, DEMO_LAUNCH):
+        assert 'tempfile' not in open(path, encoding='utf-8').read()
+
+
+def evaluate_launch_setup(path, arguments):
+    """The actions a launch file's OpaqueFunction returns for ``arguments`` (real launch)."""
+    import importlib.util
+
+    import launch
+    spec = importlib.util.spec_from_file_location('launch_under_test', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    context = launch.LaunchContext()
+    defaults = {name: default for name, default, _ in module.ARGUMENTS}
+    context.launch_configurations.update(dict(defaults, **arguments))
+    return module.launch_setup(context)
+
+
+def node_actions(actions):
+    """(package, executable) of the launch_ros Node actions among ``actions``."""
+    from launch_ros.actions import Node
+    return [(a.node_package, a.node_executable) for a in actions if isinstance(a, Node)]
+
+
+def test_use_rviz_without_rviz2_runs_the_node_alone(tmp_path, monkeypatch):
+    require_launch_api()
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    monkeypatch.setenv('AMENT_PREFIX_PATH', str(empty))
+    monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
+    actions = evaluate_launch_setup(PERCEPTION_LAUNCH, {'use_rviz': 'true'})
+    assert node_actions(actions) == [('mtdp_ros', 'perception_node')]
+    # The transport variable is set before the node starts.
+    from launch.actions import SetEnvironmentVariable
+    assert isinstance(actions[0], SetEnvironmentVariable)
+    monkeypatch.setenv('AMENT_PREFIX_PATH', fake_rviz2_prefix(tmp_path / 'prefix'))
+    actions = evaluate_launch_setup(PERCEPTION_LAUNCH, {'use_rviz': 'true',
+                                                        'namespace': 'cam'})
+    assert node_actions(actions) == [('mtdp_ros', 'perception_node'), ('rviz2', 'rviz2')]
+
+
+def test_bad_arguments_stop_the_launch_before_any_process(tmp_path):
+    require_launch_api()
+    with pytest.raises(LaunchArgumentError, match="'steps'"):
+        evaluate_launch_setup(PERCEPTION_LAUNCH, {'steps': 'abc'})
+    with pytest.raises(LaunchArgumentError, match="'params_file'"):
+        evaluate_launch_setup(PERCEPTION_LAUNCH, {'params_file': str(tmp_path / 'no.yaml')})
+    # The demo checks before its camera starts: no camera is left behind.
+    with pytest.raises(LaunchArgumentError, match="'steps'"):
+        evaluate_launch_setup(DEMO_LAUNCH, {'steps': 'abc'})
+    with pytest.raises(LaunchArgumentError, match="'rate'"):
+        evaluate_launch_setup(DEMO_LAUNCH, {'rate': 'fast'})
 
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, 'config', '*.yaml')))

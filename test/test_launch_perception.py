@@ -9,6 +9,7 @@ launch_testing plugin after ``colcon build``.
 
 import json
 import os
+import sys
 import tempfile
 import time
 import unittest
@@ -29,11 +30,19 @@ except ImportError as missing:
 
 import numpy as np
 import rclpy
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from mtdp_ros.ros.conversions import rgb_to_image_msg
-from ros_harness import REPO, TINY_MLORE as TINY_CONFIG  # noqa: E402
+
+# ``launch_test`` loads this file without pytest's conftest: put the harness beside it on
+# the path itself.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ros_harness import REPO, TINY_MLORE as TINY_CONFIG, domain_id  # noqa: E402,I100
+
+# Its own ROS domain, host-local discovery: parallel runs do not see each other.
+DOMAIN = domain_id(__name__)
 
 
 @pytest.mark.launch_test
@@ -51,7 +60,10 @@ def generate_test_description():
             'namespace': 'launch_test', 'preset': config, 'device': 'cpu',
             'tasks': 'semseg,depth', 'use_rviz': 'false',
         }.items())
-    return launch.LaunchDescription([perception, launch_testing.actions.ReadyToTest()])
+    return launch.LaunchDescription([
+        launch.actions.SetEnvironmentVariable('ROS_DOMAIN_ID', str(DOMAIN)),
+        launch.actions.SetEnvironmentVariable('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST'),
+        perception, launch_testing.actions.ReadyToTest()])
 
 
 class TestPerceptionLaunch(unittest.TestCase):
@@ -59,13 +71,17 @@ class TestPerceptionLaunch(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        rclpy.init()
-        cls.node = rclpy.create_node('perception_launch_test')
+        cls.context = rclpy.Context()
+        rclpy.init(context=cls.context, domain_id=DOMAIN)
+        cls.node = rclpy.create_node('perception_launch_test', context=cls.context)
+        cls.executor = SingleThreadedExecutor(context=cls.context)
+        cls.executor.add_node(cls.node)
 
     @classmethod
     def tearDownClass(cls):
+        cls.executor.shutdown(timeout_sec=1.0)
         cls.node.destroy_node()
-        rclpy.shutdown()
+        rclpy.try_shutdown(context=cls.context)
 
     def test_outputs_carry_the_input_header(self):
         received = {'depth': [], 'semantic/labels': []}
@@ -81,7 +97,7 @@ class TestPerceptionLaunch(unittest.TestCase):
             publisher.publish(frame)
             end = time.monotonic() + 1.0
             while time.monotonic() < end and not all(received.values()):
-                rclpy.spin_once(self.node, timeout_sec=0.1)
+                self.executor.spin_once(timeout_sec=0.1)
         for topic, store in received.items():
             self.assertTrue(store, f'nothing arrived on /launch_test/{topic}')
             self.assertEqual(store[-1].header.frame_id, 'launch_test_frame')

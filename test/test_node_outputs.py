@@ -41,7 +41,10 @@ def perception(tmp_path_factory):
     domain = domain_id(__name__)
     node = NodeProcess(domain, directory / 'node.log', params={
         'model.preset': write_checkpoint(directory, TINY_MLORE),
-        'input.qos': 'reliable', 'watchdog.timeout': 600.0})
+        'input.qos': 'reliable', 'watchdog.timeout': 600.0,
+        # The flood test bounds the input side; the writers' own history (output.qos_depth
+        # frames of every output, 10 by default: about +86 MB at 640x480) is pinned small.
+        'output.qos_depth': 2})
     client = RosClient(domain)
     try:
         for topic in IMAGE_TOPICS:

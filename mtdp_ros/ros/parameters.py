@@ -57,16 +57,18 @@ SPECS = (
          "'raw': subscribe to image (sensor_msgs/Image); 'compressed': subscribe to "
          "image/compressed (sensor_msgs/CompressedImage, decoded with OpenCV).",
          choices=('raw', 'compressed')),
-    Spec('input.qos', 'sensor_data',
-         "QoS of the image subscription: 'sensor_data' (best effort, matches every camera "
-         "driver) or 'reliable' (only matches reliable publishers).",
-         choices=('sensor_data', 'reliable')),
+    Spec('input.qos', 'reliable',
+         "QoS of the image subscription: 'reliable' (loses no frame of a reliable camera; "
+         "never matches a best-effort one) or 'sensor_data' (best effort: matches every "
+         "camera, but loses most large frames between processes; see README, Transport "
+         "and QoS).", choices=('sensor_data', 'reliable')),
     Spec('input.qos_depth', 5, 'History depth of the image and camera_info subscriptions.',
          int_range=(1, 100)),
     Spec('output.qos', 'reliable',
          "QoS of the outputs: 'reliable' (matches every subscriber) or 'sensor_data' "
          "(best effort).", choices=('reliable', 'sensor_data')),
-    Spec('output.qos_depth', 2, 'History depth of the output publishers.',
+    Spec('output.qos_depth', 10, 'History depth of the output publishers (keeps every '
+         'output until a reliable recorder has it; see README, Transport and QoS).',
          int_range=(1, 100)),
     Spec('diagnostics.period', 1.0, 'Seconds between /diagnostics messages.',
          float_range=(0.1, 60.0)),

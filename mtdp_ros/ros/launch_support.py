@@ -1,0 +1,162 @@
+"""What launch/*.launch.py decide, kept apart so that it is testable without ``launch``.
+
+- :func:`node_parameters_from_arguments` checks the launch arguments (naming the argument
+  and the values it accepts) and turns the non-empty ones into node parameters;
+- :func:`find_rviz2` says whether RViz can be started at all (a launch without rviz2
+  warns and runs the rest instead of failing and orphaning its other processes);
+- :func:`rviz_arguments` points RViz at the namespaced outputs and the fixed frame by
+  remapping and a command-line option, so no rewritten .rviz file is ever written.
+"""
+
+import os
+
+TRUE_WORDS = ('true', '1', 'yes', 'on')
+FALSE_WORDS = ('false', '0', 'no', 'off')
+DEVICE_CHOICES = ('auto', 'cuda', 'cpu')
+MAX_DIFFUSION_STEPS = 100
+# The absolute topics rviz/perception.rviz displays (relative to the node's namespace).
+RVIZ_TOPICS = ('semantic/color', 'depth/color', 'normals/color', 'edges/color',
+               'human_parts/color', 'saliency/color', 'points')
+
+
+class LaunchArgumentError(ValueError):
+    """A launch argument has a value its launch file does not accept."""
+
+
+def parse_bool(name, text):
+    """``text`` of boolean launch argument ``name`` as a bool; LaunchArgumentError if not."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise LaunchArgumentError(f"launch argument '{name}' must be true or false, got {text!r}")
+
+
+def parse_steps(text):
+    """diffusion.steps from launch argument ``steps`` (a whole number 0..100)."""
+    try:
+        steps = int(text.strip())
+    except ValueError:
+        steps = None
+    if steps is None or not 0 <= steps <= MAX_DIFFUSION_STEPS:
+        raise LaunchArgumentError(
+            f"launch argument 'steps' must be a whole number 0..{MAX_DIFFUSION_STEPS} "
+            f'(0 or empty: the trained steps), got {text!r}')
+    return steps
+
+
+def parse_number(name, text, kind, low, high):
+    """``text`` of numeric launch argument ``name`` as ``kind`` (int or float) in low..high."""
+    try:
+        number = kind(text.strip())
+    except ValueError:
+        number = None
+    if number is None or number != number or not low <= number <= high:
+        what = 'a whole number' if kind is int else 'a number'
+        raise LaunchArgumentError(
+            f"launch argument '{name}' must be {what} in {low}..{high}, got {text!r}")
+    return number
+
+
+def check_params_file(path):
+    """Raise LaunchArgumentError unless ``path`` names a readable file."""
+    if not os.path.isfile(path):
+        raise LaunchArgumentError(
+            f"launch argument 'params_file': {path!r} does not exist or is not a file "
+            f'(give the path of a YAML parameters file, e.g. <share>/mtdp_ros/config/'
+            f'mlore.yaml, or leave it empty)')
+    if not os.access(path, os.R_OK):
+        raise LaunchArgumentError(f"launch argument 'params_file': {path!r} is not readable")
+
+
+def node_parameters_from_arguments(values):
+    """Node parameter overrides from the launch arguments ``values`` (name -> text).
+
+    Empty arguments are left out (the params_file or the node default applies). Raises
+    LaunchArgumentError naming the first argument whose value is not accepted.
+    """
+    def value(name):
+        return str(values.get(name, '')).strip()
+
+    overrides = {}
+    if value('params_file'):
+        check_params_file(value('params_file'))
+    if value('preset'):
+        overrides['model.preset'] = value('preset')
+    if value('checkpoint'):
+        overrides['model.checkpoint'] = value('checkpoint')
+    if value('device'):
+        if value('device') not in DEVICE_CHOICES:
+            raise LaunchArgumentError(
+                f"launch argument 'device' must be one of {list(DEVICE_CHOICES)}, got "
+                f'{value("device")!r}')
+        overrides['engine.device'] = value('device')
+    if value('tasks'):
+        tasks = [t.strip() for t in value('tasks').split(',') if t.strip()]
+        if not tasks:
+            raise LaunchArgumentError(
+                f"launch argument 'tasks' must name tasks separated by commas (e.g. "
+                f"semseg,depth) or be empty, got {value('tasks')!r}")
+        overrides['tasks'] = tasks
+    if value('steps'):
+        overrides['diffusion.steps'] = parse_steps(value('steps'))
+    if value('autostart'):
+        overrides['autostart'] = parse_bool('autostart', value('autostart'))
+    if value('use_rviz'):
+        parse_bool('use_rviz', value('use_rviz'))   # checked here, used by the launch file
+    fastdds_transports(value('fastdds_transports'), {})   # checked here as well
+    return overrides
+
+
+FASTDDS_TRANSPORT_CHOICES = ('', 'DEFAULT', 'DEFAULTv6', 'SHM', 'UDPv4', 'UDPv6',
+                             'LARGE_DATA', 'LARGE_DATAv6')
+
+
+def fastdds_transports(text, environment):
+    """The FASTDDS_BUILTIN_TRANSPORTS value the launch should set, or None to set nothing.
+
+    ``text`` is the launch argument; an empty one, or a variable already set in
+    ``environment`` (the user's choice), leaves the environment alone.
+    """
+    value = text.strip()
+    if value not in FASTDDS_TRANSPORT_CHOICES:
+        raise LaunchArgumentError(
+            f"launch argument 'fastdds_transports' must be one of "
+            f'{list(FASTDDS_TRANSPORT_CHOICES)}, got {text!r}')
+    if not value or environment.get('FASTDDS_BUILTIN_TRANSPORTS'):
+        return None
+    return value
+
+
+def find_rviz2():
+    """The rviz2 executable launch_ros would start, or None when rviz2 is not installed."""
+    try:
+        from ament_index_python.packages import (PackageNotFoundError,
+                                                 get_package_prefix)
+    except ImportError:
+        return None
+    try:
+        prefix = get_package_prefix('rviz2')
+    except (PackageNotFoundError, LookupError, OSError, ValueError):
+        # OSError: AMENT_PREFIX_PATH unset (no ROS environment sourced).
+        return None
+    path = os.path.join(prefix, 'lib', 'rviz2', 'rviz2')
+    return path if os.access(path, os.X_OK) else None
+
+
+def rviz_arguments(config_path, namespace, fixed_frame):
+    """(command-line arguments, remappings) of RViz for the node's namespace and frame.
+
+    The layout file names the outputs of a node in the root namespace; a namespaced node's
+    outputs are reached by remapping those absolute topics, and the fixed frame is set
+    with RViz's ``-f`` option, so the installed layout is used as it is.
+    """
+    arguments = ['-d', config_path]
+    if fixed_frame:
+        arguments += ['-f', fixed_frame]
+    namespace = namespace.strip().strip('/')
+    remappings = []
+    if namespace:
+        remappings = [(f'/{topic}', f'/{namespace}/{topic}') for topic in RVIZ_TOPICS]
+    return arguments, remappings
