@@ -43,8 +43,12 @@ BYTES_PER_PIXEL = {
 SUPPORTED_ENCODINGS = tuple(BYTES_PER_PIXEL)
 UYVY_ENCODINGS = ('yuv422', 'uyvy')
 YUYV_ENCODINGS = ('yuv422_yuy2', 'yuyv')
-# 8K UHD: anything larger is a corrupt header rather than a camera.
-DEFAULT_MAX_PIXELS = 7680 * 4320
+# 12 megapixels (4096 x 3072, the largest common machine-vision format; 4K UHD fits). The
+# limit bounds one frame's memory: conversion, the engine's post-processing back to full
+# size, the output and colour messages peak at about 39 MiB per megapixel above the model's
+# own memory (scripts/bench_input_memory.py: 494 MiB at this size, 324 MiB for 4K UHD), and
+# a compressed frame's decode buffer at 3 bytes per pixel.
+DEFAULT_MAX_PIXELS = 4096 * 3072
 
 # Output encodings -> (numpy dtype, channels).
 OUTPUT_ENCODINGS = {
