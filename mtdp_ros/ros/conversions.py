@@ -180,9 +180,10 @@ def compressed_msg_to_rgb(msg: CompressedImage, max_pixels=DEFAULT_MAX_PIXELS):
     if image is None:
         raise ImageRejected('decode', f'compressed image ({msg.format or "no format"}, '
                                       f'{buffer.size} bytes) could not be decoded')
-    if image.shape[:2] != (height, width):
-        # libjpeg and libpng decode what their header declares; guard against a decoder
-        # that does not, since the size check above relied on the header.
+    if image.shape[:2] not in ((height, width), (width, height)):
+        # libjpeg and libpng decode what their header declares (IMREAD_COLOR turns a JPEG
+        # by its EXIF orientation, as image_transport's decoder does: hence the transpose);
+        # guard against a decoder that does not, since the size check relied on the header.
         raise ImageRejected('decode', f'decoded {image.shape[1]} x {image.shape[0]} pixels '
                                       f'but the header declares {width} x {height}')
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
