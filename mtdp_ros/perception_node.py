@@ -4,56 +4,84 @@ Subscribes to ``image`` (or ``image/compressed``) and ``camera_info``; publishes
 input's header and size, per enabled task: ``semantic/labels`` + ``semantic/color``,
 ``depth`` + ``depth/color``, ``normals`` + ``normals/color``, ``edges`` + ``edges/color``,
 ``human_parts/labels`` + ``human_parts/color``, ``saliency`` + ``saliency/color``, and the
-point cloud ``points``. See DESIGN.md and README.md for the full interface.
+point cloud ``points`` (models with depth only). See DESIGN.md and README.md for the full
+interface.
 
-Threads: the executor thread only stores the newest frame in a one-slot buffer (an older
-frame still waiting there is dropped and counted) and serves parameters and timers; one
-inference thread takes the newest frame, converts it, runs the engine, and publishes.
+A managed (lifecycle) node: unconfigured -> configure (create the engine, warm it up at
+the camera's size when camera_info is known) -> inactive -> activate (subscribe, publish)
+-> active; deactivate stops the outputs, cleanup releases the engine, shutdown works from
+any state. Parameter ``autostart`` (default true) configures and activates at start-up.
+
+Threads: the executor thread stores the newest frame in a one-slot buffer (an older frame
+still waiting there is dropped and counted) and serves parameters, transitions and timers;
+one inference thread takes the newest frame, converts it, runs the engine, and publishes.
 So a slow model never builds a backlog, and memory stays bounded at any input rate.
+
+Stops: SIGINT and SIGTERM only set an event (later signals do nothing), the main thread
+leaves the executor loop and shuts down once; see :mod:`mtdp_ros.ros.stops`.
 """
 
-import logging
+import functools
+import gc
 import os
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass, replace
 from typing import Tuple
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from mtdp_ros.ros import colormaps, parameters
-from mtdp_ros.ros.conversions import (ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb,
-                                      numpy_to_image_msg)
-from mtdp_ros.ros.monitoring import Counters, RateMeter, Samples, WarningThrottle
-from mtdp_ros.ros.pointcloud import RayCache, depth_to_points, points_to_msg
+from mtdp_ros.ros import parameters
+from mtdp_ros.ros.camera import camera_info_problem, FocalCorrection
+from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb
+from mtdp_ros.ros.diagnostics import (MS_PER_NS, STAGES, FrameStatistics,
+                                      InputWatchdog, build_status)
+from mtdp_ros.ros.monitoring import WarningThrottle
+from mtdp_ros.ros.outputs import KINDS, OUTPUT_TOPICS, OutputBuilder, OutputOptions, \
+    output_topics
 from mtdp_ros.ros.qos import describe_qos, qos_profile
+from mtdp_ros.ros.runtime_log import RuntimeLogBridge
+from mtdp_ros.ros.stops import StopSignals
+
+__all__ = ['NODE_NAME', 'OUTPUT_TOPICS', 'STAGES', 'PerceptionNode', 'StartupError', 'main']
 
 NODE_NAME = 'mtdp_perception'
-# task -> (raw topic, colour topic), relative names so that namespaces and remapping work.
-OUTPUT_TOPICS = {
-    'semseg': ('semantic/labels', 'semantic/color'),
-    'depth': ('depth', 'depth/color'),
-    'human_parts': ('human_parts/labels', 'human_parts/color'),
-    'sal': ('saliency', 'saliency/color'),
-    'normals': ('normals', 'normals/color'),
-    'edge': ('edges', 'edges/color'),
-}
-LABEL_TASKS = ('semseg', 'human_parts')
-POINTS_TOPIC = 'points'
 # Seconds the inference thread may take to finish its frame at shutdown.
 STOP_TIMEOUT = 3.0
-# Milliseconds per nanosecond.
-MS_PER_NS = 1e-6
+# Seconds a deactivate/cleanup transition waits for the frame in flight (a large model on
+# a CPU takes seconds per frame; the engine must not be released under it).
+TRANSITION_TIMEOUT = 60.0
+SUCCESS = TransitionCallbackReturn.SUCCESS
+FAILURE = TransitionCallbackReturn.FAILURE
+ERROR = TransitionCallbackReturn.ERROR
+
+
+# When this module was loaded: the program's start where /proc cannot say it.
+MODULE_LOADED = time.monotonic()
+
+
+def seconds_since_program_start():
+    """Seconds since this process started (from /proc; else since this module loaded)."""
+    try:
+        with open('/proc/self/stat', encoding='ascii') as handle:
+            # Field 22 (start time in clock ticks after boot) counts from after the
+            # command name, which may hold spaces and parentheses.
+            start_ticks = int(handle.read().rsplit(')', 1)[1].split()[19])
+        with open('/proc/uptime', encoding='ascii') as handle:
+            uptime = float(handle.read().split()[0])
+        return uptime - start_ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - MODULE_LOADED
 
 
 class StartupError(Exception):
@@ -86,12 +114,6 @@ SETTING_OF_PARAMETER = {
 }
 
 FLOAT_SETTINGS = ('depth_color_min', 'depth_color_max', 'watchdog_timeout')
-# Stages of a frame whose times the node keeps (reported in /diagnostics as <stage>_p50_ms):
-# message -> RGB, the engine's letterbox + resizing back, and building and publishing the
-# raw outputs, the colour images and the point cloud.
-# node_own is their sum without the engine: the cost of the node itself.
-STAGES = ('convert', 'engine_pre_post', 'publish_raw', 'publish_color', 'publish_points',
-          'node_own')
 
 
 class LatestFrame:
@@ -118,6 +140,11 @@ class LatestFrame:
             item, self._item = self._item, None
             return item
 
+    def clear(self):
+        """Drop what waits (a deactivated node serves no old frame later)."""
+        with self._condition:
+            self._item = None
+
     def close(self):
         """Wake the taker for good."""
         with self._condition:
@@ -125,33 +152,147 @@ class LatestFrame:
             self._condition.notify_all()
 
 
-class _RosLogHandler(logging.Handler):
-    """Forwards the runtime's Python log records (fallback warnings) to the node's logger."""
-
-    def __init__(self, logger):
-        super().__init__(logging.INFO)
-        self._logger = logger
-        self.messages = []
-
-    def emit(self, record):
-        message = record.getMessage()
-        if len(self.messages) < 100:
-            self.messages.append(message)
-        if record.levelno >= logging.ERROR:
-            self._logger.error(message)
-        elif record.levelno >= logging.WARNING:
-            self._logger.warning(message)
-        else:
-            self._logger.info(message)
+def _callback_returning(result_on_exception):
+    """Wrap a transition callback: an exception is logged (rclpy would drop it silently)."""
+    def decorator(method):
+        @functools.wraps(method)
+        def wrapper(self, state):
+            try:
+                return method(self, state)
+            except Exception as exc:  # noqa: B902 - the transition reports it
+                self._log.error(f'transition from {state.label} failed: '
+                                f'{type(exc).__name__}: {exc}')
+                return result_on_exception
+        return wrapper
+    return decorator
 
 
-class PerceptionNode(Node):
-    """The perception node (see the module docstring)."""
+class PerceptionNode(LifecycleNode):
+    """The perception node (see the module docstring).
+
+    Constructing it declares the parameters and creates only the diagnostics, the
+    camera_info subscription and the inference thread; the engine comes with configure.
+    """
 
     def __init__(self, node_name=NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
         self._log = self.get_logger()
         parameters.declare_all(self)
+        self.autostart = bool(self.get_parameter('autostart').value)
+        self.engine = None
+        self._settings = None
+        self._model_tasks = ()
+        self._is_diffusion = False
+        self._output_publishers = {}
+        self._image_subscription = None
+        self._input_topic = ''
+        self._input_qos = None
+        self._input_qos_name = ''
+        self._compressed = False
+        self._active = False
+        self._startup_to_first_output_s = None
+        self.statistics = FrameStatistics()
+        self._input_watchdog = InputWatchdog()
+        self._throttle = WarningThrottle(period=5.0)
+        self._outputs = OutputBuilder()
+        self._runtime_log = RuntimeLogBridge(self._log)
+        self._camera_info = None
+        self._slot = LatestFrame()
+        # Held by the inference thread for each frame: a transition that stops the outputs
+        # or releases the engine takes it, so no frame is half-way through then.
+        self._frame_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._stopped = None            # set by stop(): whether the engine was released
+        self._ready = threading.Event()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+        self._create_camera_info_subscription()
+        # Camera geometry (mtdp_ros/ros/camera.py): K + D or P, and depth's focal correction;
+        # read-only parameters, needed by camera_info in every state.
+        self._focal = FocalCorrection(bool(self.get_parameter('depth.focal_correction').value),
+                                      bool(self.get_parameter('camera.rectified').value),
+                                      self._info_subscription.topic_name, self._log.info)
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics',
+                                                            10)
+        # A steady clock: under use_sim_time without /clock, ROS-time timers never fire.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(float(self.get_parameter('diagnostics.period').value),
+                          self._publish_diagnostics, clock=steady)
+        self.create_timer(1.0, self._watchdog, clock=steady)
+        self._worker = threading.Thread(target=self._run_inference, name='mtdp_inference',
+                                        daemon=True)
+        self._worker.start()
+        if not self.autostart:
+            self._log.info('autostart is false: unconfigured, no engine; waiting for the '
+                           'configure transition on ~/change_state')
+
+    @property
+    def state(self):
+        """The lifecycle state's label ('unconfigured', 'inactive', 'active', ...)."""
+        return self._state_machine.current_state[1]
+
+    def run_autostart(self):
+        """Configure and activate; True when both succeeded."""
+        return self.trigger_configure() == SUCCESS and self.trigger_activate() == SUCCESS
+
+    # ------------------------------------------------------------------ lifecycle
+    @_callback_returning(ERROR)
+    def on_configure(self, state):
+        """Validate the parameters, create the engine and the publishers, warm up."""
+        try:
+            self._configure()
+        except StartupError as exc:
+            self._log.error(str(exc))
+            self._release_engine()
+            return FAILURE
+        except Exception:
+            self._release_engine()
+            raise
+        self._log.info('configured (inactive)')
+        return SUCCESS
+
+    @_callback_returning(ERROR)
+    def on_activate(self, state):
+        """Subscribe to the images; frames are processed and published from now on."""
+        self.statistics.activated()
+        self._input_watchdog.reset()
+        self._active = True
+        self._create_image_subscription()
+        self._ready.set()
+        self._log.info('ready (active): the first frame of a new size warms the engine up')
+        return SUCCESS
+
+    @_callback_returning(ERROR)
+    def on_deactivate(self, state):
+        """Unsubscribe, and wait for the frame in flight: no outputs after this."""
+        self._deactivate(TRANSITION_TIMEOUT)
+        self._log.info('deactivated (inactive): no outputs')
+        return SUCCESS
+
+    @_callback_returning(ERROR)
+    def on_cleanup(self, state):
+        """Release the engine and its (GPU) memory, destroy the output publishers."""
+        if not self._release_engine(TRANSITION_TIMEOUT):
+            self._log.error('cleanup: the frame in flight did not finish; engine kept')
+            return FAILURE
+        self._log.info('cleaned up (unconfigured): engine released')
+        return SUCCESS
+
+    def on_shutdown(self, state):
+        """From any state: stop the outputs and the inference thread, release the engine."""
+        released = self.stop()
+        self._log.info(f'shut down (from {state.label}): ' +
+                       ('engine released' if released else
+                        'the frame in flight did not finish; the process ends under it'))
+        return SUCCESS
+
+    def on_error(self, state):
+        """After a failed transition: release everything, back to unconfigured."""
+        self._deactivate(STOP_TIMEOUT)
+        self._release_engine(STOP_TIMEOUT)
+        return SUCCESS
+
+    def _configure(self):
         values = parameters.current_values(self)
         problems = parameters.validate_startup(values)
         if problems:
@@ -165,54 +306,63 @@ class PerceptionNode(Node):
                                            list(self._model_tasks))])
             values['tasks'] = list(self._model_tasks)
         self._settings = self._settings_from(values)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._after_set_parameters)
-
-        self._counters = Counters()
-        self._input_rate = RateMeter()
-        self._output_rate = RateMeter()
-        self._latency_ms = Samples()
-        self._processing_ms = Samples()
-        self._model_ms = Samples()
-        self._overhead_ms = Samples()
-        self._stage_ms = {name: Samples() for name in STAGES}
-        self._throttle = WarningThrottle(period=5.0)
-        self._rays = RayCache()
-        self._camera_info = None
-        self._slot = LatestFrame()
-        self._stopping = threading.Event()
-        self._ready = threading.Event()
-        self._last_frame_time = None
-        self._start_time = time.monotonic()
-        self._last_watchdog_warning = None
-
+        self._input_qos = qos_profile(values['input.qos'], values['input.qos_depth'])
+        self._input_qos_name = values['input.qos']
+        self._compressed = values['input.transport'] == 'compressed'
+        self._input_topic = self.resolve_topic_name(
+            'image/compressed' if self._compressed else 'image')
         self._create_publishers(values)
-        self._create_subscriptions(values)
-        self.create_timer(float(values['diagnostics.period']), self._publish_diagnostics)
-        self.create_timer(1.0, self._watchdog)
-        self._worker = threading.Thread(target=self._run_inference, name='mtdp_inference',
-                                        daemon=True)
-        self._worker.start()
+        info = self._camera_info
+        if info is not None and info.width > 0 and info.height > 0:
+            self._warm_up(info.height, info.width)
 
-    # ------------------------------------------------------------------ start-up
+    def _deactivate(self, timeout):
+        self._active = False
+        self._ready.clear()
+        if self._image_subscription is not None:
+            self.destroy_subscription(self._image_subscription)
+            self._image_subscription = None
+        self._slot.clear()
+        if self._frame_lock.acquire(timeout=timeout):
+            self._frame_lock.release()
+            return True
+        return False
+
+    def _release_engine(self, timeout=STOP_TIMEOUT):
+        """Close the engine once no frame uses it; False when the frame in flight stays."""
+        if not self._frame_lock.acquire(timeout=timeout):
+            return False
+        try:
+            engine, self.engine = self.engine, None
+            for publisher in self._output_publishers.values():
+                self.destroy_publisher(publisher)
+            self._output_publishers = {}
+            self._settings = None
+            self._outputs = OutputBuilder()
+            if engine is not None:
+                engine.close()
+                del engine
+                gc.collect()
+        finally:
+            self._frame_lock.release()
+        self._runtime_log.detach()
+        return True
+
+    # ------------------------------------------------------------------ configure
     def _create_engine(self, values):
         from mtdp_ros.runtime import create_engine
         # The runtime reports fallbacks (CPU instead of CUDA, random weights...) through
         # its Python logger and as Python warnings: both reach the ROS log, once.
-        handler = self._runtime_log_handler = _RosLogHandler(self._log)
-        runtime_logger = logging.getLogger('mtdp_ros.runtime')
-        runtime_logger.addHandler(handler)
-        runtime_logger.propagate = False
-        runtime_logger.setLevel(logging.INFO)
+        self._runtime_log.attach()
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter('always')
+            with self._runtime_log.forwarding_warnings() as said:
                 engine = create_engine(model=values['model.preset'],
                                        checkpoint=values['model.checkpoint'] or None,
                                        backend=values['engine.backend'],
                                        device=values['engine.device'],
                                        precision=values['engine.precision'],
-                                       seed=values['diffusion.seed'])
+                                       seed=values['diffusion.seed'],
+                                       reparameterize=values['engine.reparameterize'])
         except Exception as exc:  # noqa: B902 - every failure here is a start-up error
             raise StartupError(f'cannot create the engine for model.preset '
                                f'{values["model.preset"]!r} (checkpoint '
@@ -220,11 +370,6 @@ class PerceptionNode(Node):
                                f'{values["engine.backend"]}, device '
                                f'{values["engine.device"]}): {type(exc).__name__}: {exc}') \
                 from exc
-        said = set(handler.messages)
-        for warning in caught:
-            if str(warning.message) not in said:
-                said.add(str(warning.message))
-                self._log.warning(str(warning.message))
         if engine.random_weights and not any('random' in text for text in said):
             self._log.warning(f'model {engine.model_name}: no trained weights were found or '
                               f'given; the weights are RANDOM and the outputs meaningless '
@@ -245,10 +390,13 @@ class PerceptionNode(Node):
                 problems.append(reason)
         reason = parameters.check_steps(values['diffusion.steps'], self._is_diffusion,
                                         self.engine.model_name)
+        if not reason and self._is_diffusion:
+            reason = self.engine.check_steps(values['diffusion.steps'] or None)
+            if not reason:
+                self.engine.prepare_steps(values['diffusion.steps'] or None)
         if reason:
             problems.append(reason)
         if problems:
-            self.engine.close()
             raise StartupError('invalid parameters: ' + '; '.join(problems))
 
     def _settings_from(self, values):
@@ -262,46 +410,60 @@ class PerceptionNode(Node):
         reliability = values['output.qos']
         depth = values['output.qos_depth']
         qos = qos_profile(reliability, depth)
-        self._raw_publishers = {}
-        self._color_publishers = {}
-        for task in self._model_tasks:
-            raw_topic, color_topic = OUTPUT_TOPICS[task]
-            self._raw_publishers[task] = self.create_publisher(Image, raw_topic, qos)
-            self._color_publishers[task] = self.create_publisher(Image, color_topic, qos)
-        self._points_publisher = self.create_publisher(PointCloud2, POINTS_TOPIC, qos)
-        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics',
-                                                            10)
+        # Only the outputs this model has are advertised (no points without depth).
+        self._output_publishers = {
+            topic: self.create_publisher(msg_type, topic, qos)
+            for topic, msg_type in output_topics(self._model_tasks)}
 
-    def _create_subscriptions(self, values):
-        self._input_qos = qos_profile(values['input.qos'], values['input.qos_depth'])
-        self._input_qos_name = values['input.qos']
-        self._compressed = values['input.transport'] == 'compressed'
+    def _create_camera_info_subscription(self):
+        # Listened to in every state (cheap), so that configure knows the camera's size.
+        # With an invalid input.qos, configure fails and says why; nothing to listen to.
+        name = self.get_parameter('input.qos').value
+        try:
+            qos = qos_profile(name, self.get_parameter('input.qos_depth').value)
+        except ValueError:
+            self._info_subscription = None
+            return
+        self._info_subscription = self.create_subscription(
+            CameraInfo, 'camera_info', self._on_camera_info, qos)
+
+    def _create_image_subscription(self):
         if self._compressed:
             self._image_subscription = self.create_subscription(
                 CompressedImage, 'image/compressed', self._on_image, self._input_qos)
         else:
             self._image_subscription = self.create_subscription(
                 Image, 'image', self._on_image, self._input_qos)
-        self._info_subscription = self.create_subscription(
-            CameraInfo, 'camera_info', self._on_camera_info, self._input_qos)
-        self._log.info(f'waiting for images on {self._image_subscription.topic_name} '
+        self._log.info(f'waiting for images on {self._input_topic} '
                        f'({self._input_qos_name}: {describe_qos(self._input_qos)})')
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, changed):
-        """Reject invalid values of the dynamic parameters with a reason."""
+        """Reject invalid values of the dynamic parameters with a reason.
+
+        While unconfigured (no model yet) tasks and diffusion.steps are checked against
+        the model at configure.
+        """
         current = {name: self.get_parameter(name).value
                    for name in ('depth.color_min', 'depth.color_max')}
+        engine = self.engine
         for parameter in changed:
             spec = parameters.SPEC_BY_NAME.get(parameter.name)
             if spec is None:
                 continue
             value = parameter.value
             if parameter.name == 'tasks':
-                reason = parameters.check_tasks(value or [], self._model_tasks)
+                reason = parameters.check_tasks(value or [], self._model_tasks) \
+                    if engine is not None else parameters.check_tasks(value or [],
+                                                                      value or [])
             elif parameter.name == 'diffusion.steps':
-                reason = parameters.check_steps(value, self._is_diffusion,
-                                                self.engine.model_name)
+                reason = parameters.check_value(spec, value)
+                if engine is not None and not reason:
+                    reason = parameters.check_steps(value, self._is_diffusion,
+                                                    engine.model_name)
+                    if not reason and self._is_diffusion:
+                        # What this engine cannot run (a fixed .onnx file's other counts).
+                        reason = engine.check_steps(value or None)
             else:
                 reason = parameters.check_value(spec, value)
             if parameter.name in current:
@@ -315,6 +477,8 @@ class PerceptionNode(Node):
         return SetParametersResult(successful=True)
 
     def _after_set_parameters(self, changed):
+        if self._settings is None:     # unconfigured: configure reads the parameters
+            return
         updates = {}
         for parameter in changed:
             setting = SETTING_OF_PARAMETER.get(parameter.name)
@@ -323,6 +487,9 @@ class PerceptionNode(Node):
             value = parameter.value
             if setting == 'tasks':
                 value = tuple(t for t in self._model_tasks if t in value)
+            elif setting == 'steps' and self._is_diffusion:
+                # ONNX Runtime exports a new count in the background; the old one serves.
+                self.engine.prepare_steps(value or None)
             elif setting in FLOAT_SETTINGS:
                 value = float(value)
             updates[setting] = value
@@ -332,39 +499,51 @@ class PerceptionNode(Node):
 
     # ------------------------------------------------------------------ inputs
     def _on_image(self, msg):
-        self._last_frame_time = time.monotonic()
-        self._input_rate.tick()
+        self.statistics.frame_in()
         if self._slot.put((msg, self.get_clock().now().nanoseconds)):
-            self._counters.add('dropped')
+            self.statistics.counters.add('dropped')
 
     def _on_camera_info(self, msg):
+        problem = camera_info_problem(msg, self._focal.rectified)
+        if problem:        # e.g. NaN in D: the cloud would be all NaN
+            self._warn('camera_info', f'ignoring camera_info from '
+                                      f'{self._info_subscription.topic_name}: {problem}')
+            return
+        previous = self._camera_info
         self._camera_info = msg
+        if previous is None or (previous.width, previous.height) != (msg.width, msg.height):
+            self._log.info(f'camera_info: {msg.width}x{msg.height} '
+                           f'(frame {msg.header.frame_id!r})')
 
     # ------------------------------------------------------------------ inference thread
     def _run_inference(self):
-        self._warm_up()
         while not self._stopping.is_set():
             item = self._slot.take(timeout=0.5)
             if item is None:
                 continue
-            try:
-                self._process(*item)
-            except Exception as exc:  # noqa: B902 - the node must keep serving
-                if self._stopping.is_set() or not self.context.ok():
-                    return
-                self._counters.add('errors')
-                self._warn('error', f'frame failed: {type(exc).__name__}: {exc}')
+            with self._frame_lock:
+                if not self._active or self.engine is None or self._stopping.is_set():
+                    continue
+                try:
+                    self._process(*item)
+                except Exception as exc:  # noqa: B902 - the node must keep serving
+                    if self._stopping.is_set() or not self.context.ok():
+                        return
+                    self.statistics.counters.add('errors')
+                    self._warn('error', f'frame failed: {type(exc).__name__}: {exc}')
 
-    def _warm_up(self):
-        """One inference before the first frame (allocations, kernel selection)."""
-        height, width = self.engine.config.image_size
+    def _warm_up(self, height, width):
+        """One inference at the camera's size (letterbox plan, allocations, CUDA graphs)."""
+        started = time.perf_counter()
+        settings = self._settings
         try:
-            self.engine.infer(np.zeros((height, width, 3), np.uint8),
-                              tasks=self._settings.tasks)
+            self.engine.infer(np.zeros((height, width, 3), np.uint8), tasks=settings.tasks,
+                              steps=settings.steps or None, seed=settings.seed)
         except Exception as exc:  # noqa: B902 - a real frame will report the problem
             self._log.warning(f'warm-up inference failed: {type(exc).__name__}: {exc}')
-        self._ready.set()
-        self._log.info('ready')
+            return
+        self._log.info(f'warmed up at the camera size {width}x{height} (from camera_info) '
+                       f'in {time.perf_counter() - started:.2f} s')
 
     def _warn(self, kind, message):
         message = self._throttle.filter(kind, message)
@@ -372,16 +551,14 @@ class PerceptionNode(Node):
             self._log.warning(message)
 
     def _reject(self, kind, message):
-        self._counters.add('rejected')
-        self._counters.add('rejected_' + kind)
-        self._warn('rejected_' + kind, f'rejected a frame from '
-                                       f'{self._image_subscription.topic_name}: {message}')
+        self.statistics.counters.add('rejected')
+        self.statistics.counters.add('rejected_' + kind)
+        self._warn('rejected_' + kind, f'rejected a frame from {self._input_topic}: {message}')
 
     def _process(self, msg, received_ns):
         """Convert, infer and publish one frame; per-stage times go to the statistics."""
         clock = time.perf_counter
         started = clock()
-        stages = {}
         settings = self._settings
         try:
             if self._compressed:
@@ -391,206 +568,100 @@ class PerceptionNode(Node):
         except ImageRejected as exc:
             self._reject(exc.kind, str(exc))
             return
-        stages['convert'] = clock()
+        converted = clock()
         try:
+            intrinsics = self._focal.intrinsics(self._camera_info, rgb.shape[1], rgb.shape[0])
             outputs = self.engine.infer(rgb, tasks=settings.tasks,
-                                        steps=settings.steps or None, seed=settings.seed)
+                                        steps=settings.steps or None, seed=settings.seed,
+                                        intrinsics=intrinsics)
         except ValueError as exc:
             self._reject('engine', str(exc))
             return
-        stages['engine'] = clock()
         header = msg.header
-        semantic_rgb = None
-        raw_seconds = color_seconds = 0.0
-        for task, values in outputs.items():
-            mark = clock()
-            raw_publisher = self._raw_publishers[task]
-            if raw_publisher.get_subscription_count():
-                raw_publisher.publish(numpy_to_image_msg(values, self._raw_encoding(values),
-                                                         header))
-            between = clock()
-            raw_seconds += between - mark
-            color_publisher = self._color_publishers[task]
-            if settings.publish_color and color_publisher.get_subscription_count():
-                colored = self._colorize(task, values, settings)
-                if task == 'semseg':
-                    semantic_rgb = colored
-                color_publisher.publish(numpy_to_image_msg(colored, 'rgb8', header))
-            color_seconds += clock() - between
+        options = OutputOptions(
+            publish_color=settings.publish_color, publish_points=settings.publish_points,
+            points_stride=settings.points_stride, points_color=settings.points_color,
+            depth_color_min=settings.depth_color_min, depth_color_max=settings.depth_color_max,
+            camera_rectified=self._focal.rectified)
+        publishers = self._output_publishers
+        seconds = dict.fromkeys(KINDS, 0.0)
         mark = clock()
-        if settings.publish_points and self._points_publisher.get_subscription_count():
-            self._publish_points(outputs, rgb, semantic_rgb, header, settings)
-        finished = clock()
+        # Each message is built when the loop asks for it, so its time is its kind's.
+        for kind, topic, out in self._outputs.messages(
+                outputs, header, rgb, self._camera_info, options,
+                wanted=lambda name: publishers[name].get_subscription_count() > 0,
+                on_problem=self._warn):
+            publishers[topic].publish(out)
+            now = clock()
+            seconds[kind] += now - mark
+            mark = now
         timing = self.engine.last_timing
+        stage_ms = self.statistics.stage_ms
         model_ms = float(timing.get('model_ms', 0.0))
-        self._stage_ms['convert'].add((stages['convert'] - started) * 1000.0)
-        self._stage_ms['engine_pre_post'].add(float(timing.get('preprocess_ms', 0.0)) +
-                                              float(timing.get('postprocess_ms', 0.0)))
-        self._stage_ms['publish_raw'].add(raw_seconds * 1000.0)
-        self._stage_ms['publish_color'].add(color_seconds * 1000.0)
-        self._stage_ms['publish_points'].add((finished - mark) * 1000.0)
-        own = (stages['convert'] - started) + raw_seconds + color_seconds + (finished - mark)
-        self._stage_ms['node_own'].add(own * 1000.0)
+        stage_ms['convert'].add((converted - started) * 1000.0)
+        stage_ms['engine_pre_post'].add(float(timing.get('preprocess_ms', 0.0)) +
+                                        float(timing.get('postprocess_ms', 0.0)))
+        for kind in KINDS:
+            stage_ms['publish_' + kind].add(seconds[kind] * 1000.0)
+        own = (converted - started) + sum(seconds.values())
+        stage_ms['node_own'].add(own * 1000.0)
         self._record_frame(header, received_ns, started, model_ms)
-
-    @staticmethod
-    def _raw_encoding(values):
-        if values.dtype == np.uint8:
-            return 'mono8'
-        if values.dtype == np.uint16:
-            return 'mono16'
-        return '32FC3' if values.ndim == 3 else '32FC1'
-
-    @staticmethod
-    def _colorize(task, values, settings):
-        if task in LABEL_TASKS:
-            return colormaps.labels_to_color(values)
-        if task == 'depth':
-            return colormaps.depth_to_color(values, settings.depth_color_min,
-                                            settings.depth_color_max)
-        if task == 'normals':
-            return colormaps.normals_to_color(values)
-        return colormaps.probability_to_color(values)
-
-    def _publish_points(self, outputs, rgb, semantic_rgb, header, settings):
-        depth = outputs.get('depth')
-        if depth is None:
-            self._warn('points_depth', f'{self._points_publisher.topic_name} has subscribers '
-                                       f'but the depth task is not enabled (tasks: '
-                                       f'{list(settings.tasks)})')
-            return
-        info = self._camera_info
-        if info is None:
-            self._warn('points_info', f'{self._points_publisher.topic_name} has subscribers '
-                                      f'but nothing arrived on '
-                                      f'{self._info_subscription.topic_name} yet')
-            return
-        height, width = depth.shape
-        try:
-            rays = self._rays.rays(info, width, height, settings.points_stride)
-        except ValueError as exc:
-            self._warn('points_info', f'cannot build points: {exc}')
-            return
-        colors = rgb
-        if settings.points_color == 'semantic' and 'semseg' in outputs:
-            colors = semantic_rgb if semantic_rgb is not None else \
-                colormaps.labels_to_color(outputs['semseg'])
-        points = depth_to_points(depth, rays, colors, settings.points_stride)
-        self._points_publisher.publish(points_to_msg(points, header))
 
     def _record_frame(self, header, received_ns, started, model_ms):
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         # A camera that leaves the stamp unset gets latency from reception instead.
         origin_ns = stamp_ns if stamp_ns > 0 else received_ns
-        self._latency_ms.add((now_ns - origin_ns) * MS_PER_NS)
         processing_ms = (time.perf_counter() - started) * 1000.0
-        self._processing_ms.add(processing_ms)
-        self._model_ms.add(model_ms)
-        self._overhead_ms.add(processing_ms - model_ms)
-        self._output_rate.tick()
+        first = self.statistics.frame_out((now_ns - origin_ns) * MS_PER_NS, processing_ms,
+                                          model_ms)
+        if first:
+            text = f'first output {self.statistics.first_output_s:.2f} s after activation'
+            if self._startup_to_first_output_s is None:
+                self._startup_to_first_output_s = seconds_since_program_start()
+                text += f' ({self._startup_to_first_output_s:.2f} s after the program start)'
+            self._log.info(text)
 
     # ------------------------------------------------------------------ monitoring
     def _publish_diagnostics(self):
-        """Publish one DiagnosticStatus with rates, latencies, counters and the engine."""
-        counters = self._counters.snapshot()
-        status = DiagnosticStatus()
-        status.name = f'{self.get_name()}: perception'
-        status.hardware_id = self.engine.device
-        level, message = DiagnosticStatus.OK, 'running'
-        idle = self._seconds_without_frames()
-        if not self._ready.is_set():
-            level, message = DiagnosticStatus.OK, 'warming up'
-        elif idle is not None and idle > self._settings.watchdog_timeout:
-            level, message = DiagnosticStatus.WARN, f'no input frame for {idle:.0f} s'
-        elif self.engine.random_weights:
-            level, message = DiagnosticStatus.WARN, 'running with random weights'
-        status.level, status.message = level, message
-
-        def fmt(value):
-            return 'nan' if value != value else f'{value:.2f}'
-
-        values = {
-            'input_rate_hz': fmt(self._input_rate.rate()),
-            'output_rate_hz': fmt(self._output_rate.rate()),
-            'latency_p50_ms': fmt(self._latency_ms.percentile(50)),
-            'latency_p95_ms': fmt(self._latency_ms.percentile(95)),
-            'processing_p50_ms': fmt(self._processing_ms.percentile(50)),
-            'model_p50_ms': fmt(self._model_ms.percentile(50)),
-            'node_overhead_p50_ms': fmt(self._overhead_ms.percentile(50)),
-        }
-        values.update({f'{name}_p50_ms': fmt(samples.percentile(50))
-                       for name, samples in self._stage_ms.items()})
-        values.update({
-            'frames_in': str(self._input_rate.total),
-            'frames_out': str(self._output_rate.total),
-            'dropped': str(counters.get('dropped', 0)),
-            'rejected': str(counters.get('rejected', 0)),
-            'errors': str(counters.get('errors', 0)),
-            'device': self.engine.device,
-            'backend': self.engine.backend,
-            'precision': self.engine.precision,
-            'model': self.engine.model_name,
-            'family': self.engine.config.family,
-            'random_weights': str(self.engine.random_weights).lower(),
-            'tasks': ','.join(self._settings.tasks),
-            'input_topic': self._image_subscription.topic_name,
-            'input_qos': self._input_qos_name,
-        })
-        if self._is_diffusion:
-            steps = self._settings.steps or self.engine.config.trained_steps
-            values['diffusion_steps'] = str(steps)
-        for key in sorted(counters):
-            if key.startswith('rejected_'):
-                values[key] = str(counters[key])
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        """Publish one DiagnosticStatus: lifecycle state, rates, latencies, the engine."""
+        status = build_status(f'{self.get_name()}: perception', self.state, self.statistics,
+                              engine=self.engine, settings=self._settings,
+                              input_topic=self._input_topic, input_qos=self._input_qos_name,
+                              startup_to_first_output_s=self._startup_to_first_output_s)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]
         self._diagnostics_publisher.publish(array)
 
-    def _seconds_without_frames(self):
-        last = self._last_frame_time if self._last_frame_time is not None \
-            else self._start_time
-        return time.monotonic() - last
-
     def _watchdog(self):
-        """Warn when no frame arrives, naming topic, QoS and what publishes there."""
-        timeout = self._settings.watchdog_timeout
-        idle = self._seconds_without_frames()
-        if idle < timeout:
-            self._last_watchdog_warning = None
+        """Warn when no frame arrives while active, naming topic, QoS and publishers."""
+        if not self._active or self._settings is None:
             return
-        now = time.monotonic()
-        if self._last_watchdog_warning is not None and \
-                now - self._last_watchdog_warning < max(timeout, 5.0):
-            return
-        self._last_watchdog_warning = now
-        topic = self._image_subscription.topic_name
-        publishers = self.get_publishers_info_by_topic(topic)
-        text = (f'no image received on {topic} for {idle:.0f} s (subscribed with QoS '
-                f'{self._input_qos_name}: {describe_qos(self._input_qos)}); ')
-        if not publishers:
-            text += ('no publisher exists on this topic: check the topic name, namespace '
-                     'and remapping (e.g. image:=/camera/image_raw)')
-        else:
-            best_effort = [info.node_name for info in publishers
-                           if info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
-            text += f'{len(publishers)} publisher(s) exist'
-            if best_effort and self._input_qos.reliability == ReliabilityPolicy.RELIABLE:
-                text += (f', but {", ".join(best_effort)} publish best_effort, which a '
-                         f'reliable subscription never receives: set input.qos to '
-                         f'sensor_data')
-            else:
-                text += ': is the camera streaming?'
-        self._log.warning(text)
+        text = self._input_watchdog.check(self, self.statistics,
+                                          self._settings.watchdog_timeout,
+                                          self._input_topic, self._input_qos,
+                                          self._input_qos_name)
+        if text is not None:
+            self._log.warning(text)
 
     # ------------------------------------------------------------------ shutdown
     def stop(self):
-        """Stop the inference thread (waits up to STOP_TIMEOUT s for the current frame)."""
+        """Stop outputs and the inference thread, release the engine (idempotent).
+
+        Waits up to STOP_TIMEOUT s for the frame in flight; when it does not finish the
+        engine stays (the process is about to end: see ``inference_running``). True when
+        the engine is released (or there was none).
+        """
+        if self._stopped is not None:     # the shutdown transition, then destroy_node
+            return self._stopped
+        deadline = time.monotonic() + STOP_TIMEOUT
         self._stopping.set()
+        self._deactivate(STOP_TIMEOUT)
         self._slot.close()
-        self._worker.join(STOP_TIMEOUT)
+        self._worker.join(max(0.0, deadline - time.monotonic()))
+        self._stopped = not self._worker.is_alive() and self._release_engine(0.0)
+        return self._stopped
 
     def inference_running(self):
         """True while the inference thread is still busy (after ``stop``)."""
@@ -599,49 +670,58 @@ class PerceptionNode(Node):
     def destroy_node(self):
         """Stop inference, release the engine, destroy the ROS entities."""
         self.stop()
-        if not self._worker.is_alive():
-            self.engine.close()
-        logging.getLogger('mtdp_ros.runtime').removeHandler(self._runtime_log_handler)
         return super().destroy_node()
 
 
+def _leave_now(code):
+    # The frame in flight (a large model on a CPU can take seconds) runs in PyTorch threads
+    # that cannot be interrupted; a normal interpreter exit would abort under them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(args=None):
-    """Console entry point; returns the process exit code (0 on Ctrl-C)."""
-    rclpy.init(args=args)
+    """Console entry point; returns the process exit code (0 on SIGINT / SIGTERM)."""
+    signals = StopSignals()
+    signals.install()
     node = None
     try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = PerceptionNode()
-    except StartupError as exc:
-        rclpy.logging.get_logger(NODE_NAME).error(str(exc))
+        if node.autostart and not node.run_autostart():
+            # The failed transition logged its reason.
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 1
+        signals.interrupt_startup = False
+    except KeyboardInterrupt:
+        _leave_now(0)
     except rclpy.exceptions.ParameterException as exc:
         rclpy.logging.get_logger(NODE_NAME).error(f'invalid parameter: {exc}')
-    except (KeyboardInterrupt, ExternalShutdownException):
-        rclpy.try_shutdown()
-        return 0
-    except Exception:
-        if not rclpy.ok():      # Ctrl-C during start-up invalidates the context
-            return 0
-        raise
-    if node is None:
         rclpy.try_shutdown()
         return 1
+    if signals.requested.is_set():      # a signal came as the start-up ended
+        _leave_now(0)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        # The handlers only set the event; spin in short slices to see it.
+        while not signals.requested.is_set():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
         pass
-    finally:
-        node.destroy_node()
-        executor.shutdown(timeout_sec=1.0)
-        rclpy.try_shutdown()
+    node.get_logger().info('stopping')
+    if node.state not in ('finalized', 'shuttingdown'):
+        try:
+            node.trigger_shutdown()
+        except Exception as exc:  # noqa: B902 - stop anyway (destroy_node below)
+            node.get_logger().warning(f'shutdown transition failed: {exc}')
+    node.destroy_node()
+    executor.shutdown(timeout_sec=1.0)
+    rclpy.try_shutdown()
     if node.inference_running():
-        # The frame in flight (a large model on a CPU can take seconds) runs in PyTorch
-        # threads that cannot be interrupted; a normal interpreter exit would abort under
-        # them, so leave now: Ctrl-C must end the node promptly and with code 0.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _leave_now(0)
     return 0
 
 

@@ -71,11 +71,7 @@ def camera_info(width, height):
 
 def reset_statistics(node):
     """Forget the node's timing samples (warm-up frames are not timed)."""
-    from mtdp_ros.ros.monitoring import Samples
-    node._stage_ms = {stage: Samples() for stage in node._stage_ms}
-    node._processing_ms = Samples()
-    node._model_ms = Samples()
-    node._overhead_ms = Samples()
+    node.statistics.reset_samples()
 
 
 def listen(topics):
@@ -109,7 +105,8 @@ def main(argv=None):
     import rclpy
     from rclpy.parameter import Parameter
 
-    from mtdp_ros.perception_node import OUTPUT_TOPICS, STAGES, PerceptionNode
+    from mtdp_ros.perception_node import STAGES, PerceptionNode
+    from mtdp_ros.ros.outputs import OUTPUT_TOPICS
 
     rclpy.init()
     node = PerceptionNode(parameter_overrides=[
@@ -118,13 +115,12 @@ def main(argv=None):
         Parameter('engine.backend', value=args.backend),
         Parameter('engine.precision', value=args.precision),
         Parameter('watchdog.timeout', value=3600.0)])
-    node._ready.wait(300)
+    if not node.run_autostart():        # configure + activate (the reason is logged)
+        return 1
     tasks = node.engine.tasks
     raw_topics = [OUTPUT_TOPICS[t][0] for t in tasks]
     color_topics = [OUTPUT_TOPICS[t][1] for t in tasks]
-    publishers = {**{OUTPUT_TOPICS[t][0]: node._raw_publishers[t] for t in tasks},
-                  **{OUTPUT_TOPICS[t][1]: node._color_publishers[t] for t in tasks},
-                  'points': node._points_publisher}
+    publishers = node._output_publishers
     listeners = []
 
     def start_listener(topics):
@@ -161,10 +157,10 @@ def main(argv=None):
             node._process(frame, node.get_clock().now().nanoseconds)
         row = {'case': name}
         for stage in STAGES:
-            row[stage] = node._stage_ms[stage].percentile(50)
-        row['model'] = node._model_ms.percentile(50)
-        row['total'] = node._processing_ms.percentile(50)
-        row['overhead'] = node._overhead_ms.percentile(50)
+            row[stage] = node.statistics.stage_ms[stage].percentile(50)
+        row['model'] = node.statistics.model_ms.percentile(50)
+        row['total'] = node.statistics.processing_ms.percentile(50)
+        row['overhead'] = node.statistics.overhead_ms.percentile(50)
         results.append(row)
     for listener in listeners:
         listener.send_signal(signal.SIGINT)

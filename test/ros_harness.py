@@ -98,7 +98,8 @@ def format_value(value):
 class NodeProcess:
     """``python -m mtdp_ros.perception_node`` with parameters, its log in a file."""
 
-    def __init__(self, domain, log_path, params=None, remaps=None, namespace=None):
+    def __init__(self, domain, log_path, params=None, remaps=None, namespace=None,
+                 new_session=False):
         command = [sys.executable, '-m', 'mtdp_ros.perception_node', '--ros-args']
         for name, value in (params or {}).items():
             command += ['-p', f'{name}:={format_value(value)}']
@@ -108,8 +109,11 @@ class NodeProcess:
             command += ['-r', f'__ns:={namespace}']
         self.log_path = str(log_path)
         self._log = open(self.log_path, 'w', encoding='utf-8')
+        # new_session: its own process group, which a test can signal as a terminal does
+        # (Ctrl-C reaches the whole group) without hitting pytest.
         self.process = subprocess.Popen(command, env=ros_env(domain), cwd=REPO,
-                                        stdout=self._log, stderr=subprocess.STDOUT)
+                                        stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=new_session)
 
     def log(self):
         """Everything the node has printed so far."""
@@ -141,6 +145,25 @@ class NodeProcess:
         self.process.send_signal(signal.SIGINT)
         try:
             code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None, timeout
+        return code, time.monotonic() - started
+
+    def signal_group(self, signals, gap=0.05, timeout=10.0):
+        """Send ``signals`` to the process group ``gap`` s apart, as a terminal does.
+
+        Returns (exit code, seconds from the first signal), or (None, timeout) if the
+        process is still alive then.
+        """
+        group = os.getpgid(self.process.pid)
+        started = time.monotonic()
+        for index, number in enumerate(signals):
+            if index:
+                time.sleep(gap)         # the spacing under test, not a wait for a state
+            if self.process.poll() is None:
+                os.killpg(group, number)
+        try:
+            code = self.process.wait(max(0.0, timeout - (time.monotonic() - started)))
         except subprocess.TimeoutExpired:
             return None, timeout
         return code, time.monotonic() - started
@@ -253,6 +276,38 @@ class RosClient:
             return future.result().results
         finally:
             self.node.destroy_client(client)
+
+    # ---------------------------------------------------------------- lifecycle
+    def _call(self, srv_type, service, request, timeout):
+        client = self.node.create_client(srv_type, service)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f'{service} is not available')
+            future = client.call_async(request)
+            self.spin_until(future.done, timeout)
+            if not future.done():
+                raise TimeoutError(f'{service} got no answer')
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def lifecycle_state(self, node_name, timeout=20.0):
+        """The label of ``node_name``'s lifecycle state (through ``~/get_state``)."""
+        from lifecycle_msgs.srv import GetState
+        return self._call(GetState, f'{node_name}/get_state', GetState.Request(),
+                          timeout).current_state.label
+
+    def change_state(self, node_name, transition, timeout=60.0):
+        """Request a lifecycle transition of ``node_name``; True when it succeeded.
+
+        ``transition`` is a label: configure, activate, deactivate, cleanup, shutdown.
+        """
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+        request = ChangeState.Request()
+        request.transition = Transition(label=transition)
+        return self._call(ChangeState, f'{node_name}/change_state', request,
+                          timeout).success
 
     def close(self):
         """Destroy the node and shut the context down."""

@@ -1,10 +1,13 @@
 """Re-parameterisation is exact on random models with random BatchNorm statistics."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from mtdp_ros.models import ModelConfig, build_model, reparameterize
+from mtdp_ros.models import ModelConfig, PRESETS, build_model, reparameterize
+from mtdp_ros.models.reparam import model_memory
 from mtdp_ros.models.mlore_block import FusedMLoREBlock, MLoREBlock
 
 TINY = dict(family='mlore', tasks=['semseg', 'depth', 'normals', 'edge'],
@@ -103,3 +106,91 @@ def test_task_subset_computes_only_requested_branches():
         assert torch.allclose(subset[task], full[task], atol=1e-6)
     with pytest.raises(ValueError, match='unknown tasks'):
         model(x, tasks=['saliency'])
+
+
+def _random_model(family, generator, pre_softmax=False):
+    extra = {'trained_steps': 2} if family != 'mlore' else {}
+    model = build_model({**TINY, 'family': family, 'pre_softmax': pre_softmax, **extra})
+    randomize_batchnorm(model, generator)
+    randomize_biases(model, generator)
+    return model.eval()
+
+
+@pytest.mark.parametrize('family', ['mlore', 'taskdiffusion_mlore'])
+@torch.no_grad()
+def test_inplace_and_per_block_fusing_equal_the_train_form(family):
+    generator = torch.Generator().manual_seed(11)
+    model = _random_model(family, generator)
+    x = torch.randn(2, 3, 32, 48, generator=generator)
+    kwargs = {'noise': torch.randn(model.noise_shape(2), generator=generator)} \
+        if model.config.is_diffusion else {}
+    expected = model(x, **kwargs)
+    copied = reparameterize(model)
+    # Per block: each MLoREBlock.fuse() is a drop-in replacement for that block alone.
+    per_block = reparameterize(model)
+    per_block.load_state_dict(copied.state_dict())
+    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, MLoREBlock)]
+    assert len(blocks) == 8
+    name, block = blocks[3]
+    one_fused = copy.deepcopy(model)
+    parent = one_fused.get_submodule(name.rsplit('.', 1)[0])
+    setattr(parent, name.rsplit('.', 1)[1], block.fuse())
+    mixed = one_fused(x, **kwargs)
+    fused_in_place = reparameterize(model, inplace=True)
+    assert fused_in_place is model
+    assert not any(isinstance(m, MLoREBlock) for m in model.modules())
+    actual_inplace = fused_in_place(x, **kwargs)
+    actual_copy = copied(x, **kwargs)
+    for task in expected:
+        scale = expected[task].abs().max().clamp(min=1.0)
+        for actual in (actual_inplace, actual_copy, mixed):
+            assert (actual[task] - expected[task]).abs().max() <= 1e-4 * scale, task
+        # The same arithmetic, whichever way the blocks were replaced.
+        assert torch.equal(actual_inplace[task], actual_copy[task]), task
+
+
+@torch.no_grad()
+def test_copying_api_leaves_a_training_model_untouched():
+    generator = torch.Generator().manual_seed(3)
+    model = _random_model('mlore', generator).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = reparameterize(model)
+    assert model.training and all(m.training for m in model.modules())
+    assert not fused.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    # The copy shares no storage with the original (changing one cannot change the other).
+    original = {t.data_ptr() for t in model.state_dict().values()}
+    assert not original & {t.data_ptr() for t in fused.state_dict().values()}
+
+
+@pytest.mark.parametrize('family', ['mlore', 'taskdiffusion_mlore', 'taskdiffusion'])
+def test_model_memory_equals_the_built_forms(family):
+    generator = torch.Generator().manual_seed(5)
+    extra = {'expert_ranks': None, 'top_k': None, 'task_expert_rank': None} \
+        if family == 'taskdiffusion' else {}
+    fields = {**TINY, 'family': family, 'pre_softmax': True, **extra}
+    if family != 'mlore':
+        fields['trained_steps'] = 2
+    config = ModelConfig.from_dict(fields)
+    sizes = model_memory(config)
+    model = build_model(config).eval()
+    randomize_batchnorm(model, generator)
+    state = model.state_dict()
+    assert sizes['train_elements'] == sum(v.numel() for v in state.values())
+    assert sizes['parameters'] == sum(p.numel() for p in model.parameters())
+    assert sizes['train_mb']['fp16'] == sizes['train_elements'] * 2 / 2 ** 20
+    if family == 'taskdiffusion':
+        assert sizes['fused_elements'] is None
+        return
+    fused = reparameterize(model).state_dict()
+    assert sizes['fused_elements'] == sum(v.numel() for v in fused.values())
+    assert sizes['fused_elements'] > sizes['train_elements']
+
+
+def test_published_preset_sizes():
+    """The figures of issue 9 and the README's memory table (computed on the meta device)."""
+    sizes = model_memory(PRESETS['mlore_pascal_vitS'])
+    assert round(sizes['train_elements'] / 1e6, 1) == 42.2
+    assert round(sizes['fused_elements'] / 1e6, 1) == 95.1
+    assert round(sizes['fused_mb']['fp32']) == 363

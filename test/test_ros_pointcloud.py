@@ -1,10 +1,11 @@
-"""PointCloud2 from depth and CameraInfo: geometry, colours, layout, distortion."""
+"""PointCloud2 from depth and CameraInfo: geometry (K + D or P), colours, layout, checks."""
 
 import numpy as np
 import pytest
 from sensor_msgs.msg import CameraInfo, PointField
 from std_msgs.msg import Header
 
+from mtdp_ros.ros.camera import camera_info_problem, depth_camera_info
 from mtdp_ros.ros.pointcloud import (RayCache, camera_matrix, cloud_msg_to_numpy,
                                      compute_rays, depth_to_points, pack_rgb, points_to_msg,
                                      unpack_rgb)
@@ -122,3 +123,85 @@ def test_ray_cache_recomputes_only_on_change():
 def test_rgb_packing_round_trips():
     rgb = np.array([[0, 0, 0], [255, 255, 255], [1, 2, 3], [200, 100, 50]], np.uint8)
     np.testing.assert_array_equal(unpack_rgb(pack_rgb(rgb)), rgb)
+
+
+# ----------------------------------------------------------------------------- camera geometry
+def rectified_camera(width=40, height=30):
+    """A distorted camera whose rectified image has other intrinsics in P than K."""
+    info = pinhole(width, height, 35.0, 36.0, 19.5, 14.5, d=(-0.3, 0.1, 0.001, -0.002, 0.0))
+    info.p = [30.0, 0.0, 20.0, 0.0, 0.0, 31.0, 15.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+def test_rectified_rays_come_from_p_and_ignore_d():
+    info = rectified_camera()
+    rays = compute_rays(info, 40, 30, rectified=True)
+    # A known point: X = (0.4, -12 / 31, 2.0) projects through P to pixel (u, v) = (26, 9)
+    # (30 * 0.2 + 20, 31 * -6 / 31 + 15); its depth times that pixel's ray gives it back.
+    depth = np.zeros((30, 40), np.float32)
+    depth[9, 26] = 2.0
+    points = depth_to_points(depth, rays)
+    np.testing.assert_allclose(points[9, 26, :3], [0.4, -12.0 / 31.0, 2.0], rtol=1e-6)
+    us, vs = np.meshgrid(np.arange(40), np.arange(30))
+    np.testing.assert_allclose(rays[..., 0], (us - 20.0) / 30.0, rtol=1e-6)
+    np.testing.assert_allclose(rays[..., 1], (vs - 15.0) / 31.0, rtol=1e-6)
+    # Unrectified: K and D (differs from the pinhole rays of P and of K at the corners).
+    raw = compute_rays(info, 40, 30)
+    assert abs(raw[0, 0, 0] - (0 - 19.5) / 35.0) > 1e-2
+    assert camera_matrix(info, 40, 30, rectified=True) == (30.0, 31.0, 20.0, 15.0)
+    # The cache tells the two apart.
+    cache = RayCache()
+    assert cache.rays(info, 40, 30, rectified=True) is not cache.rays(info, 40, 30)
+
+
+def test_rectified_without_p_is_an_error_naming_p():
+    info = pinhole(8, 6, 10.0, 10.0, 3.5, 2.5)          # P left all zero
+    with pytest.raises(ValueError, match='projection matrix P'):
+        compute_rays(info, 8, 6, rectified=True)
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+def test_non_finite_distortion_is_rejected_by_name(bad):
+    info = pinhole(8, 6, 10.0, 10.0, 3.5, 2.5, d=(0.1, bad, 0.0, 0.0, 0.0))
+    problem = camera_info_problem(info)
+    assert 'distortion coefficients D' in problem and 'NaN or inf' in problem
+    with pytest.raises(ValueError, match='distortion coefficients D'):
+        compute_rays(info, 8, 6)
+    assert camera_info_problem(pinhole(8, 6, 10.0, 10.0, 3.5, 2.5, d=(0.1, 0, 0, 0, 0))) \
+        is None
+
+
+def test_depth_camera_info_unrectified_is_the_input_as_is():
+    info = rectified_camera()
+    info.header.frame_id = 'wrong_frame'
+    header = Header(frame_id='cam_optical')
+    header.stamp.sec = 5
+    out = depth_camera_info(info, header, 40, 30)
+    assert out.header.frame_id == 'cam_optical' and out.header.stamp.sec == 5
+    assert (out.width, out.height) == (40, 30)
+    assert list(out.k) == list(info.k) and list(out.d) == list(info.d)
+    assert list(out.p) == list(info.p) and list(out.r) == list(info.r)
+    assert out.distortion_model == 'plumb_bob'
+
+
+def test_depth_camera_info_rectified_has_zero_d_and_k_from_p():
+    info = rectified_camera()
+    out = depth_camera_info(info, Header(), 40, 30, rectified=True)
+    assert list(out.d) == [0.0] * 5
+    assert list(out.k) == [30.0, 0.0, 20.0, 0.0, 31.0, 15.0, 0.0, 0.0, 1.0]
+    assert list(out.r) == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    assert list(out.p) == list(info.p)
+    # The depth image's rays through depth/camera_info's K equal the node's own (P) rays.
+    np.testing.assert_allclose(compute_rays(out, 40, 30), compute_rays(info, 40, 30,
+                                                                       rectified=True))
+
+
+def test_depth_camera_info_of_another_resolution_is_scaled():
+    info = pinhole(1280, 960, 1000.0, 1000.0, 639.5, 479.5)
+    info.p = [1000.0, 0.0, 639.5, -50.0, 0.0, 1000.0, 479.5, 0.0, 0.0, 0.0, 1.0, 0.0]
+    out = depth_camera_info(info, Header(), 640, 480)
+    assert (out.width, out.height) == (640, 480)
+    assert list(out.k) == [500.0, 0.0, 319.5, 0.0, 500.0, 239.5, 0.0, 0.0, 1.0]
+    assert list(out.p) == [500.0, 0.0, 319.5, -25.0, 0.0, 500.0, 239.5, 0.0, 0.0, 0.0, 1.0,
+                           0.0]
+    assert camera_matrix(out, 640, 480) == camera_matrix(info, 640, 480)

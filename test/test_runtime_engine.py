@@ -246,3 +246,82 @@ def test_networks_are_free_of_host_synchronisation(name, fused, request):
     with torch.no_grad():
         blockers, _ = capture_blockers(model, reference['input'][:1], **kwargs)
     assert blockers == [], f'host synchronisation blocks CUDA graph capture: {blockers}'
+
+
+# ---------------------------------------------------------------- reparameterize option
+def test_reparameterize_option_values(mlore_reference, caplog):
+    from mtdp_ros.runtime import memory
+    config = build_model(mlore_reference['config']).config
+    for value, expected in (('true', True), (True, True), ('false', False), (False, False)):
+        engine = create_engine(mlore_reference['config'],
+                               checkpoint=mlore_reference['checkpoint'], device='cpu',
+                               reparameterize=value)
+        assert engine.reparameterized is expected
+        assert engine.describe()['reparameterize_reason']
+    with pytest.raises(ValueError, match='reparameterize must be one of'):
+        create_engine(mlore_reference['config'], device='cpu', reparameterize='sometimes')
+    # auto: fused when the fused weights fit in half of the free memory, else the train
+    # form with the reason logged as a warning.
+    fused_bytes = memory.model_memory_bytes(config, 4)
+    fuse, reason = memory.decide(config, 'auto', 'cpu', 'fp32', free_bytes=2 * fused_bytes)
+    assert fuse and 'fit' in reason
+    fuse, reason = memory.decide(config, 'auto', 'cpu', 'fp32', free_bytes=fused_bytes)
+    assert not fuse and 'exceed' in reason and 'train form' in reason
+    with caplog.at_level(logging.WARNING, logger='mtdp_ros.runtime'):
+        memory.log_decision(fuse, reason)
+    assert 'MLoRE not re-parameterised' in caplog.text
+    # fp16 on CUDA halves what the fused form needs.
+    fuse, _ = memory.decide(config, 'auto', 'cuda', 'fp16', free_bytes=fused_bytes)
+    assert fuse
+    assert memory.available_cpu_bytes() > 0
+
+
+def test_engine_fuses_on_the_cpu_before_the_device(mlore_reference):
+    """The engine's model holds only fused blocks: no train-form block survives creation."""
+    from mtdp_ros.models.mlore_block import FusedMLoREBlock, MLoREBlock
+    engine = create_engine(mlore_reference['config'], checkpoint=mlore_reference['checkpoint'],
+                           device='cpu', reparameterize='true')
+    modules = list(engine.model.modules())
+    assert not any(isinstance(m, MLoREBlock) for m in modules)
+    assert sum(isinstance(m, FusedMLoREBlock) for m in modules) == 8
+    x = mlore_reference['input'][:1]
+    expected = reparameterize(load_checkpoint(build_model(mlore_reference['config']),
+                                              mlore_reference['checkpoint']).eval())(x)
+    got = engine.forward(x.numpy())
+    for task, value in got.items():
+        np.testing.assert_array_equal(value, expected[task].detach().numpy())
+
+
+def test_torch_engine_step_api(diffusion_engine, mlore_engine):
+    assert diffusion_engine.check_steps(5) is None
+    assert 'must lie in' in diffusion_engine.check_steps(500)
+    assert diffusion_engine.prepare_steps(5) is True
+    assert diffusion_engine.wait_for_steps(5, timeout=0)
+    assert list(diffusion_engine.available_steps())[:3] == [1, 2, 3]
+    assert 'TaskDiffusion models only' in mlore_engine.check_steps(2)
+    assert mlore_engine.check_steps(None) is None and mlore_engine.available_steps() == ()
+
+
+def test_bench_reports_time_to_first_output(mlore_reference, capsys):
+    import json
+    from mtdp_ros.cli import main as mtdp
+    from mtdp_ros.runtime.bench import format_report, run_benchmark
+    engine = create_engine(mlore_reference['config'], device='cpu')
+    result = run_benchmark(engine, iters=2, warmup=0, image_size=(40, 60), creation_s=0.5)
+    startup = result['startup']
+    assert startup['first_inference_s'] > 0
+    expected = 0.5 + startup['first_inference_s']
+    assert startup['time_to_first_output_s'] == pytest.approx(expected, abs=2e-3)
+    assert any('time to first output' in line for line in format_report(result))
+    code = mtdp(['bench', '--config', 'default', '--device', 'cpu', '--iters', '1',
+                 '--warmup', '0', '--image-size', '48x64', '--reparameterize', 'false',
+                 '--json'])
+    assert code == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    data = json.loads(printed[-1])
+    assert data['reparameterized'] is False
+    assert data['startup']['engine_creation_s'] > 0
+    assert data['startup']['time_to_first_output_s'] > data['startup']['engine_creation_s']
+    assert any(line.strip().startswith('time to first output') for line in printed)
+    assert mtdp(['bench', '--config', 'default', '--train-form', '--reparameterize', 'true',
+                 '--device', 'cpu']) == 2

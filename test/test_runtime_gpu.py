@@ -164,3 +164,39 @@ def test_ort_tensorrt_fp16_with_engine_cache(mlore_onnx, mlore_reference, tmp_pa
     _assert_outputs_close(engine.infer(image), _engine(mlore_reference, device='cpu')
                           .infer(image), label_agreement=0.97, atol=0.05, fraction=0.99)
     assert os.listdir(tmp_path), 'TensorRT wrote no engine cache'
+
+
+def test_taskdiffusion_graphs_are_keyed_without_the_task_list(taskdiffusion_reference):
+    """One capture serves every task selection (the network computes all tasks anyway)."""
+    eager = _engine(taskdiffusion_reference, device='cuda', cuda_graphs=False)
+    graphs = _engine(taskdiffusion_reference, device='cuda', cuda_graphs=True)
+    image = _image(60, 90)
+    for tasks in (['edge'], ['depth', 'edge'], None):
+        got = graphs.infer(image, tasks=tasks)
+        want = eager.infer(image, tasks=tasks)
+        assert set(got) == set(want)
+        _assert_outputs_close(got, want)
+    assert len(graphs.captured_keys) == 1, graphs.captured_keys
+    assert graphs.captured_keys[0][2] == graphs.tasks
+
+
+def test_engine_creation_peak_on_cuda_is_the_final_form(mlore_reference):
+    """Built and fused on the CPU, moved and cast once: the device never holds more."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    engine = _engine(mlore_reference, device='cuda', precision='fp16', reparameterize='true')
+    torch.cuda.synchronize()
+    resident = torch.cuda.memory_allocated() - before
+    peak = torch.cuda.max_memory_allocated() - before
+    assert engine.reparameterized and resident > 0
+    assert peak <= 1.3 * resident, (peak, resident)
+    engine.close()
+
+
+def test_fp16_time_embedding_frequencies_stay_float32(taskdiffusion_reference):
+    engine = _engine(taskdiffusion_reference, device='cuda', precision='fp16')
+    embedding = engine.model.diffusion.time_embed
+    assert embedding[0].weights.dtype == torch.float32
+    assert embedding[0].weights.device.type == 'cuda'
+    assert embedding[1].weight.dtype == torch.float16

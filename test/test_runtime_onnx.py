@@ -280,3 +280,68 @@ def test_mtdp_export_refuses_bad_requests(exported, tmp_path, capsys):
                  '--output', str(tmp_path / 'x.onnx')]) == 2
     assert 'TaskDiffusion' in capsys.readouterr().err
     assert not os.path.exists(tmp_path / 'x.onnx')
+
+
+def test_tensorrt_and_cuda_provider_options(tmp_path):
+    """The option lists handed to ORT (only the CPU provider exists on this machine)."""
+    providers, _ = select_providers('cuda', 'fp16', AVAILABLE_GPU, trt_cache_dir=str(tmp_path),
+                                    device_id=1, trt_workspace_mb=2048)
+    assert providers == [
+        (TENSORRT, {'device_id': 1, 'trt_fp16_enable': True,
+                    'trt_engine_cache_enable': True, 'trt_engine_cache_path': str(tmp_path),
+                    'trt_timing_cache_enable': True, 'trt_timing_cache_path': str(tmp_path),
+                    'trt_max_workspace_size': 2048 * 2 ** 20}),
+        (CUDA, {'device_id': 1}),
+        (CPU, {})]
+    # Without a workspace limit ORT's default applies (the key is absent).
+    providers, _ = select_providers('auto', 'fp32', AVAILABLE_GPU)
+    assert 'trt_max_workspace_size' not in providers[0][1]
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError, match='trt_workspace_mb'):
+            select_providers('auto', 'fp32', AVAILABLE_GPU, trt_workspace_mb=bad)
+
+
+def test_engine_passes_provider_options_to_its_sessions(exported, tmp_path):
+    engine = create_engine(exported['mlore'][0], backend='onnxruntime', device='cpu',
+                           trt_cache_dir=str(tmp_path), trt_workspace_mb=512)
+    # On this CPU-only build the GPU providers are filtered out before the session starts.
+    assert engine.providers == [(CPU, {})]
+    with pytest.raises(ValueError, match='unknown options'):
+        create_engine(exported['mlore'][0], backend='onnxruntime', trt_workspace=1)
+
+
+def test_fixed_file_step_api(exported):
+    engine = create_engine(exported['taskdiffusion'][0], backend='onnxruntime', device='cpu')
+    assert engine.available_steps() == (3,)
+    assert engine.check_steps(3) is None and engine.check_steps(None) is None
+    reason = engine.check_steps(5)
+    assert 'exported for 3 steps' in reason and 'cannot run 5' in reason
+    assert 'must lie in' in engine.check_steps(0)
+    with pytest.raises(ValueError, match='exported for 3 steps'):
+        engine.prepare_steps(5)
+    assert engine.prepare_steps(3) is True and engine.wait_for_steps(3, timeout=0)
+    mlore = create_engine(exported['mlore'][0], backend='onnxruntime', device='cpu')
+    assert mlore.available_steps() == ()
+    assert 'TaskDiffusion models only' in mlore.check_steps(2)
+    assert mlore.reparameterized and mlore.describe()['reparameterize_reason']
+
+
+def test_cached_engine_prepares_a_step_count_in_the_background(exported, tmp_path):
+    """A background export while the old count serves; then the new count (one engine)."""
+    _, config, checkpoint = exported['taskdiffusion']
+    engine = create_engine(config, checkpoint=checkpoint, backend='onnxruntime',
+                           device='cpu', cache_dir=str(tmp_path), steps=1)
+    image = np.full((64, 96, 3), 90, np.uint8)
+    one_step = engine.infer(image)
+    assert engine.available_steps() == (1,)
+    assert engine.prepare_steps(2) is False
+    # Asked for 2 while it is prepared: 1 step serves (and says so).
+    served = engine.infer(image, steps=2)
+    if not engine.wait_for_steps(2, timeout=0):
+        assert engine.last_steps == 1
+        np.testing.assert_array_equal(served['edge'], one_step['edge'])
+    assert engine.wait_for_steps(2, timeout=300)
+    two_steps = engine.infer(image, steps=2)
+    assert engine.last_steps == 2 and engine.available_steps() == (1, 2)
+    assert not np.array_equal(two_steps['edge'], one_step['edge'])
+    assert engine.prepare_steps(2) is True

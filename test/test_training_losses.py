@@ -147,3 +147,10 @@ def test_configuration_mistakes_are_reported():
         MultiTaskLoss(('depth', 'flow'))
     with pytest.raises(ValueError, match='balancing'):
         MultiTaskLoss(('depth',), balancing='uncertainty')
+
+
+def test_normals_loss_masks_the_authors_ignore_value_too():
+    pred = grid([[0.0, 3.0, 1.0], [0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    target = grid([[0.0, 0.0, 255.0], [1.0, 0.0, 255.0], [0.0, 0.0, 255.0]])
+    # pixel 0 valid (error 2), pixel 1 zero vector, pixel 2 the authors' 255 mark
+    assert normals_loss(pred, target).item() == pytest.approx(2.0)

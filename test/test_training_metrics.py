@@ -126,6 +126,30 @@ def test_multi_task_gain_signs_by_metric_direction():
         multi_task_gain({'edge': {'odsF': 1}}, {'semseg': {'mIoU': 1}})
 
 
+def test_multi_task_gain_counts_one_metric_per_task():
+    # NYUD scores with both depth metrics: abs_rel must not enter Delta_m.
+    results = {'semseg': {'mIoU': 0.55}, 'depth': {'rmse': 0.50, 'abs_rel': 0.14},
+               'normals': {'mean_angle': 18.0}, 'edge': {'odsF': 0.78}}
+    baselines = {'semseg': {'mIoU': 0.50}, 'depth': {'rmse': 0.52, 'abs_rel': 0.12},
+                 'normals': {'mean_angle': 19.0}, 'edge': {'odsF': 0.77}}
+    per_task = [100 * 0.05 / 0.50, 100 * 0.02 / 0.52, 100 * 1.0 / 19.0, 100 * 0.01 / 0.77]
+    gain = multi_task_gain(results, baselines)
+    assert set(gain['per_metric']) == {'semseg.mIoU', 'depth.rmse', 'normals.mean_angle',
+                                       'edge.odsF'}
+    assert gain['delta_m'] == pytest.approx(sum(per_task) / 4)          # 5.10 %
+    assert gain['delta_m'] == pytest.approx(5.1020, abs=1e-4)
+    # Averaging all five terms (abs_rel -16.67 %) would give 0.75 %: not the definition.
+    five = (sum(per_task) - 100 * 0.02 / 0.12) / 5
+    assert five == pytest.approx(0.7483, abs=1e-4) and gain['delta_m'] != pytest.approx(five)
+    # Another metric per task can be chosen, still one per task.
+    by_abs_rel = multi_task_gain(results, baselines, metrics={'depth': 'abs_rel'})
+    assert by_abs_rel['delta_m'] == pytest.approx(-100 * 0.02 / 0.12)
+    with pytest.raises(ValueError, match='one metric name per task'):
+        multi_task_gain(results, baselines, metrics={'depth': ('rmse', 'abs_rel')})
+    with pytest.raises(ValueError, match='no known direction'):
+        multi_task_gain(results, baselines, metrics={'depth': 'sq_rel'})
+
+
 def test_multi_task_meter_converts_raw_outputs():
     logits = torch.zeros(1, 3, 2, 2)
     logits[:, 2] = 1.0
@@ -141,3 +165,29 @@ def test_multi_task_meter_converts_raw_outputs():
     score = meter.score()
     assert score['semseg']['mIoU'] == 1.0 and score['depth']['rmse'] == 0.0
     assert score['normals']['mean_angle'] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_saliency_protocols_taskdiffusion_and_mlore_sigmoid():
+    # probabilities 0.9 (salient), 0.3 (not), 0.62 (salient), 0.1 (not)
+    prob = np.array([[[0.9, 0.3, 0.62, 0.1]]])
+    gt = np.array([[[1, 0, 1, 0]]])
+    ours = SaliencyMeter()
+    ours.update(prob, gt)
+    assert ours.score()['maxF'] == pytest.approx(1.0)       # threshold in (0.3, 0.62]
+    mlore = SaliencyMeter(squash=True)
+    mlore.update(prob, gt)
+    # sigmoid: 0.711, 0.574, 0.650, 0.525: thresholds 0.55 .. 0.70 (step 0.05) see
+    # 0.711 > 0.650 > 0.574 > 0.525; at 0.60 and 0.65: {0.711, 0.650} = exact -> F 1;
+    # so this separable case still gets 1.0 ...
+    assert mlore.score()['maxF'] == pytest.approx(1.0)
+    # ... but salient 0.95, 0.91 and non-salient 0.86 all land in [0.70, 0.75) after the
+    # sigmoid (0.721, 0.713, 0.703): no threshold separates them any more.
+    prob = np.array([[[0.95, 0.91, 0.86]]])
+    gt = np.array([[[1, 1, 0]]])
+    ours, mlore = SaliencyMeter(), SaliencyMeter(squash=True)
+    ours.update(prob, gt)
+    mlore.update(prob, gt)
+    assert ours.score()['maxF'] == pytest.approx(1.0)        # threshold 0.90
+    f_all = 1.3 * (2 / 3) * 1.0 / (0.3 * (2 / 3) + 1.0)     # threshold 0.70: P 2/3, R 1
+    assert mlore.score()['maxF'] == pytest.approx(f_all)     # 0.722
+    assert mlore.score()['maxF'] < ours.score()['maxF']

@@ -1,6 +1,7 @@
 """``mtdp bench``: latency, frame rate and peak memory of an inference engine."""
 
 import json
+import time
 
 from mtdp_ros.cli import CommandError
 
@@ -36,8 +37,11 @@ def register(subparsers):
     parser.add_argument('--tasks', help='comma-separated tasks (default: all)')
     parser.add_argument('--no-cuda-graphs', action='store_true',
                         help='torch backend: run eagerly on CUDA')
+    parser.add_argument('--reparameterize', choices=('auto', 'true', 'false'), default='auto',
+                        help='MLoRE fused into one convolution per task: auto (when it fits '
+                             'in half of the free device memory), true or false')
     parser.add_argument('--train-form', action='store_true',
-                        help='torch backend: keep MLoRE blocks unfused (for comparison)')
+                        help='same as --reparameterize false')
     parser.add_argument('--providers', help='onnxruntime providers in order of preference, '
                                             'e.g. tensorrt,cuda,cpu')
     parser.add_argument('--seed', type=int, default=0, help='TaskDiffusion noise seed')
@@ -52,24 +56,28 @@ def run(args):
     from mtdp_ros.runtime.bench import format_report, run_benchmark
     if args.iters < 1 or args.warmup < 0:
         raise CommandError('--iters must be >= 1 and --warmup >= 0')
-    options = {}
+    if args.train_form and args.reparameterize == 'true':
+        raise CommandError('--train-form contradicts --reparameterize true')
+    options = {'reparameterize': 'false' if args.train_form else args.reparameterize}
     if args.backend == 'torch':
         if args.providers:
             raise CommandError('--providers applies to the onnxruntime backend')
-        options = {'cuda_graphs': not args.no_cuda_graphs, 'reparameterize': not args.train_form}
+        options['cuda_graphs'] = not args.no_cuda_graphs
     else:
-        if args.no_cuda_graphs or args.train_form:
-            raise CommandError('--no-cuda-graphs and --train-form apply to the torch backend')
+        if args.no_cuda_graphs:
+            raise CommandError('--no-cuda-graphs applies to the torch backend')
         if args.providers:
             options['providers'] = args.providers
     image_size = _size(args.image_size) if args.image_size else None
     tasks = [t.strip() for t in args.tasks.split(',') if t.strip()] if args.tasks else None
+    started = time.perf_counter()
     engine = create_engine(args.config, checkpoint=args.checkpoint, backend=args.backend,
                            device=args.device, precision=args.precision, steps=args.steps,
                            seed=args.seed, **options)
+    creation_s = time.perf_counter() - started
     try:
         result = run_benchmark(engine, iters=args.iters, warmup=args.warmup,
-                               image_size=image_size, tasks=tasks)
+                               image_size=image_size, tasks=tasks, creation_s=creation_s)
     finally:
         engine.close()
     for line in format_report(result):

@@ -8,6 +8,7 @@ angles in degrees, depth in metres).
 """
 
 import json
+import math
 import sys
 
 from mtdp_ros.cli import CommandError
@@ -33,6 +34,12 @@ def register(subparsers):
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     parser.add_argument('--train-form', action='store_true',
                         help='evaluate MLoRE blocks unfused (default: reparameterised)')
+    parser.add_argument('--focal-scale', type=float, default=1.0, metavar='F',
+                        help='synthetic data: render the scenes with the focal length times F '
+                             '(default 1: the training camera)')
+    parser.add_argument('--no-focal-correction', action='store_true',
+                        help='do not rescale depth from the training focal length to the '
+                             'scene camera\'s (default: corrected, as the node does)')
     parser.add_argument('--json', action='store_true',
                         help='print the metrics as one JSON object on the last line')
     parser.set_defaults(func=run)
@@ -72,6 +79,10 @@ def run(args):
         raise CommandError(f'--num must be >= 1, got {num}')
     if args.batch_size < 1:
         raise CommandError('--batch-size must be >= 1')
+    if not (math.isfinite(args.focal_scale) and args.focal_scale > 0):
+        raise CommandError(f'--focal-scale must be a positive number, got {args.focal_scale}')
+    if args.focal_scale != 1.0 and kind != 'synthetic':
+        raise CommandError('--focal-scale applies to --data synthetic only')
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:
@@ -91,13 +102,16 @@ def run(args):
 
     results = evaluate_model(model, args.data, num=num, seed=args.seed,
                              batch_size=args.batch_size, device=device, steps=args.steps,
-                             progress=progress)
+                             progress=progress, focal_scale=args.focal_scale,
+                             focal_correction=not args.no_focal_correction)
     print('', file=sys.stderr)
     summary = summarize(results)
     steps = args.steps or model.config.trained_steps
     header = f'{args.model} on {args.data}' + (f' ({num} images' if num else ' (all images') \
         + (f', seed {args.seed}' if kind == 'synthetic' else '') \
-        + (f', {steps} steps' if model.config.is_diffusion else '') + ')'
+        + (f', {steps} steps' if model.config.is_diffusion else '') \
+        + (f', focal x{args.focal_scale:g}' if args.focal_scale != 1.0 else '') \
+        + (', no focal correction' if args.no_focal_correction else '') + ')'
     table_stream = sys.stderr if args.json else sys.stdout
     print(header, file=table_stream)
     print(format_table(summary), file=table_stream)

@@ -23,8 +23,11 @@ def register(subparsers):
                              '(default: the trained count)')
     parser.add_argument('--output', required=True, metavar='FILE.onnx', help='output file')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset (>= 17)')
+    parser.add_argument('--reparameterize', choices=('auto', 'true', 'false'), default='auto',
+                        help='MLoRE blocks fused (true), unfused (false) or auto: fused when '
+                             'the fused weights fit in half of the available RAM')
     parser.add_argument('--train-form', action='store_true',
-                        help='export MLoRE blocks unfused (for comparison only)')
+                        help='same as --reparameterize false')
     parser.add_argument('--external-data', action='store_true',
                         help='store the weights in FILE.onnx.data (automatic above 2 GiB)')
     parser.add_argument('--verify', action='store_true',
@@ -40,8 +43,11 @@ def run(args):
     from mtdp_ros.runtime import export_onnx
     if not args.output.endswith('.onnx'):
         raise CommandError(f'--output must end in .onnx, got {args.output}')
+    if args.train_form and args.reparameterize == 'true':
+        raise CommandError('--train-form contradicts --reparameterize true')
+    reparameterize = 'false' if args.train_form else args.reparameterize
     info = export_onnx(args.config, args.output, checkpoint=args.checkpoint, steps=args.steps,
-                       opset=args.opset, reparameterize_mlore=not args.train_form,
+                       opset=args.opset, reparameterize_mlore=reparameterize,
                        external_data=True if args.external_data else None, verify=args.verify)
     print(f"exported {info['model']} ({info['family']}) to {info['output']}: inputs "
           f"{info['inputs']}, outputs {info['outputs']}"

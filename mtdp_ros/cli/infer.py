@@ -19,6 +19,39 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.t
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.mpg', '.mpeg', '.m4v')
 
 
+def add_engine_arguments(parser):
+    """The engine's options, shared by the sub-commands that run a model on images."""
+    parser.add_argument('--model', default='default', metavar='NAME|PATH',
+                        help='preset or default-model name, .safetensors or config file')
+    parser.add_argument('--checkpoint', metavar='PATH', help='weights for the model')
+    parser.add_argument('--backend', choices=('torch', 'onnxruntime'), default='torch')
+    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
+    parser.add_argument('--steps', type=int, help='TaskDiffusion denoising steps')
+    parser.add_argument('--seed', type=int, default=0, help='TaskDiffusion noise seed')
+    parser.add_argument('--tasks', help='comma-separated tasks (default: all)')
+
+
+def parse_tasks(text):
+    """The task list of a ``--tasks`` value (None: all tasks)."""
+    return [t.strip() for t in text.split(',') if t.strip()] if text else None
+
+
+def engine_from_args(args):
+    """The engine of :func:`add_engine_arguments`' options; warns about random weights."""
+    from mtdp_ros.runtime import create_engine
+    try:
+        engine = create_engine(args.model, checkpoint=args.checkpoint, backend=args.backend,
+                               device=args.device, precision=args.precision, steps=args.steps,
+                               seed=args.seed)
+    except RuntimeError as exc:
+        raise CommandError(str(exc)) from None
+    if engine.random_weights:
+        print(f'mtdp {args.command}: warning: {args.model} has no trained weights here; the '
+              f'outputs come from random weights', file=sys.stderr)
+    return engine
+
+
 def register(subparsers):
     """Add the ``infer`` sub-command."""
     parser = subparsers.add_parser(
@@ -26,16 +59,8 @@ def register(subparsers):
         description='Write a colour picture of every output and a mosaic (input beside each '
                     'task) for an image, every image of a folder, or frames of a video.')
     parser.add_argument('input', metavar='IMAGE|DIR|VIDEO')
-    parser.add_argument('--model', default='default', metavar='NAME|PATH',
-                        help='preset or default-model name, .safetensors or config file')
-    parser.add_argument('--checkpoint', metavar='PATH', help='weights for the model')
     parser.add_argument('--out', required=True, metavar='DIR', help='output folder')
-    parser.add_argument('--backend', choices=('torch', 'onnxruntime'), default='torch')
-    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
-    parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
-    parser.add_argument('--steps', type=int, help='TaskDiffusion denoising steps')
-    parser.add_argument('--seed', type=int, default=0, help='TaskDiffusion noise seed')
-    parser.add_argument('--tasks', help='comma-separated tasks (default: all)')
+    add_engine_arguments(parser)
     parser.add_argument('--every', type=int, default=10,
                         help='video: use every N-th frame (default 10)')
     parser.add_argument('--max-frames', type=int, default=100,
@@ -136,19 +161,10 @@ def iter_inputs(path, every=10, max_frames=100):
 
 def run(args):
     """Create the engine, process every input, print the mosaic paths."""
-    from mtdp_ros.runtime import create_engine
     if args.every < 1 or args.max_frames < 1:
         raise CommandError('--every and --max-frames must be >= 1')
-    tasks = [t.strip() for t in args.tasks.split(',') if t.strip()] if args.tasks else None
-    try:
-        engine = create_engine(args.model, checkpoint=args.checkpoint, backend=args.backend,
-                               device=args.device, precision=args.precision, steps=args.steps,
-                               seed=args.seed)
-    except RuntimeError as exc:
-        raise CommandError(str(exc)) from None
-    if engine.random_weights:
-        print(f'mtdp infer: warning: {args.model} has no trained weights here; the pictures '
-              f'show random weights', file=sys.stderr)
+    tasks = parse_tasks(args.tasks)
+    engine = engine_from_args(args)
     os.makedirs(args.out, exist_ok=True)
     count = 0
     for name, image in iter_inputs(args.input, args.every, args.max_frames):

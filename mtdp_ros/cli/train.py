@@ -28,6 +28,10 @@ def register(subparsers):
     parser.add_argument('--init', metavar='random|model|PATH',
                         help='initial weights: random, the model spec\'s own weights, or a '
                              'checkpoint (authors\' .pth or a .safetensors)')
+    parser.add_argument('--init-encoder', metavar='PATH',
+                        help='start the encoder from an ImageNet ViT file (timm .safetensors / '
+                             '.pth, Google .npz); the rest random (init: {encoder: PATH})')
+    parser.add_argument('--data-root', metavar='DIR', help='dataset folder (data.root)')
     parser.add_argument('--out', metavar='DIR', help='output folder (logs, checkpoints)')
     parser.add_argument('--save', metavar='PATH', help='also save the final weights here')
     parser.add_argument('--resume', metavar='auto|never|PATH',
@@ -38,7 +42,8 @@ def register(subparsers):
 OVERRIDES = {'steps': ('train', 'steps'), 'batch_size': ('train', 'batch_size'),
              'lr': ('train', 'lr'), 'time_budget_min': ('train', 'time_budget_min'),
              'device': ('train', 'device'), 'amp': ('train', 'amp'),
-             'workers': ('data', 'workers'), 'out': ('output', 'dir'),
+             'workers': ('data', 'workers'), 'data_root': ('data', 'root'),
+             'out': ('output', 'dir'),
              'save': ('output', 'save'), 'resume': ('output', 'resume')}
 
 
@@ -62,8 +67,12 @@ def build_config(args):
             if not isinstance(given[section], dict):
                 raise CommandError(f'{args.config}: section {section} must be a mapping')
             given[section][key] = value
+    if args.init is not None and args.init_encoder is not None:
+        raise CommandError('give --init or --init-encoder, not both')
     if args.init is not None:
         given['init'] = args.init
+    if args.init_encoder is not None:
+        given['init'] = {'encoder': args.init_encoder}
     return load_config(given)
 
 

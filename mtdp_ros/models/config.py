@@ -5,6 +5,7 @@ vectors), so a configuration written by the reference tooling loads unchanged.
 """
 
 from dataclasses import asdict, dataclass, field, fields, MISSING
+import math
 from typing import Dict, Optional, Tuple
 
 FAMILIES = ('mlore', 'taskdiffusion', 'taskdiffusion_mlore')
@@ -52,6 +53,13 @@ class ModelConfig:
     vitb_unused_modules: bool = False
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
+    # Focal length (px) of the camera the depth head was trained on, measured in the model's
+    # input pixels as trained (after the training pipeline's resize/crop/pad). Metric depth
+    # learned from apparent size holds for this focal length only; the runtime rescales it
+    # to the camera's (see mtdp_ros.runtime.postprocess.focal_correction_factor). None: not
+    # known (configs of the reference schema) or no depth head: no correction. Kept (and
+    # unused) when a task subset without depth is derived from a depth model.
+    train_focal_px: Optional[float] = None
     name: str = field(default='', compare=False)
 
     def __post_init__(self):
@@ -175,6 +183,11 @@ class ModelConfig:
                 fail('time_difference must be >= 0')
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             fail('mean and std need three values each, std positive')
+        if self.train_focal_px is not None:
+            focal = self.train_focal_px
+            if isinstance(focal, bool) or not isinstance(focal, (int, float)) \
+                    or not math.isfinite(focal) or focal <= 0:
+                fail(f'train_focal_px must be a positive number of pixels, got {focal!r}')
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod

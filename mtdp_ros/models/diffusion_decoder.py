@@ -46,15 +46,35 @@ class FiLMConv(nn.Module):
 
 
 class LearnedSinusoidalEmbedding(nn.Module):
-    """[t, sin(2 pi w t), cos(2 pi w t)] with learned frequencies w."""
+    """[t, sin(2 pi w t), cos(2 pi w t)] with learned frequencies w, always in float32.
+
+    t is a log SNR in about -18.9..11.5: in fp16 the phase 2 pi w t loses ~1e-2 rad, and the
+    embedding was off by 0.04 with the shipped weights. As diffusers does for timestep
+    embeddings, the frequencies stay float32 when the model is cast to fp16/bf16 (see
+    ``_apply``), the sinusoid is computed in float32, and only the result takes the dtype
+    of the layer after it (``out_dtype``: the model's dtype).
+    """
 
     def __init__(self, dim):
         super().__init__()
         self.weights = nn.Parameter(torch.randn(dim // 2))
+        self.out_dtype = torch.float32
+
+    def _apply(self, fn, recurse=True):
+        weights = self.weights.data
+        super()._apply(fn, recurse)
+        dtype = self.weights.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            # Keep the float32 frequencies (on the new device), not their rounded copy.
+            self.weights.data = weights.to(self.weights.device, torch.float32)
+        if dtype.is_floating_point:
+            self.out_dtype = dtype
+        return self
 
     def forward(self, t):
-        freqs = t[:, None] * self.weights[None, :] * 2 * math.pi
-        return torch.cat([t[:, None], freqs.sin(), freqs.cos()], dim=-1)
+        t = t.float()
+        freqs = t[:, None] * self.weights.float()[None, :] * (2 * math.pi)
+        return torch.cat([t[:, None], freqs.sin(), freqs.cos()], dim=-1).to(self.out_dtype)
 
 
 def image_task_block(channels):

@@ -1,7 +1,8 @@
 """TaskDiffusion's cross-task label encoder: all task labels as one map to denoise.
 
 Class tasks are embedded with a table (one extra row for ignored pixels), regression tasks
-with a 1x1 convolution (and a learned embedding for invalid pixels); the embeddings are
+with a 1x1 convolution (and a learned embedding for invalid pixels: those marked 255, the
+authors' ignore value, and nothing else; see ``authors_ignore_regions``); the embeddings are
 fused by one 1x1 convolution and squashed to [-scale, scale] with a sigmoid. Saliency
 (PASCAL) keeps its own embedding beside the fused map.
 """
@@ -66,7 +67,9 @@ class CrossTaskLabelEncoder(nn.Module):
                 labels[labels == IGNORE_INDEX] = self.num_outputs[task]
                 embeddings[task] = self._embed_classes(task, labels[:, 0])
             else:
-                target = target.float()
+                # As the authors' ``forward_train``: invalid = elements equal to 255, averaged
+                # over channels; the value map (255s included) is embedded and blended.
+                target = authors_ignore_regions(task, target.float())
                 invalid = _invalid_mask(task, target).float().mean(dim=1, keepdim=True)
                 invalid = F.interpolate(invalid, size=size, mode='bilinear')
                 value = F.interpolate(target, size=size, mode='bilinear')
@@ -86,10 +89,20 @@ def _regression_value(task, raw):
     return raw
 
 
+def authors_ignore_regions(task, target):
+    """Targets as the authors' model sees them: zero normals set to the ignore value 255.
+
+    Our target format marks a pixel without a normal by the zero vector; the authors'
+    data pipeline (``AddIgnoreRegions`` in their ``data/transforms.py``) writes 255 into
+    all three channels there before the label encoder runs. Depth keeps 0 (no
+    measurement) as a value: the authors neither mark nor mask it in the encoder.
+    """
+    if task == 'normals':
+        zero = (target == 0).all(dim=1, keepdim=True)
+        return torch.where(zero, torch.full_like(target, IGNORE_INDEX), target)
+    return target
+
+
 def _invalid_mask(task, target):
-    invalid = target == IGNORE_INDEX
-    if task == 'depth':
-        invalid = invalid | (target <= 0)
-    elif task == 'normals':
-        invalid = invalid | (target.abs().sum(dim=1, keepdim=True) == 0).expand_as(target)
-    return invalid
+    """Elements equal to the ignore value 255: the authors' only invalid mark."""
+    return target == IGNORE_INDEX

@@ -127,6 +127,10 @@ class MLoREBlock(nn.Module):
     def num_experts(self):
         return len(self.experts)
 
+    def fuse(self):
+        """This block's inference form (:class:`FusedMLoREBlock`; needs eval mode)."""
+        return FusedMLoREBlock(self)
+
     def route(self, h, task):
         """Gates (B x N) and the task-expert mixing weight (B) for projected input ``h``."""
         raw = self.routers[task](h)
@@ -203,7 +207,18 @@ class FusedMLoREBlock(nn.Module):
         self.pool_eps = routers[0].pool_norm.eps
         self.position_eps = routers[0].position_norm.eps
         with torch.no_grad():
-            kernels, biases = zip(*(e.fused_kernel() for e in block.experts))
+            # Written expert by expert into one buffer: stacking a list of kernels would
+            # hold every expert's kernel twice (the largest transient of fusing).
+            first_weight = block.experts[0].down.weight
+            channels = first_weight.shape[1]
+            expert_kernels = first_weight.new_empty(
+                (len(block.experts), channels * channels * 9))
+            biases = []
+            for index, expert in enumerate(block.experts):
+                kernel, bias = expert.fused_kernel()
+                expert_kernels[index] = kernel.flatten()
+                biases.append(bias)
+                del kernel
             generic_w, generic_b = block.generic.weight, block.generic.bias
             expert_scale, task_kernel, task_bias, base_kernel, base_bias = [], [], [], [], []
             for task in tasks:
@@ -226,7 +241,7 @@ class FusedMLoREBlock(nn.Module):
             router_parts['position_weights_weight'] = router_parts[
                 'position_weights_weight'].flatten(1)
             router_parts['position_weights_bias'] = router_parts['position_weights_bias'].flatten()
-            buffers = {'expert_kernels': torch.stack(kernels).flatten(1),     # N x C*C*9
+            buffers = {'expert_kernels': expert_kernels,                      # N x C*C*9
                        'expert_biases': torch.stack(biases),                  # N x C
                        'expert_scale': torch.stack(expert_scale),             # T x C
                        'task_kernel': torch.stack(task_kernel),               # T x C x C x 3 x 3
@@ -238,8 +253,10 @@ class FusedMLoREBlock(nn.Module):
                        'out_weight': _stack(block.task_out, 'weight', tasks),
                        'out_bias': _stack(block.task_out, 'bias', tasks),
                        **router_parts}
+            # Every value is a new tensor (stack/einsum results): no copy is needed, and
+            # none is made, so fusing a block holds one fused form, not two.
             for name, value in buffers.items():
-                self.register_buffer(name, value.detach().clone())
+                self.register_buffer(name, value.detach().contiguous())
 
     @property
     def num_experts(self):

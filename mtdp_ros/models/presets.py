@@ -7,9 +7,15 @@ this project trains on synthetic scenes and ships in ``mtdp_ros/data``.
 
 from .config import ModelConfig
 
+# NYUD-v2's Kinect colour camera: fx = 518.8579 px (fy = 519.4696 px) at 640 x 480. The
+# authors' NYUD pipeline (ATRC / MTI-Net data, as MLoRE and TaskDiffusion use it) takes the
+# 425 x 560 images cut out of the 480 x 640 frames (a crop: the focal length is unchanged)
+# and zero-pads them to 448 x 576 for testing, without resizing. So the network sees the
+# Kinect's focal length, 518.8579 px, in its own input pixels.
+NYUD_FOCAL_PX = 518.8579
 NYUD_TASKS = {'tasks': ['semseg', 'depth', 'normals', 'edge'],
               'num_outputs': {'semseg': 40, 'depth': 1, 'normals': 3, 'edge': 1},
-              'dataset': 'NYUD', 'image_size': [448, 576]}
+              'dataset': 'NYUD', 'image_size': [448, 576], 'train_focal_px': NYUD_FOCAL_PX}
 PASCAL_TASKS = {'tasks': ['semseg', 'human_parts', 'sal', 'normals', 'edge'],
                 'num_outputs': {'semseg': 21, 'human_parts': 7, 'sal': 2, 'normals': 3,
                                 'edge': 1},
@@ -67,9 +73,14 @@ PRESETS = {
         pre_softmax=False),
 }
 
-# Small models for a robot camera: 240 x 320 is 640 x 480 at exactly half scale.
+# Small models for a robot camera: 240 x 320 is 640 x 480 at exactly half scale. They were
+# trained on synthetic scenes rendered directly at 240 x 320 by a pinhole camera with the
+# Kinect's field of view (mtdp_ros/training/synthetic.py: fx = fy = 518.8579 / 640 * width,
+# principal point at the centre; no resize or crop in training), i.e. fx = 259.42895 px.
+DEFAULT_FOCAL_PX = NYUD_FOCAL_PX / 640.0 * 320
 _DEFAULT_BASE = {**NYUD_TASKS, 'image_size': [240, 320], 'embed_dim': 192, 'depth': 6,
-                 'num_heads': 3, 'select_layers': [2, 4, 5], 'decoder_dim': 64}
+                 'num_heads': 3, 'select_layers': [2, 4, 5], 'decoder_dim': 64,
+                 'train_focal_px': DEFAULT_FOCAL_PX}
 DEFAULT_MODELS = {
     'default_mlore': _make(
         'default_mlore', 'mlore', _DEFAULT_BASE, expert_ranks=[8, 12, 16, 20, 24, 28],

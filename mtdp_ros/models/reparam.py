@@ -1,31 +1,115 @@
 """One re-parameterisation API (as timm's ``reparameterize_model``).
 
-``reparameterize(model)`` returns a deep copy in which every :class:`MLoREBlock` is replaced
-by its :class:`FusedMLoREBlock`: same call, same outputs, one 3x3 convolution per task and
-sample. The original model is left untouched.
+``reparameterize(model)`` returns a new model in which every :class:`MLoREBlock` is replaced
+by its :class:`FusedMLoREBlock` (``MLoREBlock.fuse()``): same call, same outputs, one 3x3
+convolution per task and sample. The original model is left untouched.
+
+``reparameterize(model, inplace=True)`` replaces the blocks of ``model`` itself, one block
+at a time, so each train-form block is freed as soon as its fused form exists: the peak
+memory is the larger of the two forms plus one block, not both whole models (what an engine
+on an 8 GB device needs). :func:`model_memory` gives both forms' sizes without allocating
+any weights (the model is built on PyTorch's ``meta`` device).
 """
 
 import copy
 
+import torch
 from torch import nn
 
-from .mlore_block import FusedMLoREBlock, MLoREBlock
+from .mlore_block import MLoREBlock
 
 
-def _replace_blocks(module: nn.Module):
+def _fuse_children(module: nn.Module):
     for name, child in module.named_children():
         if isinstance(child, MLoREBlock):
-            setattr(module, name, FusedMLoREBlock(child))
+            fused = child.fuse()
+            # Replacing the attribute drops the last reference to the train-form block.
+            setattr(module, name, fused)
+            del child
         else:
-            _replace_blocks(child)
+            _fuse_children(child)
 
 
-def reparameterize(model: nn.Module) -> nn.Module:
-    """Fused inference copy of an MLoRE-bearing model (eval mode, BatchNorm folded)."""
-    if not any(isinstance(m, MLoREBlock) for m in model.modules()):
+def _fuse_in_eval_mode(block):
+    """Fuse with the block's BatchNorm statistics, leaving its mode as it was."""
+    was_training = block.training
+    block.eval()
+    try:
+        return block.fuse()
+    finally:
+        block.train(was_training)
+
+
+def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Fused inference form of an MLoRE-bearing model (eval mode, BatchNorm folded).
+
+    ``inplace=False`` (the default) returns a new model and leaves ``model`` untouched; only
+    the non-MLoRE parts are copied (each block is fused straight into the copy), so the
+    peak is the original plus the fused copy. ``inplace=True`` fuses ``model`` itself block
+    by block and returns it.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, MLoREBlock)]
+    if not blocks:
         raise ValueError('reparameterize: this model has no MLoRE blocks '
                          '(TaskDiffusion without MLoRE has nothing to fuse)')
-    fused = copy.deepcopy(model).eval()
-    _replace_blocks(fused)
+    if inplace:
+        # BatchNorm statistics are folded: the fused form exists for eval mode only.
+        model.eval()
+        _fuse_children(model)
+        fused = model
+    else:
+        # deepcopy takes an entry of ``memo`` as the copy of that object: each MLoRE block
+        # is "copied" as its fused form, without a second train-form copy in between.
+        memo = {id(block): _fuse_in_eval_mode(block) for block in blocks}
+        fused = copy.deepcopy(model, memo)
+    fused.eval()
     fused.is_reparameterized = True
     return fused
+
+
+def _state_bytes(module: nn.Module, bytes_per_element):
+    elements = sum(t.numel() for t in module.parameters())
+    elements += sum(t.numel() for t in module.buffers())
+    return elements, elements * bytes_per_element
+
+
+def _fused_minus_train(block):
+    """State elements a block's fused form adds (see FusedMLoREBlock's buffers)."""
+    channels = block.generic.in_channels
+    tasks = len(block.tasks)
+    kernel = channels * channels * 9
+    # Fused: every expert's kernel and bias; per task the task-expert and base kernels,
+    # the expert scale and three biases, the 1x1 projections; the routers, stacked.
+    fused = (block.num_experts * (kernel + channels) + tasks * (2 * kernel + 3 * channels)
+             + tasks * 2 * (channels * channels + channels)
+             + sum(t.numel() for t in block.routers.parameters()))
+    return fused - sum(t.numel() for t in block.state_dict().values())
+
+
+def model_memory(config, model=None):
+    """Sizes of a configuration's two forms, computed on the ``meta`` device (no weights).
+
+    ``model``: an already built train-form model of ``config`` to count instead (nothing
+    is allocated either way; the fused form's size follows from the block shapes).
+
+    Returns ``{'parameters': trainable parameters, 'train_elements': state elements of the
+    train form (parameters and buffers), 'fused_elements': state elements of the fused form
+    (None without MLoRE blocks), 'train_mb'/'fused_mb': {'fp32': MiB, 'fp16': MiB}}``.
+    """
+    if model is None:
+        from .factory import build_model
+        with torch.device('meta'):
+            model = build_model(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    train_elements, _ = _state_bytes(model, 4)
+    info = {'parameters': parameters, 'train_elements': train_elements,
+            'train_mb': {'fp32': train_elements * 4 / 2 ** 20,
+                         'fp16': train_elements * 2 / 2 ** 20},
+            'fused_elements': None, 'fused_mb': None}
+    blocks = [m for m in model.modules() if isinstance(m, MLoREBlock)]
+    if blocks:
+        fused_elements = train_elements + sum(_fused_minus_train(b) for b in blocks)
+        info.update(fused_elements=fused_elements,
+                    fused_mb={'fp32': fused_elements * 4 / 2 ** 20,
+                              'fp16': fused_elements * 2 / 2 ** 20})
+    return info

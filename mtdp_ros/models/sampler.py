@@ -49,9 +49,12 @@ def ddim_sample(decoder, features, steps, noise, time_difference):
         last = index == len(pairs) - 1
         t = torch.stack([torch.full((), value, device=noise.device, dtype=torch.float32)
                          for value in (t_now, t_next)])
-        log_snr, log_snr_next = cosine_log_snr(t).to(noise.dtype).unsqueeze(1).expand(2, batch)
-        alpha, sigma = alpha_sigma(log_snr.view(batch, 1, 1, 1))
-        alpha_next, sigma_next = alpha_sigma(log_snr_next.view(batch, 1, 1, 1))
+        # The schedule and the time embedding stay float32 under fp16 (the log SNR spans
+        # -18.9..11.5); only the DDIM coefficients take the map's dtype.
+        log_snr, log_snr_next = cosine_log_snr(t).unsqueeze(1).expand(2, batch)
+        alpha, sigma = (v.to(noise.dtype) for v in alpha_sigma(log_snr.view(batch, 1, 1, 1)))
+        alpha_next, sigma_next = (v.to(noise.dtype)
+                                  for v in alpha_sigma(log_snr_next.view(batch, 1, 1, 1)))
         logits, cache = decoder.denoise(features, x_t, log_snr, cache, upsample=last)
         if last:
             # The final update would only feed a step that does not exist.

@@ -49,6 +49,10 @@ SPECS = (
          "absent) or 'cpu'.", choices=('auto', 'cuda', 'cpu')),
     Spec('engine.precision', 'fp32', 'Arithmetic precision (fp16 on CUDA only).',
          choices=('fp32', 'fp16')),
+    Spec('engine.reparameterize', 'auto',
+         "MLoRE experts fused into one convolution per task: 'auto' (when the fused weights "
+         "fit in half of the device's free memory, else the train form with a logged "
+         "reason), 'true' or 'false'.", choices=('auto', 'true', 'false')),
     Spec('input.transport', 'raw',
          "'raw': subscribe to image (sensor_msgs/Image); 'compressed': subscribe to "
          "image/compressed (sensor_msgs/CompressedImage, decoded with OpenCV).",
@@ -66,6 +70,15 @@ SPECS = (
          int_range=(1, 100)),
     Spec('diagnostics.period', 1.0, 'Seconds between /diagnostics messages.',
          float_range=(0.1, 60.0)),
+    Spec('autostart', True,
+         'Configure and activate at start-up (true), or start unconfigured and wait for the '
+         'lifecycle transitions on ~/change_state (false).'),
+    Spec('camera.rectified', False,
+         'True: the input image is rectified (image_rect): the point cloud uses P from '
+         'camera_info and ignores D. False: the raw image: K and D (undistorted).'),
+    Spec('depth.focal_correction', True,
+         "Rescale metric depth from the model's training focal length to the camera's "
+         '(K, or P when camera.rectified; needs camera_info, else uncorrected).'),
     # Take effect while running.
     Spec('tasks', Parameter.Type.STRING_ARRAY,
          "Tasks to compute and publish (a subset of the model's: semseg, depth, "

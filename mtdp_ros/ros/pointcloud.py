@@ -2,10 +2,12 @@
 
 Depth is the distance along the optical axis (z), as in NYUD-v2 and the model's output.
 Each pixel (u, v) of the depth image becomes the point ``z * ray(u, v)`` in the camera
-optical frame (x right, y down, z forward), where the ray comes from the camera matrix K
-and, for the ``plumb_bob`` / ``rational_polynomial`` models, the distortion coefficients D
-(the depth image is the raw camera image's geometry, so pixels are undistorted). The rays
-depend only on the camera and are cached.
+optical frame (x right, y down, z forward). For an unrectified input (the default) the ray
+comes from the camera matrix K and, for the ``plumb_bob`` / ``rational_polynomial`` models,
+the distortion coefficients D (the depth image has the raw camera image's geometry, so
+pixels are undistorted). For a rectified input (``rectified=True``, ``image_rect``) it
+comes from the projection matrix P, and D is ignored, as image_geometry does (see
+:mod:`mtdp_ros.ros.camera`). The rays depend only on the camera and are cached.
 
 The cloud is organised (height x width of the possibly decimated depth image), with NaN
 points where depth is invalid (``is_dense`` false), and fields ``x``, ``y``, ``z``
@@ -19,27 +21,12 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 
+from mtdp_ros.ros.camera import camera_info_problem, camera_matrix, UNDISTORTED_MODELS
+
 POINT_FIELDS = (('x', 0), ('y', 4), ('z', 8), ('rgb', 12))
 POINT_STEP = 16
-UNDISTORTED_MODELS = ('plumb_bob', 'rational_polynomial')
-
-
-def camera_matrix(info: CameraInfo, width, height):
-    """(fx, fy, cx, cy) of ``info`` scaled to an image of ``width`` x ``height``.
-
-    A camera_info whose size differs from the image's (a resized stream) is scaled; one
-    with a zero size is taken to describe the image as it is. ValueError when K is unusable.
-    """
-    k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
-    if not (np.isfinite([fx, fy, cx, cy]).all() and fx > 0 and fy > 0):
-        raise ValueError(f'camera_info has no usable camera matrix K (fx={fx}, fy={fy})')
-    scale_x = width / info.width if info.width else 1.0
-    scale_y = height / info.height if info.height else 1.0
-    # Integer pixel coordinates are pixel centres, so the image corner is at -0.5; scaling
-    # about that corner gives c' = (c + 0.5) * s - 0.5.
-    return (fx * scale_x, fy * scale_y, (cx + 0.5) * scale_x - 0.5,
-            (cy + 0.5) * scale_y - 0.5)
+__all__ = ['RayCache', 'UNDISTORTED_MODELS', 'camera_matrix', 'cloud_msg_to_numpy',
+           'compute_rays', 'depth_to_points', 'pack_rgb', 'points_to_msg', 'unpack_rgb']
 
 
 class RayCache:
@@ -49,26 +36,35 @@ class RayCache:
         self._key = None
         self._rays = None
 
-    def rays(self, info: CameraInfo, width, height, stride=1):
+    def rays(self, info: CameraInfo, width, height, stride=1, rectified=False):
         """float32 (H/stride) x (W/stride) x 2 rays for the pixels ``[::stride, ::stride]``."""
         distortion = tuple(float(d) for d in info.d)
         model = info.distortion_model
-        key = (tuple(info.k), distortion, model, info.width, info.height, width, height,
-               stride)
+        key = (tuple(info.k), tuple(info.p), distortion, model, info.width, info.height,
+               width, height, stride, bool(rectified))
         if key != self._key:
-            self._rays = compute_rays(info, width, height, stride)
+            self._rays = compute_rays(info, width, height, stride, rectified)
             self._key = key
         return self._rays
 
 
-def compute_rays(info: CameraInfo, width, height, stride=1):
-    """Rays (x/z, y/z) of the pixel centres ``[::stride, ::stride]`` of a width x height image."""
-    fx, fy, cx, cy = camera_matrix(info, width, height)
+def compute_rays(info: CameraInfo, width, height, stride=1, rectified=False):
+    """Rays (x/z, y/z) of the pixel centres ``[::stride, ::stride]`` of a width x height image.
+
+    ``rectified`` false: through K, undoing D; true: through P, D ignored. ValueError
+    naming the problem for a camera_info that cannot give rays (non-finite D, unusable
+    K or P).
+    """
+    problem = camera_info_problem(info, rectified)
+    if problem:
+        raise ValueError(problem)
+    fx, fy, cx, cy = camera_matrix(info, width, height, rectified)
     us = np.arange(0, width, stride, dtype=np.float64)
     vs = np.arange(0, height, stride, dtype=np.float64)
     grid_u, grid_v = np.meshgrid(us, vs)
     distortion = np.asarray(info.d, dtype=np.float64)
-    if info.distortion_model in UNDISTORTED_MODELS and distortion.size and np.any(distortion):
+    if not rectified and info.distortion_model in UNDISTORTED_MODELS and distortion.size \
+            and np.any(distortion):
         matrix = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
         pixels = np.stack([grid_u, grid_v], axis=-1).reshape(-1, 1, 2)
         normalised = cv2.undistortPoints(pixels, matrix, distortion)

@@ -5,6 +5,8 @@ Usage::
     from mtdp_ros.runtime import create_engine
     engine = create_engine('default', device='auto', precision='fp16')
     outputs = engine.infer(rgb_uint8_image)      # {task: numpy array at the image size}
+    # depth rescaled from the model's training camera to this one (camera-aware depth):
+    outputs = engine.infer(rgb_uint8_image, intrinsics=(fx, fy, cx, cy))
 """
 
 from .engine import BACKENDS, check_choice, DEVICES, Engine, PRECISIONS, resolve_device
@@ -34,16 +36,21 @@ def create_engine(model='default', checkpoint=None, backend='torch', device='aut
     DDIM steps of a TaskDiffusion model (per call: ``infer(steps=...)``). ``seed``: default
     seed of the sampler's initial noise.
 
-    Options of the torch backend: ``reparameterize`` (default True: fused MLoRE blocks),
-    ``cuda_graphs`` (default True). Options of the onnxruntime backend: ``providers``
-    (preference list, e.g. ``['tensorrt', 'cuda', 'cpu']``), ``cache_dir`` (exported
-    graphs), ``trt_cache_dir`` (TensorRT engines).
+    Options of both backends: ``reparameterize`` ('auto' (default): fused MLoRE blocks when
+    the fused weights fit in half of the device's free memory, else the train form with a
+    logged reason; 'true'/True; 'false'/False; see :mod:`.memory`). Torch backend:
+    ``cuda_graphs`` (default True). Onnxruntime backend: ``providers`` (preference list,
+    e.g. ``['tensorrt', 'cuda', 'cpu']``), ``cache_dir`` (exported graphs),
+    ``trt_cache_dir`` (TensorRT engines), ``trt_workspace_mb`` (TensorRT's workspace
+    limit; default ORT's).
     """
     check_choice('backend', backend, BACKENDS)
     check_choice('device', device, DEVICES)
     check_choice('precision', precision, PRECISIONS)
+    from .memory import normalize_option
+    reparameterize = normalize_option(options.pop('reparameterize', 'auto'))
     if backend == 'torch':
-        unknown = set(options) - {'reparameterize', 'cuda_graphs'}
+        unknown = set(options) - {'cuda_graphs'}
         if unknown:
             raise ValueError(f'unknown options for the torch backend: {sorted(unknown)}')
         if isinstance(model, str) and model.endswith('.onnx'):
@@ -52,9 +59,10 @@ def create_engine(model='default', checkpoint=None, backend='torch', device='aut
         config, checkpoint, name = resolve_engine_model(model, checkpoint)
         torch_device = resolve_device(device)
         return TorchEngine(config, checkpoint, name, torch_device, precision, steps, seed,
-                           reparameterize_mlore=options.get('reparameterize', True),
+                           reparameterize_mlore=reparameterize,
                            cuda_graphs=options.get('cuda_graphs', True))
-    unknown = set(options) - {'providers', 'cache_dir', 'trt_cache_dir'}
+    unknown = set(options) - {'providers', 'cache_dir', 'trt_cache_dir', 'trt_workspace_mb'}
     if unknown:
         raise ValueError(f'unknown options for the onnxruntime backend: {sorted(unknown)}')
-    return OrtEngine(model, checkpoint, device, precision, steps, seed, **options)
+    return OrtEngine(model, checkpoint, device, precision, steps, seed,
+                     reparameterize=reparameterize, **options)

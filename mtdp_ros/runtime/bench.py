@@ -96,21 +96,35 @@ def synthetic_image(image_size, seed=0):
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def run_benchmark(engine, iters=50, warmup=10, image_size=None, tasks=None, steps=None):
-    """Measure ``engine``; returns a JSON-ready dict (see the module docstring)."""
+def run_benchmark(engine, iters=50, warmup=10, image_size=None, tasks=None, steps=None,
+                  creation_s=None):
+    """Measure ``engine``; returns a JSON-ready dict (see the module docstring).
+
+    The first call on the engine is one ``infer`` on the camera-size image: with
+    ``creation_s`` (seconds ``create_engine`` took) the result's ``startup`` holds the time
+    to first output (creation + that first inference, which includes any CUDA-graph capture
+    or ONNX Runtime session warm-up).
+    """
     if iters < 1 or warmup < 0:
         raise ValueError(f'iters must be >= 1 and warmup >= 0, got {iters} and {warmup}')
     image_size = tuple(image_size or engine.config.image_size)
     tasks = engine.select_tasks(tasks)
     steps = engine.resolve_steps(steps)
     probe = MemoryProbe(engine)
+    image = synthetic_image(image_size)
+    started = time.perf_counter()
+    engine.infer(image, tasks=tasks, steps=steps)
+    first_s = time.perf_counter() - started
+    startup = {'engine_creation_s': None if creation_s is None else round(creation_s, 3),
+               'first_inference_s': round(first_s, 3),
+               'time_to_first_output_s': (None if creation_s is None
+                                          else round(creation_s + first_s, 3))}
 
     probe.reset()
     network_times = engine.benchmark_network(iters, warmup, tasks=tasks, steps=steps)
     network = summarize(network_times)
     network['peak_memory_mb'] = probe.peak_mb()
 
-    image = synthetic_image(image_size)
     probe.reset()
     for _ in range(warmup):
         engine.infer(image, tasks=tasks, steps=steps)
@@ -131,7 +145,7 @@ def run_benchmark(engine, iters=50, warmup=10, image_size=None, tasks=None, step
                    'torch': torch.__version__, 'cpu_threads': torch.get_num_threads(),
                    'host_cpus': os.cpu_count(),
                    'gpu': torch.cuda.get_device_name() if engine.device == 'cuda' else None,
-                   'network': network, 'end_to_end': end_to_end})
+                   'startup': startup, 'network': network, 'end_to_end': end_to_end})
     return result
 
 
@@ -146,6 +160,11 @@ def format_report(result):
         part = result[key]
         lines.append(f"  {label:17s} p50 {part['p50_ms']:9.3f} ms  p95 {part['p95_ms']:9.3f} ms"
                      f"  {part['fps']:8.2f} fps  peak {part['peak_memory_mb']:9.1f} MiB")
+    startup = result.get('startup') or {}
+    if startup.get('time_to_first_output_s') is not None:
+        lines.append(f"  time to first output {startup['time_to_first_output_s']:.2f} s "
+                     f"(engine creation {startup['engine_creation_s']:.2f} s + first "
+                     f"inference {startup['first_inference_s']:.2f} s)")
     stages = result['end_to_end']['stages_p50_ms']
     lines.append('  stages p50: ' + ', '.join(f'{k[:-3]} {v:.3f} ms' for k, v in stages.items()))
     return lines

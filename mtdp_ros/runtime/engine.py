@@ -14,6 +14,7 @@ import torch
 
 from mtdp_ros.models import ModelConfig, resolve_model
 
+from .postprocess import check_intrinsics, focal_correction_factor
 from .preprocess import plan_letterbox
 
 LOGGER = logging.getLogger('mtdp_ros.runtime')
@@ -125,6 +126,9 @@ class Engine:
         self.seed = check_seed(seed)
         self.last_timing = {'preprocess_ms': 0.0, 'model_ms': 0.0, 'postprocess_ms': 0.0}
         self._plans = OrderedDict()
+        # Depth factor of the last infer call (1.0 without intrinsics, see focal_factor).
+        self.last_focal_factor = 1.0
+        self._warned_no_train_focal = False
 
     @property
     def tasks(self):
@@ -150,6 +154,35 @@ class Engine:
             return self.default_steps
         return check_steps(steps, self.config)
 
+    # ------------------------------------------------------------------ step counts
+    def check_steps(self, steps):
+        """None when this engine can run ``steps`` (None: its default), else the reason."""
+        try:
+            self.resolve_steps(steps)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def available_steps(self):
+        """Step counts that run now without preparation (empty for MLoRE models)."""
+        return range(1, MAX_STEPS + 1) if self.config.is_diffusion else ()
+
+    def prepare_steps(self, steps):
+        """Make ``steps`` ready to run; True when it is ready now (ValueError if impossible).
+
+        An engine that must build something per step count (ONNX Runtime: an exported
+        graph) does it in the background and returns False; until it is ready, calls asking
+        for that count run the count that served before (see ``OrtEngine``).
+        """
+        reason = self.check_steps(steps)
+        if reason:
+            raise ValueError(reason)
+        return True
+
+    def wait_for_steps(self, steps, timeout=None):
+        """Block until ``steps`` is ready (or ``timeout`` s pass); True when it is ready."""
+        return self.check_steps(steps) is None
+
     def plan(self, image_size):
         """Return the (cached) letterbox plan for an image size."""
         key = tuple(int(v) for v in image_size)
@@ -173,15 +206,45 @@ class Engine:
         generator = torch.Generator().manual_seed(int(seed))
         return torch.randn(self.noise_shape(), generator=generator, dtype=torch.float32)
 
-    def infer(self, image, tasks=None, steps=None, seed=None):
-        """Metric outputs of ``tasks`` (None: all) for one uint8 H x W x 3 RGB image."""
+    def infer(self, image, tasks=None, steps=None, seed=None, intrinsics=None):
+        """Metric outputs of ``tasks`` (None: all) for one uint8 H x W x 3 RGB image.
+
+        ``intrinsics``: the camera's (fx, fy, cx, cy) in pixels of ``image``; when given,
+        depth is rescaled from the model's training camera to this one (see
+        :meth:`focal_factor`). None: depth as the network predicts it.
+        """
         from .preprocess import check_image
         image = check_image(image)
         tasks = self.select_tasks(tasks)
         steps = self.resolve_steps(steps)
         seed = self.seed if seed is None else check_seed(seed)
+        if intrinsics is not None:
+            intrinsics = check_intrinsics(intrinsics)
         plan = self.plan(image.shape[:2])
-        return self._infer(image, plan, tasks, steps, seed)
+        outputs = self._infer(image, plan, tasks, steps, seed)
+        factor = 1.0
+        if intrinsics is not None and 'depth' in outputs:
+            factor = self.focal_factor(intrinsics, plan)
+            # A new array: the caller may hold (or the engine reuse) the unscaled one.
+            outputs['depth'] = outputs['depth'] * np.float32(factor)
+        self.last_focal_factor = factor
+        return outputs
+
+    def focal_factor(self, intrinsics, plan):
+        """Depth factor for a camera of ``intrinsics`` seen through letterbox ``plan``.
+
+        ``(fx * s) / train_focal_px`` (s: the letterbox scale; the mean over x and y, see
+        ``postprocess.focal_correction_factor``). 1.0, with one warning, for a model whose
+        config does not state its training focal length.
+        """
+        factor = focal_correction_factor(intrinsics, self.config.train_focal_px, plan.scale)
+        if factor is None:
+            if not self._warned_no_train_focal:
+                warn(f'{self.model_name}: the model config states no train_focal_px, so '
+                     f'depth cannot be corrected for the camera; depth is uncorrected')
+                self._warned_no_train_focal = True
+            return 1.0
+        return factor
 
     def _infer(self, image, plan, tasks, steps, seed):
         raise NotImplementedError

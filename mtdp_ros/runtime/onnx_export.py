@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mtdp_ros.models import build_model, load_checkpoint, reparameterize
+from mtdp_ros.models.mlore_block import FusedMLoREBlock
 
 from .engine import check_steps, resolve_engine_model, warn
 
@@ -58,13 +59,21 @@ class ExportWrapper(nn.Module):
 
 
 def prepare_model(config, checkpoint=None, reparameterize_mlore=True):
-    """Build an eval-mode CPU model of ``config``, load the checkpoint, fuse MLoRE."""
+    """Build an eval-mode CPU model of ``config``, load the checkpoint, fuse MLoRE.
+
+    ``reparameterize_mlore``: True/False or 'auto'/'true'/'false' (see
+    :mod:`mtdp_ros.runtime.memory`; exporting runs on the CPU). The blocks are fused in
+    place, one at a time, so the two forms never coexist whole.
+    """
+    from . import memory
+    fuse, reason = memory.decide(config, reparameterize_mlore, 'cpu', 'fp32')
+    memory.log_decision(fuse, reason)
     model = build_model(config)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     model.eval()
-    if reparameterize_mlore and config.has_mlore:
-        model = reparameterize(model)
+    if fuse:
+        model = reparameterize(model, inplace=True)
     return model.eval()
 
 
@@ -80,7 +89,7 @@ def example_inputs(config, seed=0):
 
 
 def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
-                reparameterize_mlore=True, external_data=None, verify=False):
+                reparameterize_mlore='auto', external_data=None, verify=False):
     """Export a model to ``output`` (.onnx) and validate it with the ONNX checker.
 
     ``model``: preset/default name, config file, project ``.safetensors`` file, ModelConfig
@@ -105,6 +114,7 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
     if checkpoint is None:
         warn(f'{name}: exporting random weights (no checkpoint given or shipped)')
     network = prepare_model(config, checkpoint, reparameterize_mlore)
+    reparameterized = any(isinstance(m, FusedMLoREBlock) for m in network.modules())
     wrapper = ExportWrapper(network, steps).eval()
     inputs = example_inputs(config)
     input_names = ['images', 'noise'][:len(inputs)]
@@ -124,7 +134,7 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
         metadata = {META_FORMAT: FORMAT_TAG, META_CONFIG: json.dumps(config.to_dict()),
                     META_STEPS: '' if steps is None else str(steps),
                     META_TASKS: ','.join(config.tasks),
-                    META_REPARAM: str(bool(reparameterize_mlore and config.has_mlore)),
+                    META_REPARAM: str(reparameterized),
                     META_NAME: name, META_RANDOM: str(checkpoint is None)}
         for key, value in metadata.items():
             entry = proto.metadata_props.add()

@@ -21,8 +21,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from .engine import (CACHE_LIMIT, Engine, LOGGER, StageTimer, check_choice, check_steps,
-                     resolve_engine_model, warn)
+from . import memory
+from .engine import (CACHE_LIMIT, Engine, LOGGER, MAX_STEPS, StageTimer, check_choice,
+                     check_steps, resolve_engine_model, warn)
 from .onnx_export import export_onnx, FORMAT_TAG, read_onnx_metadata
 from .postprocess import host_to_numpy, postprocess, to_host_async
 from .preprocess import letterbox, normalisation
@@ -56,13 +57,19 @@ def provider_name(name):
 
 
 def select_providers(device, precision, available, preference=None, trt_cache_dir=None,
-                     device_id=0):
+                     device_id=0, trt_workspace_mb=None):
     """Choose the providers (with options) to request from ORT; note every fallback.
 
     ``available``: ``onnxruntime.get_available_providers()``. ``device`` 'cpu' keeps only the
     CPU; 'cuda' requires a GPU provider (RuntimeError otherwise); 'auto' uses a GPU provider
     when one is available and falls back to the CPU with a note. The CPU provider always
     ends the list as ORT's own last resort.
+
+    Provider options (ORT's names): TensorRT gets ``device_id``, ``trt_fp16_enable``
+    (precision fp16), ``trt_engine_cache_enable``/``trt_engine_cache_path`` and
+    ``trt_timing_cache_enable``/``trt_timing_cache_path`` (``trt_cache_dir``: built engines
+    are reused across runs), and ``trt_max_workspace_size`` (bytes, from
+    ``trt_workspace_mb``; unset: ORT's default). CUDA gets ``device_id``; the CPU none.
     """
     check_choice('device', device, ('auto', 'cuda', 'cpu'))
     explicit = preference is not None
@@ -96,6 +103,9 @@ def select_providers(device, precision, available, preference=None, trt_cache_di
         notes.append(('warning', 'no GPU execution provider: running on the CPU'))
     if CPU not in chosen:
         chosen.append(CPU)
+    if trt_workspace_mb is not None and (isinstance(trt_workspace_mb, bool)
+                                         or not trt_workspace_mb > 0):
+        raise ValueError(f'trt_workspace_mb must be a positive number, got {trt_workspace_mb!r}')
     fp16 = precision == 'fp16'
     if fp16 and TENSORRT not in chosen:
         notes.append(('warning', 'precision fp16 applies to the TensorRT provider only; '
@@ -104,10 +114,12 @@ def select_providers(device, precision, available, preference=None, trt_cache_di
     for name in chosen:
         if name == TENSORRT:
             cache = trt_cache_dir or os.path.join(default_cache_dir(), 'tensorrt')
-            providers.append((name, {
-                'device_id': device_id, 'trt_fp16_enable': fp16,
-                'trt_engine_cache_enable': True, 'trt_engine_cache_path': cache,
-                'trt_timing_cache_enable': True, 'trt_timing_cache_path': cache}))
+            options = {'device_id': device_id, 'trt_fp16_enable': fp16,
+                       'trt_engine_cache_enable': True, 'trt_engine_cache_path': cache,
+                       'trt_timing_cache_enable': True, 'trt_timing_cache_path': cache}
+            if trt_workspace_mb is not None:
+                options['trt_max_workspace_size'] = int(trt_workspace_mb * 2 ** 20)
+            providers.append((name, options))
         elif name == CUDA:
             providers.append((name, {'device_id': device_id}))
         else:
@@ -138,7 +150,8 @@ class OrtEngine(Engine):
     backend = 'onnxruntime'
 
     def __init__(self, model, checkpoint=None, device='auto', precision='fp32', steps=None,
-                 seed=0, providers=None, cache_dir=None, trt_cache_dir=None):
+                 seed=0, providers=None, cache_dir=None, trt_cache_dir=None,
+                 reparameterize='auto', trt_workspace_mb=None):
         import onnxruntime as ort
         self._ort = ort
         check_choice('device', device, ('auto', 'cuda', 'cpu'))
@@ -155,9 +168,16 @@ class OrtEngine(Engine):
                 raise ValueError(f'{model} was exported for {meta["steps"]} steps, not {steps}; '
                                  f'export it again with --steps {steps}')
             steps = meta['steps'] if config.is_diffusion else None
+            self.reparameterized = meta['reparameterized']
+            self.reparameterize_reason = 'as exported in the file'
         else:
             config, checkpoint, name = resolve_engine_model(model, checkpoint)
             random_weights = checkpoint is None
+            # The graph is exported on the CPU in fp32: that is where fusing must fit.
+            fuse, self.reparameterize_reason = memory.decide(config, reparameterize, 'cpu',
+                                                             'fp32')
+            memory.log_decision(fuse, self.reparameterize_reason)
+            self.reparameterized = bool(fuse and config.has_mlore)
         self.cache_dir = cache_dir or default_cache_dir()
         self.checkpoint = checkpoint
         self.requested_device = device
@@ -169,7 +189,8 @@ class OrtEngine(Engine):
             warn(f'{name}: no checkpoint was given or shipped; the weights are random '
                  f'and the outputs meaningless')
         self.providers, notes = select_providers(
-            device, precision, ort.get_available_providers(), providers, self.trt_cache_dir)
+            device, precision, ort.get_available_providers(), providers, self.trt_cache_dir,
+            trt_workspace_mb=trt_workspace_mb)
         for level, note in notes:
             (warn if level == 'warning' else LOGGER.info)(f'onnxruntime: {note}')
         if any(name == TENSORRT for name, _ in self.providers):
@@ -177,6 +198,14 @@ class OrtEngine(Engine):
         self._lock = threading.Lock()
         self._sessions = OrderedDict()
         self._noise = {}
+        # Background preparation of step counts: steps -> Event set when done (ready or
+        # failed), the reason of a failure, and the count that serves meanwhile.
+        self._prepare_lock = threading.Lock()
+        self._preparing = {}
+        self._prepare_failed = {}
+        self._closed = False
+        self.serving_steps = self.default_steps
+        self.last_steps = None
         first = self._session(self.default_steps)
         active = first.get_providers()
         self.active_providers = tuple(active)
@@ -197,35 +226,148 @@ class OrtEngine(Engine):
     # ------------------------------------------------------------------ sessions
     def describe(self):
         info = super().describe()
-        info.update(providers=list(self.active_providers), onnx_file=self.onnx_file)
+        info.update(providers=list(self.active_providers), onnx_file=self.onnx_file,
+                    reparameterized=self.reparameterized,
+                    reparameterize_reason=self.reparameterize_reason)
         return info
+
+    def _cache_path(self, steps):
+        """Where the cached export for ``steps`` lives (whether or not it exists yet)."""
+        if self.checkpoint is not None and not hasattr(self, '_checkpoint_key'):
+            self._checkpoint_key = _checkpoint_identity(self.checkpoint)
+        key = json.dumps({'config': self.config.to_dict(), 'steps': steps,
+                          'checkpoint': getattr(self, '_checkpoint_key', 'random'),
+                          'reparameterized': self.reparameterized,
+                          'format': FORMAT_TAG}, sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        suffix = f'-s{steps}' if steps is not None else ''
+        return os.path.join(self.cache_dir, 'onnx', f'{self.model_name}-{digest}{suffix}.onnx')
+
+    def _file_reason(self, steps):
+        """Why the given .onnx file cannot run ``steps`` (None when it can)."""
+        if self.onnx_file is None or not self.config.is_diffusion or steps == self._file_steps:
+            return None
+        return (f'{self.onnx_file} was exported for {self._file_steps} steps; it cannot run '
+                f'{steps} (export another file with `mtdp export --steps {steps}`)')
 
     def onnx_path(self, steps):
         """Return the graph for ``steps``: the given file or a cached export (made if missing)."""
         if self.onnx_file is not None:
-            if self.config.is_diffusion and steps != self._file_steps:
-                raise ValueError(f'{self.onnx_file} was exported for {self._file_steps} '
-                                 f'steps; it cannot run {steps} (export another file)')
+            reason = self._file_reason(steps)
+            if reason:
+                raise ValueError(reason)
             return self.onnx_file
-        key = json.dumps({'config': self.config.to_dict(), 'steps': steps,
-                          'checkpoint': _checkpoint_identity(self.checkpoint),
-                          'format': FORMAT_TAG}, sort_keys=True)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        suffix = f'-s{steps}' if steps is not None else ''
-        path = os.path.join(self.cache_dir, 'onnx', f'{self.model_name}-{digest}{suffix}.onnx')
+        path = self._cache_path(steps)
         if not os.path.isfile(path):
             LOGGER.info('exporting %s%s to %s (once; later runs reuse it)', self.model_name,
                         f' for {steps} steps' if steps else '', path)
             started = time.perf_counter()
-            export_onnx(self.config, path, checkpoint=self.checkpoint, steps=steps)
+            export_onnx(self.config, path, checkpoint=self.checkpoint, steps=steps,
+                        reparameterize_mlore=self.reparameterized)
             LOGGER.info('export took %.1f s', time.perf_counter() - started)
         return path
+
+    # ------------------------------------------------------------------ step counts
+    def check_steps(self, steps):
+        """None when ``steps`` can run (now or after a background export), else why not."""
+        reason = super().check_steps(steps)
+        if reason:
+            return reason
+        steps = self.resolve_steps(steps)
+        reason = self._file_reason(steps)
+        if reason:
+            return reason
+        with self._prepare_lock:
+            return self._prepare_failed.get(steps)
+
+    def available_steps(self):
+        """Step counts that run without an export: loaded sessions and cached graphs."""
+        if not self.config.is_diffusion:
+            return ()
+        if self.onnx_file is not None:
+            return (self._file_steps,)
+        with self._prepare_lock:
+            preparing = set(self._preparing)
+        ready = set(self._sessions) - preparing
+        ready |= {s for s in range(1, MAX_STEPS + 1)
+                  if s not in preparing and os.path.isfile(self._cache_path(s))}
+        return tuple(sorted(ready))
+
+    def prepare_steps(self, steps):
+        """Start exporting and loading ``steps`` in the background; True if ready already.
+
+        Until the graph is ready, ``infer`` calls asking for ``steps`` run
+        ``serving_steps`` (the count that served before) and ``last_steps`` says which count
+        ran; a failed preparation is logged and reported by ``check_steps``.
+        """
+        reason = self.check_steps(steps)
+        if reason:
+            raise ValueError(reason)
+        steps = self.resolve_steps(steps)
+        with self._prepare_lock:
+            if steps in self._preparing:
+                return False
+            if steps in self._sessions:
+                return True
+            done = threading.Event()
+            self._preparing[steps] = done
+        LOGGER.info('preparing %s steps in the background; %s steps keep serving', steps,
+                    self.serving_steps)
+        threading.Thread(target=self._prepare, args=(steps, done), daemon=True,
+                         name=f'mtdp_ort_prepare_{steps}').start()
+        return False
+
+    def _prepare(self, steps, done):
+        started = time.perf_counter()
+        try:
+            session = self._new_session(steps)
+        except Exception as exc:  # noqa: B902 - reported, the old count keeps serving
+            reason = f'preparing {steps} steps failed: {type(exc).__name__}: {exc}'
+            warn(reason + f'; {self.serving_steps} steps keep serving')
+            with self._prepare_lock:
+                self._prepare_failed[steps] = reason
+                del self._preparing[steps]
+            done.set()
+            return
+        with self._lock:
+            if not self._closed:
+                self._store_session(steps, session)
+        with self._prepare_lock:
+            del self._preparing[steps]
+        LOGGER.info('%s steps ready after %.1f s', steps, time.perf_counter() - started)
+        done.set()
+
+    def wait_for_steps(self, steps, timeout=None):
+        """Block until a background preparation of ``steps`` ends; True when it is ready."""
+        if self.check_steps(steps):
+            return False
+        steps = self.resolve_steps(steps)
+        with self._prepare_lock:
+            done = self._preparing.get(steps)
+        if done is not None and not done.wait(timeout):
+            return False
+        return self.check_steps(steps) is None and steps in self._sessions
 
     def _session(self, steps):
         session = self._sessions.get(steps)
         if session is not None:
             self._sessions.move_to_end(steps)
             return session
+        return self._store_session(steps, self._new_session(steps))
+
+    def _store_session(self, steps, session):
+        self._sessions[steps] = session
+        self._sessions.move_to_end(steps)
+        while len(self._sessions) > CACHE_LIMIT:
+            oldest = next(iter(self._sessions))
+            if oldest == self.serving_steps:
+                self._sessions.move_to_end(oldest)
+                oldest = next(iter(self._sessions))
+            del self._sessions[oldest]
+        return session
+
+    def _new_session(self, steps):
+        """An ORT session for ``steps`` (exporting its graph first if needed)."""
         path = self.onnx_path(steps)
         options = self._ort.SessionOptions()
         options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -240,10 +382,15 @@ class OrtEngine(Engine):
                  f'running on {active[0]}')
         LOGGER.info('onnxruntime session for %s ready in %.1f s on %s', os.path.basename(path),
                     time.perf_counter() - started, ', '.join(active))
-        self._sessions[steps] = session
-        while len(self._sessions) > CACHE_LIMIT:
-            self._sessions.popitem(last=False)
         return session
+
+    def _steps_to_run(self, steps):
+        """The count a call asking for ``steps`` runs: the serving one while it is prepared."""
+        if steps in self._sessions:
+            return steps
+        with self._prepare_lock:
+            pending = steps in self._preparing or steps in self._prepare_failed
+        return self.serving_steps if pending else steps
 
     def _noise_array(self, seed):
         noise = self._noise.get(seed)
@@ -297,7 +444,10 @@ class OrtEngine(Engine):
 
     def _infer(self, image, plan, tasks, steps, seed):
         with self._lock:
+            steps = self._steps_to_run(steps)
             session = self._session(steps)
+            self.serving_steps = steps
+            self.last_steps = steps
             timer = StageTimer()
             with torch.no_grad():
                 pixels = torch.from_numpy(image)
@@ -337,5 +487,6 @@ class OrtEngine(Engine):
 
     def close(self):
         with self._lock:
+            self._closed = True
             self._sessions.clear()
             self._noise.clear()

@@ -17,6 +17,7 @@ import torch
 from mtdp_ros.models import build_model, load_checkpoint, reparameterize
 
 from .engine import CACHE_LIMIT, Engine, LOGGER, StageTimer, warn
+from . import memory
 from .graph_safety import capture_blockers
 from .postprocess import host_to_numpy, postprocess, to_host_async
 from .preprocess import letterbox, normalisation
@@ -44,7 +45,7 @@ class TorchEngine(Engine):
     backend = 'torch'
 
     def __init__(self, config, checkpoint, model_name, device, precision='fp32', steps=None,
-                 seed=0, reparameterize_mlore=True, cuda_graphs=True):
+                 seed=0, reparameterize_mlore='auto', cuda_graphs=True):
         if precision == 'fp16' and device == 'cpu':
             warn('precision fp16 is not supported on the CPU; running fp32')
             precision = 'fp32'
@@ -55,15 +56,22 @@ class TorchEngine(Engine):
                  f'and the outputs meaningless')
         self.torch_device = torch.device(device)
         self.dtype = torch.float16 if precision == 'fp16' else torch.float32
-        with torch.device(self.torch_device):
-            model = build_model(config)
+        # Built, loaded and fused on the CPU in fp32, block by block in place (each train
+        # block is freed as its fused form is made), then moved and cast once: the device
+        # only ever holds the final form, in the final dtype.
+        model = build_model(config)
+        fuse, self.reparameterize_reason = memory.decide(config, reparameterize_mlore, device,
+                                                         self.precision, model=model)
+        memory.log_decision(fuse, self.reparameterize_reason)
         if checkpoint is not None:
             load_checkpoint(model, checkpoint)
         model.eval()
-        self.reparameterized = bool(reparameterize_mlore and config.has_mlore)
+        self.reparameterized = bool(fuse and config.has_mlore)
         if self.reparameterized:
-            model = reparameterize(model)
+            model = reparameterize(model, inplace=True)
         self.model = model.to(device=self.torch_device, dtype=self.dtype).eval()
+        del model
+        memory.release_freed_host_memory()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.gain, self.offset = normalisation(config.mean, config.std, self.torch_device)
@@ -83,7 +91,9 @@ class TorchEngine(Engine):
     # ------------------------------------------------------------------ helpers
     def describe(self):
         info = super().describe()
-        info.update(reparameterized=self.reparameterized, cuda_graphs=self.cuda_graphs)
+        info.update(reparameterized=self.reparameterized,
+                    reparameterize_reason=self.reparameterize_reason,
+                    cuda_graphs=self.cuda_graphs)
         return info
 
     def device_noise(self, seed):
@@ -136,15 +146,25 @@ class TorchEngine(Engine):
         with self._lock:
             if not self.cuda:
                 return self._infer_cpu(image, plan, tasks, steps, seed)
-            key = (plan.image_size, steps, tasks)
+            key = self.graph_key(plan.image_size, steps, tasks)
             if self.cuda_graphs and key not in self._failed_keys:
                 graphs = self._graphs.get(key)
                 if graphs is None:
-                    graphs = self._capture(key, image, plan, tasks, steps, seed)
+                    graphs = self._capture(key, image, plan, key[2], steps, seed)
                 if graphs is not None:
                     self._graphs.move_to_end(key)
-                    return self._replay(graphs, image, seed)
+                    return self._replay(graphs, image, seed, tasks)
             return self._infer_cuda_eager(image, plan, tasks, steps, seed)
+
+    def graph_key(self, image_size, steps, tasks):
+        """Key of the CUDA graphs of a call: (image size, steps, tasks the graph computes).
+
+        TaskDiffusion denoises every task jointly whatever is asked, so its graphs compute
+        all tasks and the requested ones are picked after the replay: one capture serves
+        every task selection. MLoRE computes only the requested branches: keyed by them.
+        """
+        graph_tasks = self.tasks if self.config.is_diffusion else tuple(tasks)
+        return (tuple(image_size), steps, graph_tasks)
 
     def _infer_cpu(self, image, plan, tasks, steps, seed):
         timer = StageTimer()
@@ -242,7 +262,7 @@ class TorchEngine(Engine):
                     plan.image_size, steps, list(tasks), time.perf_counter() - started)
         return graphs
 
-    def _replay(self, graphs, image, seed):
+    def _replay(self, graphs, image, seed, tasks):
         if graphs.noise is not None and graphs.seed != seed:
             graphs.noise.copy_(self.device_noise(seed))
             graphs.seed = seed
@@ -254,7 +274,7 @@ class TorchEngine(Engine):
         graphs.stages[1].replay()
         events[2].record()
         graphs.stages[2].replay()
-        host = to_host_async(graphs.outputs)
+        host = to_host_async({t: graphs.outputs[t] for t in tasks})
         events[3].record()
         events[3].synchronize()
         self._record_events(events)

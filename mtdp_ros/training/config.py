@@ -6,8 +6,10 @@ has a default; unknown keys are errors (typos must not pass).
 Example (see ``mtdp_ros/training/configs/`` for the default models)::
 
     model: default_mlore          # preset / default name, config file, or a dict of fields
-    init: random                  # model (weights named by ``model``) or a checkpoint path:
-                                  # the authors' .pth or a project .safetensors
+    init: random                  # model (weights named by ``model``), a checkpoint path
+                                  # (the authors' .pth or a project .safetensors), or
+                                  # {encoder: PATH}: an ImageNet ViT (timm .safetensors /
+                                  # .pth / Google .npz) for the encoder, the rest random
     data: {source: synthetic, seed_start: 0, seed_stop: 400000, workers: 6}
     train: {steps: 6000, batch_size: 32, lr: 0.001, amp: auto, time_budget_min: 7}
     loss: {weights: {semseg: 1, depth: 1, normals: 10, edge: 50}, edge_w: 0.95}
@@ -28,6 +30,7 @@ DEFAULTS = {
     'model': 'default_mlore',
     'init': 'random',                 # random | model (the weights the model spec names:
                                       # a shipped default or a .safetensors) | a checkpoint
+                                      # | {encoder: PATH} (pretrained ViT, see models.pretrained)
     'data': {
         'source': 'synthetic',        # synthetic | nyud | pascal
         'root': None,                 # dataset folder for nyud / pascal
@@ -55,6 +58,8 @@ DEFAULTS = {
         'checkpoint_every': 1000,
         'compile': False,             # torch.compile the model (slow start, faster steps)
         'find_unused_parameters': False,
+        'sync_batchnorm': 'auto',     # auto (several CUDA processes) | true | false: BatchNorm
+                                      # -> SyncBatchNorm under DDP, as the authors convert
     },
     'loss': {
         'weights': {},                # task -> weight (defaults: the authors' values)
@@ -109,13 +114,29 @@ def _merge(defaults, given, path=''):
     return merged
 
 
+def validate_init(init):
+    """Raise ValueError unless ``init`` is random, model, a path or {encoder: PATH}."""
+    if isinstance(init, dict):
+        unknown = sorted(set(init) - {'encoder'})
+        if unknown or not isinstance(init.get('encoder'), str) or not init['encoder']:
+            raise ValueError(f'init as a mapping must be {{encoder: PATH}} (a pretrained ViT '
+                             f'file), got {init!r}')
+    elif init is not None and (not isinstance(init, str) or not init):
+        raise ValueError(f'init must be random, model, a checkpoint path or {{encoder: PATH}}, '
+                         f'got {init!r}')
+
+
 def validate(config):
     """Raise ValueError naming the first bad value of a merged config."""
+    validate_init(config['init'])
     for (section, key), options in CHOICES.items():
         if config[section][key] not in options:
             raise ValueError(f'{section}.{key} must be one of {options}, '
                              f'got {config[section][key]!r}')
     train, data = config['train'], config['data']
+    if train['sync_batchnorm'] not in ('auto', True, False):
+        raise ValueError(f"train.sync_batchnorm must be auto, true or false, "
+                         f"got {train['sync_batchnorm']!r}")
     for key in ('steps', 'batch_size'):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ValueError(f'train.{key} must be a positive integer, got {train[key]!r}')

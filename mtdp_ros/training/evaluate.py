@@ -6,14 +6,20 @@ validation split of the multi-task tarball layout at its native resolution: each
 letterboxed into the model's input (scaled to fit, zero padded in the normalised space, as
 the authors pad), and the predictions are cropped and resized back, so metrics are computed
 at the labels' resolution.
+
+Camera-aware depth on synthetic scenes: ``focal_scale`` renders the held-out scenes with the
+camera's focal length times that factor, and ``focal_correction`` (default true) rescales
+the predicted depth by the scene camera's focal length over the model's training focal
+length (``mtdp_ros.runtime.postprocess.focal_correction_factor``, the engines' rule), so
+the metrics show what a camera other than the training one costs with and without it.
 """
 
 import math
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..runtime.preprocess import check_image, letterbox, normalisation, plan_letterbox, \
+    unletterbox
 from .metrics import MultiTaskMeter
 
 # Tolerance of the edge benchmark (fraction of the image diagonal) per data set.
@@ -39,42 +45,22 @@ def parse_data_spec(spec):
     raise ValueError(f'--data must be synthetic, nyud:DIR or pascal:DIR, got {spec!r}')
 
 
-def letterbox_params(size, model_size):
-    """(resized (rh, rw), offset (top, left)) fitting ``size`` into ``model_size``."""
-    height, width = size
-    model_h, model_w = model_size
-    scale = min(model_h / height, model_w / width)
-    resized = (max(1, min(model_h, round(height * scale))),
-               max(1, min(model_w, round(width * scale))))
-    return resized, ((model_h - resized[0]) // 2, (model_w - resized[1]) // 2)
-
-
 def _letterbox_batch(images, model_size, config, device):
-    """uint8 H x W x 3 images (any sizes) -> normalised model batch and their geometry."""
-    mean = torch.tensor(config.mean, device=device).view(3, 1, 1)
-    std = torch.tensor(config.std, device=device).view(3, 1, 1)
+    """uint8 H x W x 3 images (any sizes) -> normalised model batch and their letterboxes.
+
+    The runtime's letterbox (``mtdp_ros.runtime.preprocess``): evaluation sees exactly the
+    input the engines and the node give the model, and maps outputs back the same way.
+    """
+    gain, offset = normalisation(config.mean, config.std, device)
     batch = torch.zeros((len(images), 3) + tuple(model_size), device=device)
-    geometry = []
+    plans = []
     for index, image in enumerate(images):
-        resized, (top, left) = letterbox_params(image.shape[:2], model_size)
-        tensor = torch.as_tensor(np.ascontiguousarray(image), device=device)
-        tensor = tensor.permute(2, 0, 1).float()[None] / 255.0
-        if tuple(resized) != tuple(image.shape[:2]):
-            tensor = F.interpolate(tensor, size=resized, mode='bilinear', align_corners=False,
-                                   antialias=True)
-        batch[index, :, top:top + resized[0], left:left + resized[1]] = \
-            (tensor[0] - mean) / std
-        geometry.append((resized, (top, left), image.shape[:2]))
-    return batch, geometry
-
-
-def _unletterbox(raw, geometry):
-    """Crop the image region of each output and resize it to the image's own size."""
-    resized, (top, left), size = geometry
-    crop = raw[None, :, top:top + resized[0], left:left + resized[1]].float()
-    if tuple(resized) != tuple(size):
-        crop = F.interpolate(crop, size=tuple(size), mode='bilinear', align_corners=False)
-    return crop
+        image = check_image(image)
+        plan = plan_letterbox(image.shape[:2], model_size)
+        letterbox(torch.as_tensor(image, device=device), plan, gain, offset,
+                  out=batch[index:index + 1])
+        plans.append(plan)
+    return batch, plans
 
 
 @torch.no_grad()
@@ -89,16 +75,24 @@ def _forward(model, x, steps):
 
 @torch.no_grad()
 def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, device=None,
-                   steps=None, amp=None, progress=None):
+                   steps=None, amp=None, progress=None, focal_scale=1.0,
+                   focal_correction=True):
     """Metrics of ``model`` (train or reparameterised form) on ``data``; a nested dict.
 
     ``steps``: DDIM steps for TaskDiffusion models (default: the trained count). ``amp``:
     an autocast dtype for the forward pass (None: float32). ``progress``: callable
-    ``(done, total)``.
+    ``(done, total)``. ``focal_scale`` (synthetic only): render the scenes with the focal
+    length times this factor. ``focal_correction``: on synthetic scenes, rescale depth
+    from the model's training focal length to the scene camera's (no effect for a model
+    whose config states no ``train_focal_px``; the data sets' cameras are not modelled).
     """
+    from .synthetic import check_focal_scale
     kind, root = parse_data_spec(data)
     if num is not None and num < 1:
         raise ValueError(f'--num must be >= 1, got {num}')
+    focal_scale = check_focal_scale(focal_scale)
+    if kind != 'synthetic' and focal_scale != 1.0:
+        raise ValueError('--focal-scale applies to --data synthetic only')
     config = model.config
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -114,7 +108,8 @@ def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, 
 
     try:
         if kind == 'synthetic':
-            _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress)
+            _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress,
+                                focal_scale, focal_correction)
         else:
             _evaluate_dataset(model, run, meter, kind, root, num, batch_size, device, progress)
     finally:
@@ -122,7 +117,19 @@ def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, 
     return meter.score()
 
 
-def _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress):
+def _focal_corrected(raw, intrinsics, train_focal_px):
+    """Raw outputs with depth scaled per image by the engines' focal correction."""
+    from mtdp_ros.runtime.postprocess import focal_correction_factor
+    if 'depth' not in raw or train_focal_px is None:
+        return raw
+    # Scenes are rendered at the model's input size: the letterbox scale is 1.
+    factors = [focal_correction_factor(row.tolist(), train_focal_px) for row in intrinsics]
+    factors = torch.tensor(factors, dtype=raw['depth'].dtype, device=raw['depth'].device)
+    return {**raw, 'depth': raw['depth'] * factors.view(-1, 1, 1, 1)}
+
+
+def _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress,
+                        focal_scale=1.0, focal_correction=True):
     from .synthetic import render_batch
     config = model.config
     missing = [t for t in config.tasks if t in ('human_parts', 'sal')]
@@ -135,8 +142,10 @@ def _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progre
     done = 0
     for first in range(seed, seed + num, batch_size):
         seeds = list(range(first, min(first + batch_size, seed + num)))
-        batch = render_batch(seeds, height, width, device=device)
+        batch = render_batch(seeds, height, width, device=device, focal_scale=focal_scale)
         raw = run((batch['image'] - mean) / std)
+        if focal_correction:
+            raw = _focal_corrected(raw, batch['intrinsics'].cpu(), config.train_focal_px)
         meter.update({t: v.float() for t, v in raw.items()},
                      {t: batch[t] for t in config.tasks})
         done += len(seeds)
@@ -155,7 +164,8 @@ def _evaluate_dataset(model, run, meter, kind, root, num, batch_size, device, pr
                                        config, device)
         raw = run(x)
         for index, sample in enumerate(samples):
-            outputs = {t: _unletterbox(raw[t][index], geometry[index]) for t in config.tasks}
+            outputs = {t: unletterbox(raw[t][index:index + 1].float(), geometry[index])
+                       for t in config.tasks}
             targets = {t: torch.as_tensor(sample[t])[None] for t in config.tasks}
             for task in ('normals',):
                 if task in targets:
@@ -183,6 +193,8 @@ def _round(value):
     return value
 
 
+# Quality floors of the shipped default models on held-out synthetic scenes: the one place
+# they are defined (scripts/train_default_models.py and the tests read them from here).
 FLOORS = {('semseg', 'mIoU'): ('>=', 0.60), ('depth', 'abs_rel'): ('<=', 0.15),
           ('normals', 'mean_angle'): ('<=', 20.0), ('edge', 'odsF'): ('>=', 0.40)}
 
@@ -196,3 +208,9 @@ def check_floors(summary, floors=None):
         if not ok:
             failures.append(f'{task}.{key} = {value} (needs {op} {bound})')
     return failures
+
+
+def describe_floors(floors=None):
+    """The floors as one line of text, e.g. 'semseg mIoU >= 0.6, depth abs_rel <= 0.15'."""
+    return ', '.join(f'{task} {key} {op} {bound:g}'
+                     for (task, key), (op, bound) in (floors or FLOORS).items())

@@ -6,7 +6,7 @@ Per task (targets in the model's target format, see ``mtdp_ros.models``):
 * ``sal``: class-balanced 2-way cross-entropy (weights from the batch's label frequency);
 * ``depth``: L1 over pixels whose target is not 0 (invalid);
 * ``normals``: L1 between the L2-normalised prediction and the target, summed over the
-  three channels and averaged over pixels whose target is not the zero vector;
+  three channels and averaged over pixels whose target is not the zero vector (nor 255);
 * ``edge``: weighted binary cross-entropy, positives weighted ``edge_w`` and negatives
   ``1 - edge_w`` (the authors' ``BalancedBinaryCrossEntropyLoss`` with a fixed weight),
   255 ignored.
@@ -64,13 +64,16 @@ def depth_loss(pred, target, invalid_value=0.0):
     return ((pred.float() - target) * mask).abs().sum() / _valid_count(mask)
 
 
-def normals_loss(pred, target):
+def normals_loss(pred, target, ignore_index=IGNORE_INDEX):
     """L1 between unit-normalised predictions and targets; zero-vector targets ignored.
 
     Summed over the three channels, averaged over valid pixels (as the authors' L1Loss
-    with ``normalize=True``).
+    with ``normalize=True``). The authors mask pixels with a channel equal to 255, after
+    their ``AddIgnoreRegions`` has written 255 over zero normals: the same pixels as
+    zero-vector targets here; 255 is masked too, for targets in the authors' form.
     """
-    mask = (target != 0).any(dim=1, keepdim=True)
+    mask = (target != 0).any(dim=1, keepdim=True) & \
+        (target != ignore_index).all(dim=1, keepdim=True)
     unit = F.normalize(pred.float(), p=2, dim=1)
     return ((unit - target).abs() * mask).sum() / _valid_count(mask)
 

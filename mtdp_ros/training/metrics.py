@@ -14,7 +14,8 @@ evaluation) and report fractions, metres and degrees:
 * ``EdgeMeter``: F-measure at the optimal dataset scale (``odsF``). See its docstring for
   how it approximates the BSDS benchmark.
 * ``SaliencyMeter``: maximum F-measure (beta^2 = 0.3) over thresholds 0.05 .. 0.95.
-* ``multi_task_gain``: the multi-task performance Delta_m against single-task baselines.
+* ``multi_task_gain``: the multi-task performance Delta_m against single-task baselines
+  (one metric per task).
 """
 
 import math
@@ -299,9 +300,19 @@ class EdgeMeter:
 
 
 class SaliencyMeter:
-    """Maximum F-measure over thresholds (beta^2 = 0.3, thresholds 0.05 .. 0.95)."""
+    """Maximum F-measure over thresholds (beta^2 = 0.3, thresholds 0.05 .. 0.95).
 
-    def __init__(self, threshold_step=0.05, beta_squared=0.3, ignore_index=IGNORE_INDEX):
+    The thresholds apply to the saliency probability (softmax of the two logits), as
+    TaskDiffusion's ``evaluation/eval_sal.py``. MLoRE's ``eval_sal.py`` applies a sigmoid to
+    that probability first, squeezing it into [0.5, 0.731] where only the thresholds 0.55
+    .. 0.70 separate pixels (0.20, 0.41, 0.62, 0.85 on the probability), so its maxF is
+    usually lower on the same predictions; ``squash=True`` reproduces that protocol (to
+    compare with the MLoRE paper's saliency numbers).
+    """
+
+    def __init__(self, threshold_step=0.05, beta_squared=0.3, ignore_index=IGNORE_INDEX,
+                 squash=False):
+        self.squash = bool(squash)
         self.thresholds = np.arange(threshold_step, 1 - 1e-9, threshold_step)
         self.beta_squared = beta_squared
         self.ignore_index = ignore_index
@@ -316,6 +327,8 @@ class SaliencyMeter:
             prob = prob[:, 0]
         if prob.shape != gt.shape:
             raise ValueError(f'saliency prediction {prob.shape} and label {gt.shape} differ')
+        if self.squash:
+            prob = 1.0 / (1.0 + np.exp(-prob))
         valid = gt != self.ignore_index
         p, g = prob[valid], gt[valid] == 1
         self.pred_pos += _count_ge(p, self.thresholds)
@@ -338,19 +351,34 @@ METRIC_DIRECTIONS = {
     ('depth', 'rmse'): -1, ('depth', 'abs_rel'): -1, ('normals', 'mean_angle'): -1,
     ('edge', 'odsF'): 1,
 }
+# The one metric per task of Delta_m as the multi-task literature reports it (Maninis et
+# al. 2019; Vandenhende et al. 2021, and the MLoRE / TaskDiffusion tables): NYUD semseg
+# mIoU, depth RMSE, normals mean angle, edge odsF; PASCAL adds human parts mIoU and
+# saliency maxF.
+PRIMARY_METRICS = {'semseg': 'mIoU', 'human_parts': 'mIoU', 'sal': 'maxF', 'depth': 'rmse',
+                   'normals': 'mean_angle', 'edge': 'odsF'}
 
 
 def multi_task_gain(results, baselines, metrics=None):
     """Multi-task performance Delta_m in percent (Maninis et al.; Vandenhende et al.).
 
-    ``Delta_m = 100 / n * sum_i d_i (M_i - B_i) / B_i`` with ``d_i`` = +1 where higher is
-    better and -1 where lower is better, over the metrics ``(task, name)`` present in both
-    ``results`` and ``baselines`` (nested dicts task -> metric -> value). Also returns the
-    per-metric relative gains.
+    ``Delta_m = 100 / T * sum_t d_t (M_t - B_t) / B_t`` over the T tasks present in both
+    ``results`` and ``baselines`` (nested dicts task -> metric -> value), with ONE metric
+    per task (``metrics``: task -> metric name, default ``PRIMARY_METRICS``) and ``d_t`` =
+    +1 where higher is better, -1 where lower is better. A task counts once however many
+    metrics it reports (averaging depth RMSE and abs-rel would weigh depth twice). Also
+    returns the per-task relative gains, keyed ``task.metric``.
     """
-    metrics = metrics or METRIC_DIRECTIONS
+    metrics = dict(PRIMARY_METRICS if metrics is None else metrics)
     gains = {}
-    for (task, name), direction in metrics.items():
+    for task, name in metrics.items():
+        if not isinstance(name, str):
+            raise ValueError(f'multi_task_gain takes one metric name per task, got {name!r} '
+                             f'for {task}')
+        direction = METRIC_DIRECTIONS.get((task, name))
+        if direction is None:
+            raise ValueError(f'no known direction for metric {task}.{name}; known: '
+                             f'{sorted(f"{t}.{m}" for t, m in METRIC_DIRECTIONS)}')
         if task in results and task in baselines and name in results[task] \
                 and name in baselines[task]:
             base = float(baselines[task][name])

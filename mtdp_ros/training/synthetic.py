@@ -14,7 +14,9 @@ gives, exactly:
 * ``edge``: 1-pixel-wide boundaries between different surfaces (semantic or instance
   changes) and depth discontinuities;
 * ``intrinsics``: ``(fx, fy, cx, cy)`` in pixels (OpenCV convention: pixel ``(u, v)`` has
-  its centre at ``(u, v)``); the horizontal field of view is the Kinect's of NYUD-v2.
+  its centre at ``(u, v)``); the horizontal field of view is the Kinect's of NYUD-v2
+  (``fx = fy = 518.8579 / 640 * width``), or that focal length times ``focal_scale``
+  (a zoomed or wide-angle camera in the same room, for camera-aware depth evaluation).
 
 Scene parameters are drawn on the CPU with NumPy from the seed alone, so a seed gives the
 same scene on any device and at any resolution; rendering runs on ``device`` (CUDA when
@@ -367,15 +369,30 @@ def collate_scenes(scenes, device='cpu'):
 
 
 # ----------------------------------------------------------------------------- geometry
-def intrinsics_for(height, width):
-    """(fx, fy, cx, cy) of the generator's camera at ``height`` x ``width`` pixels."""
-    focal = FOCAL_PER_WIDTH * width
+def check_focal_scale(focal_scale):
+    """``focal_scale`` as a float; ValueError unless it is a positive finite number."""
+    try:
+        value = float(focal_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f'focal scale must be a number, got {focal_scale!r}') from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f'focal scale must be a positive number, got {focal_scale!r}')
+    return value
+
+
+def intrinsics_for(height, width, focal_scale=1.0):
+    """(fx, fy, cx, cy) of the generator's camera at ``height`` x ``width`` pixels.
+
+    ``focal_scale`` multiplies the focal length (the default camera has the Kinect's field
+    of view); the principal point stays at the image centre.
+    """
+    focal = FOCAL_PER_WIDTH * width * check_focal_scale(focal_scale)
     return focal, focal, (width - 1) / 2.0, (height - 1) / 2.0
 
 
-def _ray_directions(height, width, device):
+def _ray_directions(height, width, device, focal_scale=1.0):
     """Camera-frame ray directions with z = 1 (so the ray parameter is z-depth): P x 3."""
-    fx, fy, cx, cy = intrinsics_for(height, width)
+    fx, fy, cx, cy = intrinsics_for(height, width, focal_scale)
     v, u = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32),
                           torch.arange(width, device=device, dtype=torch.float32),
                           indexing='ij')
@@ -698,8 +715,10 @@ def _edges(instance, depth):
     return edge
 
 
-def render_params(scene, height, width, noise=True):
+def render_params(scene, height, width, noise=True, focal_scale=1.0):
     """Render collated scene tensors (see ``collate_scenes``) at ``height`` x ``width``.
+
+    ``focal_scale``: the camera's focal length relative to the default (Kinect) one.
 
     Returns float/long tensors on the scene's device: ``image`` B x 3 x H x W in [0, 1],
     ``semseg`` B x 1 x H x W (long), ``depth`` B x 1 x H x W (m), ``normals`` B x 3 x H x W
@@ -711,7 +730,7 @@ def render_params(scene, height, width, noise=True):
     device = scene['room'].device
     batch = scene['room'].shape[0]
     rot = scene['rotation']                                              # B x 3 x 3
-    dirs_cam = _ray_directions(height, width, device)                     # P x 3
+    dirs_cam = _ray_directions(height, width, device, focal_scale)        # P x 3
     dirs = torch.einsum('bij,pj->bpi', rot, dirs_cam)                     # B x P x 3
     origin = scene['cam_pos'][:, None]                                    # B x 1 x 3
     t, surface, normal, uv, up = _trace(scene, origin, dirs)
@@ -752,7 +771,7 @@ def render_params(scene, height, width, noise=True):
     instance = grid(surface[..., None], 1)
     semseg = grid(props[..., 0:1].round().long(), 1)
     edge = _edges(instance, depth).float()
-    fx, fy, cx, cy = intrinsics_for(height, width)
+    fx, fy, cx, cy = intrinsics_for(height, width, focal_scale)
     intr = torch.tensor([fx, fy, cx, cy], dtype=torch.float32, device=device).expand(batch, 4)
     return {'image': image, 'semseg': semseg, 'depth': depth,
             'normals': grid(normals_cam, 3), 'edge': edge, 'instance': instance,
@@ -765,25 +784,28 @@ def _check_size(height, width):
             raise ValueError(f'{name} must be an integer >= 2, got {value!r}')
 
 
-def render_batch(seeds, height, width, device='cpu', noise=True):
+def render_batch(seeds, height, width, device='cpu', noise=True, focal_scale=1.0):
     """Render scenes ``seeds`` as a training batch of torch tensors on ``device``.
 
     ``image`` is float B x 3 x H x W in [0, 1] (normalise with the model's mean/std);
     the targets follow the model's target format: ``semseg`` long B x 1 x H x W (255 =
     ignore, never produced here), ``depth`` B x 1 x H x W metres (0 = invalid), ``normals``
     B x 3 x H x W unit vectors, ``edge`` B x 1 x H x W in {0, 1}; plus ``instance`` (surface
-    index) and ``intrinsics`` B x 4 (fx, fy, cx, cy).
+    index) and ``intrinsics`` B x 4 (fx, fy, cx, cy). ``focal_scale`` multiplies the focal
+    length of the camera (the scenes stay the same).
     """
     _check_size(height, width)
+    focal_scale = check_focal_scale(focal_scale)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError('render_batch needs at least one seed')
     scenes = [sample_scene(s) for s in seeds]
-    return render_params(collate_scenes(scenes, device), height, width, noise=noise)
+    return render_params(collate_scenes(scenes, device), height, width, noise=noise,
+                         focal_scale=focal_scale)
 
 
-def render_scene(seed, height, width, device='cpu'):
-    """Render scene ``seed`` as NumPy arrays.
+def render_scene(seed, height, width, device='cpu', focal_scale=1.0):
+    """Render scene ``seed`` as NumPy arrays (``focal_scale``: see :func:`render_batch`).
 
     Returns ``image`` H x W x 3 uint8 RGB, ``semseg`` H x W uint8 (NYUD-40 ids, 255 =
     ignore), ``depth`` H x W float32 metres, ``normals`` H x W x 3 float32 (camera optical
@@ -791,7 +813,7 @@ def render_scene(seed, height, width, device='cpu'):
     ``intrinsics`` (fx, fy, cx, cy) floats, and ``camera_to_world`` 4 x 4 float32 (world
     y up, floor at y = 0).
     """
-    out = render_batch([seed], height, width, device)
+    out = render_batch([seed], height, width, device, focal_scale=focal_scale)
     scene = sample_scene(seed)
     pose = np.eye(4, dtype=np.float32)
     pose[:3, :3], pose[:3, 3] = scene['rotation'], scene['cam_pos']
@@ -802,7 +824,7 @@ def render_scene(seed, height, width, device='cpu'):
         'normals': out['normals'][0].permute(1, 2, 0).cpu().numpy().astype(np.float32),
         'edge': out['edge'][0, 0].to(torch.uint8).cpu().numpy(),
         'instance': out['instance'][0, 0].to(torch.int32).cpu().numpy(),
-        'intrinsics': tuple(float(v) for v in intrinsics_for(height, width)),
+        'intrinsics': tuple(float(v) for v in intrinsics_for(height, width, focal_scale)),
         'camera_to_world': pose,
     }
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..models import build_model, load_checkpoint, ModelConfig, resolve_model, save_checkpoint
+from ..models.pretrained import load_pretrained_encoder
 from .config import load_config
 from .losses import MultiTaskLoss
 
@@ -69,6 +70,31 @@ def normalise_images(images, config):
     mean = torch.tensor(config.mean, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(config.std, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std
+
+
+def use_sync_batchnorm(choice, device, distributed):
+    """Whether to convert BatchNorm to SyncBatchNorm (``train.sync_batchnorm``).
+
+    ``auto``: when several processes train on CUDA (the authors convert before DDP).
+    PyTorch's SyncBatchNorm forward in training mode needs a GPU (CUDA/XPU/HPU) tensor, so
+    ``true`` on another device is an error rather than a crash at the first step.
+    """
+    if choice == 'auto':
+        return distributed and device.type == 'cuda'
+    if choice and device.type != 'cuda':
+        raise ValueError(f'train.sync_batchnorm: true needs CUDA devices (PyTorch\'s '
+                         f'SyncBatchNorm does not train on {device.type}); use auto or false')
+    return bool(choice) and distributed
+
+
+def has_batchnorm(model):
+    """True when ``model`` has BatchNorm layers."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def convert_sync_batchnorm(model):
+    """``model`` with every BatchNorm layer replaced by SyncBatchNorm (same state dict)."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 class TrainForward(nn.Module):
@@ -193,7 +219,12 @@ class Trainer:
                 raise ValueError(f'init: model, but the model {config["model"]!r} comes '
                                  f'without weights (give a checkpoint path or random)')
             init = shipped
-        if init not in (None, 'random'):
+        if isinstance(init, dict):
+            report = load_pretrained_encoder(self.model.encoder, init['encoder'])
+            self.echo(f'encoder initialised from {init["encoder"]} (position embedding '
+                      f'{report["pos_embed"]}; left out: {", ".join(report["dropped"]) or "-"})'
+                      f'; decoder and heads random')
+        elif init not in (None, 'random'):
             load_checkpoint(self.model, init)
             self.echo(f'initialised from {init}')
         self.model.to(self.device)
@@ -205,6 +236,13 @@ class Trainer:
             load_balancing=loss_cfg['load_balancing'],
             aux_weight=loss_cfg['aux_weight'] if self.model_config.is_diffusion else 0.0,
             balancing=loss_cfg['balancing'], lps=loss_cfg['lps'])
+        self.sync_batchnorm = use_sync_batchnorm(train['sync_batchnorm'], self.device,
+                                                 self.distributed)
+        if self.sync_batchnorm:
+            self.model = convert_sync_batchnorm(self.model)
+        elif self.distributed and self.is_main and has_batchnorm(self.model):
+            self.echo('BatchNorm statistics stay per process: SyncBatchNorm runs on CUDA only '
+                      '(PyTorch), this run trains on ' + self.device.type)
         forward = TrainForward(self.model)
         if train['compile']:
             forward = torch.compile(forward)

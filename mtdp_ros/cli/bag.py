@@ -1,0 +1,224 @@
+"""``mtdp bag INPUT --out OUTPUT --image-topic T``: the node's outputs for every frame of a bag.
+
+Reads a rosbag2 bag (a folder of sqlite3 or mcap storage, or one ``.db3``/``.mcap`` file),
+runs the engine on every message of the image topic (sensor_msgs/Image or
+CompressedImage, chosen by the topic's type in the bag) and writes a new bag with the
+messages the node would publish, under ``--namespace``: each with the input frame's header
+and size, recorded at the input message's bag timestamp. With ``--camera-info-topic`` the
+point cloud ``points`` is written too, from the camera_info recorded last at or before the
+frame (frames recorded before the first camera_info use the first one).
+
+The output bag appears only when complete: it is written beside ``--out`` and renamed at
+the end, and removed on any error.
+"""
+
+import bisect
+import dataclasses
+import os
+import sys
+import time
+
+from mtdp_ros.cli import CommandError
+from mtdp_ros.cli.infer import add_engine_arguments, engine_from_args, parse_tasks
+
+DEFAULT_NAMESPACE = '/mtdp_perception'
+PROGRESS_WIDTH = 30
+
+
+def register(subparsers):
+    """Add the ``bag`` sub-command."""
+    parser = subparsers.add_parser(
+        'bag', help="write the node's outputs for every frame of a rosbag2 bag into a new bag",
+        description="Run the model on every image of a rosbag2 bag (sqlite3 or mcap) and write "
+                    "the node's output topics, with the frames' headers, into a new bag.")
+    parser.add_argument('input', metavar='INPUT', help='rosbag2 bag folder, .mcap or .db3')
+    parser.add_argument('--out', required=True, metavar='OUTPUT',
+                        help='output bag folder (must not exist)')
+    parser.add_argument('--image-topic', required=True, metavar='TOPIC',
+                        help='sensor_msgs/Image or sensor_msgs/CompressedImage topic')
+    parser.add_argument('--camera-info-topic', metavar='TOPIC',
+                        help='sensor_msgs/CameraInfo topic: also write the point cloud')
+    parser.add_argument('--namespace', default=DEFAULT_NAMESPACE, metavar='NS',
+                        help=f'namespace of the output topics (default {DEFAULT_NAMESPACE})')
+    parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap',
+                        help='storage of the output bag (default mcap)')
+    parser.add_argument('--copy-input', action='store_true',
+                        help='also write the input image (and camera_info) messages')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--no-color', action='store_true',
+                        help='write the raw outputs only (no */color topics)')
+    parser.add_argument('--depth-color-min', type=float, default=0.0, metavar='M',
+                        help='near end of depth/color in metres (0: frame minimum)')
+    parser.add_argument('--depth-color-max', type=float, default=0.0, metavar='M',
+                        help='far end of depth/color in metres (0: frame maximum)')
+    parser.add_argument('--points-stride', type=int, default=1, metavar='N',
+                        help='keep every N-th pixel along each axis in points')
+    parser.add_argument('--points-color', choices=('image', 'semantic'), default='image',
+                        help='point colours: camera image or semantic classes')
+    add_engine_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+class Progress:
+    """A progress bar on stderr: redrawn in place on a terminal, a line per tenth otherwise."""
+
+    def __init__(self, total, enabled=True, stream=None):
+        self.total = max(int(total), 1)
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.started = time.perf_counter()
+        self._tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+        self._next_line = 0
+
+    def update(self, done):
+        """Show ``done`` of ``total`` frames and the rate so far."""
+        if not self.enabled:
+            return
+        if not self._tty:
+            if done < self._next_line and done != self.total:
+                return
+            self._next_line = done + max(self.total // 10, 1)
+        elapsed = time.perf_counter() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        filled = PROGRESS_WIDTH * done // self.total
+        bar = '#' * filled + '.' * (PROGRESS_WIDTH - filled)
+        text = f'[{bar}] {done}/{self.total} frames, {rate:.2f} fps'
+        if self._tty:
+            self.stream.write('\r' + text + ('\n' if done >= self.total else ''))
+        else:
+            self.stream.write(text + '\n')
+        self.stream.flush()
+
+
+def camera_info_at(infos, times, timestamp):
+    """The camera_info recorded last at or before ``timestamp``, else the first (or None)."""
+    if not infos:
+        return None
+    index = bisect.bisect_right(times, timestamp) - 1
+    return infos[max(index, 0)]
+
+
+def output_topic(namespace, relative):
+    """The absolute output topic of a node-relative topic name."""
+    return f'{namespace}/{relative}'
+
+
+def output_options(args):
+    """The OutputOptions of the command line (as the node's publish/points/depth params)."""
+    from mtdp_ros.ros.outputs import OutputOptions
+    from mtdp_ros.ros.parameters import check_depth_range
+    problem = check_depth_range(args.depth_color_min, args.depth_color_max)
+    if problem:
+        raise CommandError(problem.replace('depth.color_', '--depth-color-'))
+    if args.points_stride < 1:
+        raise CommandError(f'--points-stride must be >= 1, got {args.points_stride}')
+    return OutputOptions(publish_color=not args.no_color,
+                         publish_points=bool(args.camera_info_topic),
+                         points_stride=args.points_stride, points_color=args.points_color,
+                         depth_color_min=args.depth_color_min,
+                         depth_color_max=args.depth_color_max)
+
+
+def _points_problem(kind, text):
+    raise CommandError(text)
+
+
+def run(args):
+    """Process the bag; print the output path; the summary goes to stderr."""
+    from mtdp_ros.ros import bag_io
+    namespace = bag_io.check_namespace(args.namespace)
+    options = output_options(args)
+    if os.path.lexists(args.out):
+        raise CommandError(f'output {args.out} exists already; remove it or choose another '
+                           f'--out')
+    reader = bag_io.open_bag(args.input)
+    try:
+        summary = _process(reader, args, namespace, options, bag_io)
+    finally:
+        reader.close()
+    frames, seconds, engine_seconds, messages, topics = summary
+    fps = frames / seconds if seconds > 0 else float('inf')
+    share = 100.0 * engine_seconds / seconds if seconds > 0 else 0.0
+    print(f'mtdp bag: {frames} frame(s) of {args.image_topic} -> {args.out} ({args.storage}, '
+          f'{messages} messages on {topics} topics) in {seconds:.1f} s: {fps:.2f} fps '
+          f'(engine {share:.0f} % of the time)', file=sys.stderr)
+    print(args.out)
+    return 0
+
+
+def _process(reader, args, namespace, options, bag_io):
+    """Run the engine on every frame; returns (frames, s, engine s, messages, topics)."""
+    from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb
+    from mtdp_ros.ros.outputs import OutputBuilder, output_topics
+    image_connections, image_type = bag_io.topic_connections(
+        reader, args.image_topic, tuple(bag_io.IMAGE_TYPES), 'image topic')
+    image_class = bag_io.IMAGE_TYPES[image_type]
+    to_rgb = compressed_msg_to_rgb if image_class.__name__ == 'CompressedImage' else \
+        image_msg_to_rgb
+    info_connections, infos, info_times = [], [], []
+    if args.camera_info_topic:
+        info_connections, _ = bag_io.topic_connections(
+            reader, args.camera_info_topic, (bag_io.CAMERA_INFO_TYPE,), 'camera info topic')
+        for _, timestamp, raw in bag_io.read_messages(reader, info_connections):
+            infos.append(bag_io.deserialize(raw, bag_io.CameraInfo, args.camera_info_topic,
+                                            timestamp))
+            info_times.append(timestamp)
+        if not infos:
+            raise CommandError(f'camera info topic {args.camera_info_topic} has no messages')
+    total = sum(connection.msgcount for connection in image_connections)
+    if total == 0:
+        raise CommandError(f'image topic {args.image_topic} has no messages')
+    tasks = parse_tasks(args.tasks)
+    engine = engine_from_args(args)
+    tasks = engine.select_tasks(tasks)
+    if options.publish_points and 'depth' not in tasks:
+        print(f'mtdp bag: warning: no points: the depth task is not among {list(tasks)}',
+              file=sys.stderr)
+        options = dataclasses.replace(options, publish_points=False)
+    builder = OutputBuilder()
+    copied = image_connections + info_connections if args.copy_input else []
+    written = {output_topic(namespace, topic) for topic, _ in output_topics(tasks)}
+    clashes = sorted(written & {connection.topic for connection in copied})
+    if clashes:
+        raise CommandError(f'--copy-input would write {", ".join(clashes)} twice (an input '
+                           f'topic among the outputs): choose another --namespace')
+    frames = 0
+    engine_seconds = 0.0
+    progress = Progress(total, enabled=not args.no_progress)
+    with bag_io.BagWriter(args.out, args.storage) as writer:
+        for connection in copied:
+            if connection.topic not in writer.counts:
+                definition = connection.msgdef.data if connection.msgdef else ''
+                if definition and connection.digest:
+                    writer.add_topic(connection.topic, connection.msgtype, definition,
+                                     connection.digest)
+                else:
+                    writer.add_topic(connection.topic, connection.msgtype)
+        started = time.perf_counter()
+        reading = image_connections + (info_connections if args.copy_input else [])
+        for connection, timestamp, raw in bag_io.read_messages(reader, reading):
+            if args.copy_input:
+                writer.write_raw(connection.topic, timestamp, raw)
+            if connection.topic != args.image_topic:
+                continue
+            msg = bag_io.deserialize(raw, image_class, args.image_topic, timestamp)
+            try:
+                rgb = to_rgb(msg)
+                engine_started = time.perf_counter()
+                outputs = engine.infer(rgb, tasks=tasks, steps=args.steps, seed=args.seed)
+                engine_seconds += time.perf_counter() - engine_started
+            except (ImageRejected, ValueError) as exc:
+                raise CommandError(f'{args.image_topic}: frame {frames} (bag time {timestamp} '
+                                   f'ns) cannot be processed: {bag_io.one_line(exc)}'
+                                   ) from None
+            info = camera_info_at(infos, info_times, timestamp)
+            for output in builder.messages(outputs, msg.header, rgb, info, options,
+                                           on_problem=_points_problem):
+                writer.write(output_topic(namespace, output.topic), timestamp, output.msg)
+            frames += 1
+            progress.update(frames)
+        messages = sum(writer.counts.values())
+        topics = len(writer.counts)
+    # Leaving the block closed the bag (index, metadata) and moved it into place.
+    seconds = time.perf_counter() - started
+    return frames, seconds, engine_seconds, messages, topics

@@ -1,0 +1,191 @@
+"""Statistics, /diagnostics status and the input watchdog of the perception node.
+
+:class:`FrameStatistics` collects what the node measures per frame (thread-safe: the
+executor thread counts frames in, the inference thread frames out). :func:`build_status`
+turns it, with the engine and the current settings, into one DiagnosticStatus, and
+:class:`InputWatchdog` words the warning when no frame arrives. Both are driven by
+steady-clock timers of the node, so they keep running under ``use_sim_time`` without a
+/clock.
+"""
+
+import time
+
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from rclpy.qos import ReliabilityPolicy
+
+from mtdp_ros.ros.monitoring import Counters, RateMeter, Samples
+from mtdp_ros.ros.qos import describe_qos
+
+# Stages of a frame whose times the node keeps (reported in /diagnostics as <stage>_p50_ms):
+# message -> RGB, the engine's letterbox + resizing back, and building and publishing the
+# raw outputs, the colour images and the point cloud.
+# node_own is their sum without the engine: the cost of the node itself.
+STAGES = ('convert', 'engine_pre_post', 'publish_raw', 'publish_color', 'publish_points',
+          'node_own')
+# Milliseconds per nanosecond.
+MS_PER_NS = 1e-6
+
+
+class FrameStatistics:
+    """Rates, latencies, per-stage times, counters and the time to the first output."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self.counters = Counters()
+        self.input_rate = RateMeter(clock=clock)
+        self.output_rate = RateMeter(clock=clock)
+        self.latency_ms = Samples()
+        self.processing_ms = Samples()
+        self.model_ms = Samples()
+        self.overhead_ms = Samples()
+        self.stage_ms = {name: Samples() for name in STAGES}
+        self.last_frame_time = None
+        self.idle_since = clock()
+        self.activated_at = None
+        self.first_output_s = None
+
+    def reset_samples(self):
+        """Forget the latency and stage samples (counters and rates stay)."""
+        self.latency_ms = Samples()
+        self.processing_ms = Samples()
+        self.model_ms = Samples()
+        self.overhead_ms = Samples()
+        self.stage_ms = {name: Samples() for name in STAGES}
+
+    def activated(self):
+        """Start the clocks of the watchdog and of the time to first output."""
+        now = self._clock()
+        self.activated_at = now
+        self.idle_since = now
+        self.last_frame_time = None
+        self.first_output_s = None
+
+    def frame_in(self):
+        """Count one frame received."""
+        self.last_frame_time = self._clock()
+        self.input_rate.tick()
+
+    def seconds_without_frames(self):
+        """Seconds since the last frame (or since activation when none came)."""
+        last = self.last_frame_time if self.last_frame_time is not None else self.idle_since
+        return self._clock() - last
+
+    def frame_out(self, latency_ms, processing_ms, model_ms):
+        """Record one published frame; True when it is the first since activation."""
+        self.latency_ms.add(latency_ms)
+        self.processing_ms.add(processing_ms)
+        self.model_ms.add(model_ms)
+        self.overhead_ms.add(processing_ms - model_ms)
+        self.output_rate.tick()
+        if self.first_output_s is None and self.activated_at is not None:
+            self.first_output_s = self._clock() - self.activated_at
+            return True
+        return False
+
+
+def _fmt(value):
+    return 'nan' if value != value else f'{value:.2f}'
+
+
+def build_status(name, state, statistics, engine=None, settings=None, input_topic='',
+                 input_qos='', startup_to_first_output_s=None):
+    """One DiagnosticStatus: lifecycle state, rates, latencies, counters and the engine.
+
+    ``engine`` and ``settings`` are None while the node is unconfigured.
+    """
+    status = DiagnosticStatus()
+    status.name = name
+    values = {'lifecycle_state': state}
+    if engine is None:
+        status.level, status.message = DiagnosticStatus.OK, f'{state}: no engine'
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        return status
+    status.hardware_id = engine.device
+    idle = statistics.seconds_without_frames()
+    if state != 'active':
+        level, message = DiagnosticStatus.OK, f'{state}: not processing frames'
+    elif statistics.first_output_s is None and statistics.last_frame_time is not None:
+        level, message = DiagnosticStatus.OK, 'warming up (first frame)'
+    elif idle > settings.watchdog_timeout:
+        level, message = DiagnosticStatus.WARN, f'no input frame for {idle:.0f} s'
+    elif engine.random_weights:
+        level, message = DiagnosticStatus.WARN, 'running with random weights'
+    else:
+        level, message = DiagnosticStatus.OK, 'running'
+    status.level, status.message = level, message
+    counters = statistics.counters.snapshot()
+    values.update({
+        'input_rate_hz': _fmt(statistics.input_rate.rate()),
+        'output_rate_hz': _fmt(statistics.output_rate.rate()),
+        'latency_p50_ms': _fmt(statistics.latency_ms.percentile(50)),
+        'latency_p95_ms': _fmt(statistics.latency_ms.percentile(95)),
+        'processing_p50_ms': _fmt(statistics.processing_ms.percentile(50)),
+        'model_p50_ms': _fmt(statistics.model_ms.percentile(50)),
+        'node_overhead_p50_ms': _fmt(statistics.overhead_ms.percentile(50)),
+    })
+    values.update({f'{stage}_p50_ms': _fmt(samples.percentile(50))
+                   for stage, samples in statistics.stage_ms.items()})
+    first = statistics.first_output_s
+    values.update({
+        'time_to_first_output_s': 'nan' if first is None else f'{first:.3f}',
+        'startup_to_first_output_s': 'nan' if startup_to_first_output_s is None
+        else f'{startup_to_first_output_s:.3f}',
+        'frames_in': str(statistics.input_rate.total),
+        'frames_out': str(statistics.output_rate.total),
+        'dropped': str(counters.get('dropped', 0)),
+        'rejected': str(counters.get('rejected', 0)),
+        'errors': str(counters.get('errors', 0)),
+        'device': engine.device,
+        'backend': engine.backend,
+        'precision': engine.precision,
+        'model': engine.model_name,
+        'family': engine.config.family,
+        'random_weights': str(engine.random_weights).lower(),
+        'tasks': ','.join(settings.tasks),
+        'input_topic': input_topic,
+        'input_qos': input_qos,
+    })
+    if engine.config.is_diffusion:
+        values['diffusion_steps'] = str(settings.steps or engine.config.trained_steps)
+    for key in sorted(counters):
+        if key.startswith('rejected_'):
+            values[key] = str(counters[key])
+    status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+    return status
+
+
+class InputWatchdog:
+    """Words a warning when no frame arrives: topic, QoS, and who publishes there."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._last_warning = None
+
+    def check(self, node, statistics, timeout, topic, qos, qos_name):
+        """The warning to log now, or None (at most one per ``max(timeout, 5)`` s)."""
+        idle = statistics.seconds_without_frames()
+        if idle < timeout:
+            self._last_warning = None
+            return None
+        now = self._clock()
+        if self._last_warning is not None and now - self._last_warning < max(timeout, 5.0):
+            return None
+        self._last_warning = now
+        publishers = node.get_publishers_info_by_topic(topic)
+        text = (f'no image received on {topic} for {idle:.0f} s (subscribed with QoS '
+                f'{qos_name}: {describe_qos(qos)}); ')
+        if not publishers:
+            return text + ('no publisher exists on this topic: check the topic name, '
+                           'namespace and remapping (e.g. image:=/camera/image_raw)')
+        best_effort = [info.node_name for info in publishers
+                       if info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
+        text += f'{len(publishers)} publisher(s) exist'
+        if best_effort and qos.reliability == ReliabilityPolicy.RELIABLE:
+            return text + (f', but {", ".join(best_effort)} publish best_effort, which a '
+                           f'reliable subscription never receives: set input.qos to '
+                           f'sensor_data')
+        return text + ': is the camera streaming?'
+
+    def reset(self):
+        """Forget the last warning (after a reactivation)."""
+        self._last_warning = None

@@ -1,0 +1,40 @@
+"""Stop requests by signal for the perception node: SIGINT and SIGTERM, any number of them.
+
+Ctrl-C under ``ros2 launch`` delivers two SIGINTs (the terminal's to the process group,
+then the one launch forwards), and process managers send SIGTERM. The node must end with
+exit code 0 and without a traceback in every case, so the handlers here never interrupt
+the shutdown: they only record the request.
+"""
+
+import signal
+import threading
+
+
+class StopSignals:
+    """SIGINT and SIGTERM handlers that only request a stop; later signals are no-ops.
+
+    rclpy's own handlers shut the context down and raise KeyboardInterrupt on every
+    SIGINT, so a second Ctrl-C (``ros2 launch`` forwards one after the terminal's) lands
+    in the middle of the cleanup. Here the first signal sets :attr:`requested`; only while
+    ``interrupt_startup`` is true (creating the node, the autostart transitions: nothing
+    to clean up yet) does it also raise KeyboardInterrupt, once.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self.interrupt_startup = True
+
+    def install(self):
+        """Install the handlers (main thread only)."""
+        for number in self.SIGNALS:
+            signal.signal(number, self._handle)
+
+    def _handle(self, number, frame):
+        if self.requested.is_set():
+            return
+        self.requested.set()
+        if self.interrupt_startup:
+            self.interrupt_startup = False
+            raise KeyboardInterrupt

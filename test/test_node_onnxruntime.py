@@ -1,0 +1,114 @@
+"""The node on the ONNX Runtime backend (CPU provider), end to end over real DDS.
+
+A TaskDiffusion node exports its graph into a cache directory at start-up. Changing
+``diffusion.steps`` exports the new count in the background: every frame keeps being
+answered with the old count meanwhile, then the new count takes over. A node given a fixed
+``.onnx`` file refuses step counts that file was not exported for, with the reason.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from mtdp_ros.ros.conversions import image_msg_to_numpy
+
+from ros_harness import (NODE_NAME, NodeProcess, RosClient, TINY_TASKDIFFUSION, domain_id,
+                         image_msg, make_stamp, pattern_image, write_config)
+
+RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+# One trained step: the start-up export is the shortest one.
+TINY_ONE_STEP = {**TINY_TASKDIFFUSION, 'trained_steps': 1}
+STEPS_READY = '2 steps ready'
+
+
+def _start(directory, domain, preset, cache_dir, log_name):
+    env_before = os.environ.get('MTDP_CACHE_DIR')
+    os.environ['MTDP_CACHE_DIR'] = str(cache_dir)
+    try:
+        node = NodeProcess(domain, directory / log_name, params={
+            'model.preset': preset, 'engine.backend': 'onnxruntime', 'engine.device': 'cpu',
+            'input.qos': 'reliable', 'tasks': ['edge']})
+    finally:
+        if env_before is None:
+            del os.environ['MTDP_CACHE_DIR']
+        else:
+            os.environ['MTDP_CACHE_DIR'] = env_before
+    return node
+
+
+@pytest.fixture(scope='module')
+def ort_node(tmp_path_factory):
+    directory = tmp_path_factory.mktemp('node_ort')
+    cache_dir = directory / 'cache'
+    domain = domain_id(__name__)
+    preset = write_config(directory, TINY_ONE_STEP, 'tiny_td_ort.json')
+    node = _start(directory, domain, preset, cache_dir, 'node.log')
+    client = RosClient(domain)
+    try:
+        client.subscribe(Image, 'edges', RELIABLE)
+        publisher = client.publisher(Image, 'image', reliable=True)
+        assert node.wait_for_log('ready', 180), node.log()
+        assert client.wait_for_subscribers('image'), node.log()
+        assert client.wait_for_publishers('edges')
+        yield node, client, publisher, directory, cache_dir
+    finally:
+        client.close()
+        node.close()
+
+
+def _answer(client, publisher, node, rgb, timeout=30.0):
+    """Publish one frame and wait for its edge map (lockstep: one frame in flight)."""
+    stamp = make_stamp()
+    publisher.publish(image_msg(rgb, stamp=stamp))
+    assert client.wait_for_stamp(['edges'], stamp, timeout), node.log()
+    return image_msg_to_numpy(client.messages_with_stamp('edges', stamp)[0])
+
+
+def test_steps_change_exports_in_the_background_while_outputs_flow(ort_node):
+    node, client, publisher, _, _ = ort_node
+    assert 'backend onnxruntime' in node.log()
+    rgb = pattern_image(60, 80, seed=4)
+    one_step = _answer(client, publisher, node, rgb)
+    (result,) = client.set_parameters(NODE_NAME, {'diffusion.steps': 2})
+    assert result.successful, result.reason
+    during_export, switched = 0, None
+    for _ in range(2000):
+        edges = _answer(client, publisher, node, rgb)
+        if np.array_equal(edges, one_step):
+            # Still the old count: it must be because the export has not finished yet.
+            if STEPS_READY not in node.log():
+                during_export += 1
+            continue
+        switched = edges
+        break
+    assert switched is not None, node.log()
+    assert STEPS_READY in node.log()
+    assert during_export >= 1, 'no frame was answered during the background export'
+    # The new count keeps serving, deterministically (same input, same seed).
+    np.testing.assert_array_equal(_answer(client, publisher, node, rgb), switched)
+    assert 'rejected' not in node.log() and 'frame failed' not in node.log()
+    assert 'exporting' in node.log() and 'for 2 steps' in node.log()
+
+
+def test_fixed_onnx_file_refuses_other_step_counts(ort_node):
+    node, client, publisher, directory, cache_dir = ort_node
+    exported = sorted((cache_dir / 'onnx').glob('*-s1.onnx'))
+    assert len(exported) == 1, list((cache_dir / 'onnx').iterdir())
+    domain = domain_id(__name__ + '.fixed')
+    fixed = _start(directory, domain, str(exported[0]), directory / 'unused_cache', 'fixed.log')
+    fixed_client = RosClient(domain)
+    try:
+        assert fixed.wait_for_log('ready', 120), fixed.log()
+        (result,) = fixed_client.set_parameters(NODE_NAME, {'diffusion.steps': 5})
+        assert not result.successful
+        assert 'exported for 1 steps' in result.reason and 'cannot run 5' in result.reason
+        (result,) = fixed_client.set_parameters(NODE_NAME, {'diffusion.steps': 1})
+        assert result.successful, result.reason
+        # Nothing was exported for the refused count.
+        assert not (directory / 'unused_cache').exists()
+    finally:
+        fixed_client.close()
+        fixed.close()
