@@ -1,13 +1,23 @@
 """Image message conversions against known pixels, for every supported encoding."""
 
 import array
+import logging
+import os
+from pathlib import Path
+import subprocess
+import sys
+import textwrap
 
 import cv2
 import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from mtdp_ros.ros.conversions import (ImageRejected, OUTPUT_ENCODINGS, SUPPORTED_ENCODINGS,
+from image_bombs import (bmp_rle_declaring, bombs, jpeg_declaring, png_chunk, png_declaring,
+                         small_jpeg)
+from mtdp_ros.ros import conversions
+from mtdp_ros.ros.conversions import (ImageRejected, OUTPUT_ENCODINGS, PNG_SIGNATURE,
+                                      SUPPORTED_ENCODINGS, compressed_dimensions,
                                       compressed_msg_to_rgb, image_msg_to_numpy,
                                       image_msg_to_rgb, numpy_to_image_msg, raw_to_rgb,
                                       rgb_to_image_msg)
@@ -168,28 +178,126 @@ def test_png_decodes_exactly_and_jpeg_closely():
     assert np.abs(decoded.astype(int) - smooth).max() <= 3
 
 
-def test_corrupt_and_hostile_compressed_frames_are_rejected():
-    with pytest.raises(ImageRejected) as caught:
-        compressed_msg_to_rgb(compressed(b'\xff\xd8\xff\xe0 this is not a jpeg', 'jpeg'))
-    assert caught.value.kind == 'decode'
-    with pytest.raises(ImageRejected) as caught:
-        compressed_msg_to_rgb(compressed(b'', 'jpeg'))
-    assert caught.value.kind == 'empty'
-    with pytest.raises(ImageRejected, match='compressed depth'):
-        compressed_msg_to_rgb(compressed(b'1234', '16UC1; compressedDepth png'))
-    # A PNG whose header claims 60000 x 60000 pixels: refused before decoding.
-    ok, png = cv2.imencode('.png', np.zeros((2, 2, 3), np.uint8))
-    forged = bytearray(png.tobytes())
-    forged[16:24] = (60000).to_bytes(4, 'big') + (60000).to_bytes(4, 'big')
-    with pytest.raises(ImageRejected) as caught:
-        compressed_msg_to_rgb(compressed(forged, 'png'))
-    assert caught.value.kind == 'too_large'
+@pytest.fixture
+def decoder_not_reached(monkeypatch):
+    """Fails the test if OpenCV's decoder is called."""
+    calls = []
+    monkeypatch.setattr(conversions.cv2, 'imdecode', lambda *args: calls.append(args))
+    yield calls
+    assert not calls, 'the decoder was reached'
 
 
-def test_jpeg_header_size_is_read_before_decoding():
-    ok, jpeg = cv2.imencode('.jpg', np.zeros((30, 50, 3), np.uint8))
-    with pytest.raises(ImageRejected, match='50 x 30 pixels exceeds the limit of 1000'):
-        compressed_msg_to_rgb(compressed(jpeg, 'jpeg'), max_pixels=1000)
+@pytest.mark.parametrize('data, kind, words', [
+    (jpeg_declaring(20000, 20000), 'too_large', '20000 x 20000 pixels exceeds the limit'),
+    (jpeg_declaring(20000, 20000, b'\xff\xff\xff'), 'too_large', '20000 x 20000'),
+    (jpeg_declaring(20000, 20000, b'junk\xff\x00more'), 'too_large', '20000 x 20000'),
+    (png_declaring(20000, 20000), 'too_large', '20000 x 20000 pixels exceeds the limit'),
+    (png_declaring(0, 10), 'empty', 'empty'),
+    (jpeg_declaring(16, 0), 'empty', 'empty'),
+    (bmp_rle_declaring(20000, 20000), 'format', 'format BMP'),
+    (b'II*\x00' + bytes(20), 'format', 'format TIFF'),
+    (b'RIFF\x10\x00\x00\x00WEBPVP8 ' + bytes(20), 'format', 'format WebP'),
+    (b'GIF89a' + bytes(20), 'format', 'format GIF'),
+    (b'P6\n20000 20000\n255\n', 'format', 'format PNM'),
+    (b'this is no image at all', 'format', 'format unknown'),
+    (b'\xff\xd8', 'format', 'format unknown'),
+    (b'\xff\xd8\xff\xe0 this is not a jpeg', 'decode', 'ends before the frame header'),
+    (small_jpeg()[:small_jpeg().find(b'\xff\xc0') + 6], 'decode', 'SOF) is truncated'),
+    (small_jpeg()[:small_jpeg().find(b'\xff\xc0') + 3], 'decode', 'ends inside marker 0xc0'),
+    (b'\xff\xd8\xff\xda\x00\x08' + bytes(20), 'decode', 'a scan (SOS) comes before'),
+    (b'\xff\xd8\xff\xd9', 'decode', 'end of image (EOI) comes before'),
+    (b'\xff\xd8\xff\xe0\x00\x01', 'decode', 'has length 1'),
+    (png_declaring(20, 20)[:30], 'decode', 'ends inside the IHDR'),
+    (PNG_SIGNATURE + png_chunk(b'tEXt', bytes(13)), 'decode', 'not a 13-byte IHDR'),
+])
+def test_hostile_headers_are_refused_before_decoding(decoder_not_reached, data, kind, words):
+    with pytest.raises(ImageRejected) as caught:
+        compressed_msg_to_rgb(compressed(data, 'jpeg'))
+    assert caught.value.kind == kind
+    assert words in str(caught.value)
+    if kind == 'decode':
+        # The node's log and its tests look for this phrase.
+        assert 'could not be decoded' in str(caught.value)
+
+
+def test_jpeg_scan_skips_junk_fill_bytes_and_standalone_markers_as_libjpeg_does():
+    width, height = 48, 32
+    ok, jpeg = cv2.imencode('.jpg', np.full((height, width, 3), 90, np.uint8))
+    jpeg = jpeg.tobytes()
+    sof = jpeg.find(b'\xff\xc0')
+    for junk in (b'\x00', b'\xff\xff\xff', b'ab\xff\x00cd', b'\xff\xd0\xff\x01'):
+        data = jpeg[:sof] + junk + jpeg[sof:]
+        assert compressed_dimensions(np.frombuffer(data, np.uint8)) == (width, height)
+        # libjpeg agrees: it decodes the same size (with a warning for extraneous bytes).
+        assert compressed_msg_to_rgb(compressed(data, 'jpeg')).shape == (height, width, 3)
+
+
+def test_rejected_and_tampered_frames_leave_the_decoder_working():
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    ok, png = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    for _, data in bombs():
+        with pytest.raises(ImageRejected):
+            compressed_msg_to_rgb(compressed(data, 'jpeg'))
+    # A PNG whose IDAT is cut: libpng fails; the next good frame decodes exactly.
+    with pytest.raises(ImageRejected, match='could not be decoded'):
+        compressed_msg_to_rgb(compressed(png.tobytes()[:-40], 'png'))
+    np.testing.assert_array_equal(compressed_msg_to_rgb(compressed(png, 'png')), rgb)
+
+
+def test_decoder_warnings_are_counted_and_throttled(capfd, caplog):
+    clock = [100.0]
+    messages = conversions.DecoderMessages(period=10.0, clock=lambda: clock[0])
+    corrupt = jpeg_declaring(16, 16, b'\x00')         # "1 extraneous bytes before marker"
+    with caplog.at_level(logging.WARNING, logger='mtdp_ros.runtime.decoder'):
+        for _ in range(5):
+            image = messages.decode(np.frombuffer(corrupt, np.uint8))
+            assert image.shape == (16, 16, 3)
+        clock[0] += 11.0
+        messages.decode(np.frombuffer(corrupt, np.uint8))
+    assert messages.counts['Corrupt JPEG data'] == 6
+    logged = [r.getMessage() for r in caplog.records if 'Corrupt JPEG data' in r.getMessage()]
+    assert len(logged) == 2, logged
+    assert '(4 similar suppressed)' in logged[1]
+    # Nothing of libjpeg's reached the process's stderr.
+    assert 'Corrupt JPEG' not in capfd.readouterr().err
+
+
+def test_other_output_on_stderr_during_a_decode_is_passed_on(capfd):
+    messages = conversions.DecoderMessages()
+    passed = []
+    messages._sort(b'Corrupt JPEG data: 2 extraneous bytes before marker 0xd9\n'
+                   b'another thread said this\n', passed)
+    assert passed == ['another thread said this']
+    messages._report(b'libpng warning: iCCP: known incorrect sRGB profile\nhello\n')
+    assert capfd.readouterr().err == 'hello\n'
+    assert messages.counts == {'Corrupt JPEG data': 1, 'libpng warning': 1}
+
+
+def test_bombs_do_not_raise_peak_memory():
+    # In a fresh process: peak RSS after the hostile messages minus peak after imports.
+    # Decoding them (before the header checks) added 2.3 GB for these seven.
+    script = textwrap.dedent(f"""
+        import resource, sys
+        sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1])]!r}
+        import test_ros_conversions as t
+        from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb
+        payloads = [data for _, data in t.bombs()]
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        kinds = []
+        for data in payloads:
+            try:
+                compressed_msg_to_rgb(t.compressed(data, 'jpeg'))
+            except ImageRejected as exc:
+                kinds.append(exc.kind)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(len(kinds), (after - before) // 1024)
+    """)
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert done.returncode == 0, done.stderr
+    rejected, growth_mb = (int(v) for v in done.stdout.split())
+    assert rejected == len(bombs())
+    assert growth_mb < 20, f'peak RSS grew by {growth_mb} MB'
 
 
 @pytest.mark.parametrize('encoding', sorted(OUTPUT_ENCODINGS))

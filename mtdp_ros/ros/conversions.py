@@ -23,6 +23,13 @@ exactly ``step * height`` bytes.
 """
 
 import array
+import collections
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -36,8 +43,12 @@ BYTES_PER_PIXEL = {
 SUPPORTED_ENCODINGS = tuple(BYTES_PER_PIXEL)
 UYVY_ENCODINGS = ('yuv422', 'uyvy')
 YUYV_ENCODINGS = ('yuv422_yuy2', 'yuyv')
-# 8K UHD: anything larger is a corrupt header rather than a camera.
-DEFAULT_MAX_PIXELS = 7680 * 4320
+# 12 megapixels (4096 x 3072, the largest common machine-vision format; 4K UHD fits). The
+# limit bounds one frame's memory: conversion, the engine's post-processing back to full
+# size, the output and colour messages peak at about 39 MiB per megapixel above the model's
+# own memory (scripts/bench_input_memory.py: 494 MiB at this size, 324 MiB for 4K UHD), and
+# a compressed frame's decode buffer at 3 bytes per pixel.
+DEFAULT_MAX_PIXELS = 4096 * 3072
 
 # Output encodings -> (numpy dtype, channels).
 OUTPUT_ENCODINGS = {
@@ -148,51 +159,221 @@ def _cv_bridge():
 
 
 def compressed_msg_to_rgb(msg: CompressedImage, max_pixels=DEFAULT_MAX_PIXELS):
-    """A sensor_msgs/CompressedImage (JPEG, PNG, ... as OpenCV reads) as uint8 RGB."""
+    """A sensor_msgs/CompressedImage (JPEG or PNG) as uint8 H x W x 3 RGB.
+
+    The format is read from the data's signature (a message's ``format`` is free text).
+    The size the header declares (:func:`compressed_dimensions`) is checked against
+    ``max_pixels`` before anything is decoded, so a small message declaring a huge picture
+    allocates nothing. Formats whose header is not checked here (BMP, TIFF, WebP, ...) are
+    refused, although OpenCV could decode them. The decoders' messages (libjpeg's "Corrupt
+    JPEG data ...", libpng's) are kept off stderr: see :class:`DecoderMessages`.
+    """
     if 'compresseddepth' in msg.format.lower().replace(' ', ''):
         raise ImageRejected('encoding', f'compressed depth images ({msg.format!r}) are not '
                                         f'camera images')
     buffer = np.frombuffer(msg.data, dtype=np.uint8)
     if buffer.size == 0:
         raise ImageRejected('empty', 'compressed image has no data')
-    # Refuse a huge image from its header, before decoding allocates it.
-    declared = compressed_dimensions(buffer)
-    if declared is not None:
-        check_size(declared[0], declared[1], max_pixels)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    width, height = compressed_dimensions(buffer)
+    check_size(width, height, max_pixels)
+    image = DECODER_MESSAGES.decode(buffer)
     if image is None:
         raise ImageRejected('decode', f'compressed image ({msg.format or "no format"}, '
                                       f'{buffer.size} bytes) could not be decoded')
-    check_size(image.shape[1], image.shape[0], max_pixels)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.shape[:2] not in ((height, width), (width, height)):
+        # libjpeg and libpng decode what their header declares (IMREAD_COLOR turns a JPEG
+        # by its EXIF orientation, as image_transport's decoder does: hence the transpose);
+        # guard against a decoder that does not, since the size check relied on the header.
+        raise ImageRejected('decode', f'decoded {image.shape[1]} x {image.shape[0]} pixels '
+                                      f'but the header declares {width} x {height}')
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+
+
+# Signatures of formats OpenCV can decode but this module refuses, for a clear message.
+_OTHER_SIGNATURES = (
+    (b'BM', 'BMP'), (b'II*\x00', 'TIFF'), (b'MM\x00*', 'TIFF'), (b'GIF8', 'GIF'),
+    (b'\x00\x00\x00\x0cjP  ', 'JPEG 2000'), (b'\xff\x4f\xff\x51', 'JPEG 2000'),
+    (b'\x76\x2f\x31\x01', 'OpenEXR'), (b'#?RADIANCE', 'Radiance HDR'), (b'#?RGBE', 'Radiance HDR'),
+    (b'\x59\xa6\x6a\x95', 'Sun raster'), (b'PF', 'PFM'), (b'Pf', 'PFM'),
+)
+JPEG_SIGNATURE = b'\xff\xd8\xff'
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# JPEG markers without a length field: TEM and RST0..RST7.
+_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
+# SOF0..SOF15 except DHT (0xC4), JPG (0xC8) and DAC (0xCC): the frame header.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _format_name(data):
+    """The name of a non-JPEG, non-PNG format from its signature ('unknown' otherwise)."""
+    if data[:4] == b'RIFF' and data[8:12] == b'WEBP':
+        return 'WebP'
+    if data[4:8] == b'ftyp' and data[8:12] in (b'avif', b'avis', b'heic', b'heix', b'mif1'):
+        return 'AVIF/HEIF'
+    if len(data) >= 2 and data[:1] == b'P' and data[1:2] in b'1234567':
+        return 'PNM (PBM/PGM/PPM/PAM)'
+    for signature, name in _OTHER_SIGNATURES:
+        if data.startswith(signature):
+            return name
+    return 'unknown'
 
 
 def compressed_dimensions(buffer):
-    """(width, height) declared in a PNG or JPEG header, or None for other/unreadable data."""
+    """(width, height) that a JPEG or PNG header declares, read without decoding.
+
+    Raises :class:`ImageRejected`: kind ``'format'`` for anything but JPEG and PNG (naming
+    the format when its signature is known), ``'decode'`` for a header that is truncated or
+    malformed (the message says "could not be decoded" and why).
+    """
     data = buffer.tobytes() if isinstance(buffer, np.ndarray) else bytes(buffer)
-    if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24 and data[12:16] == b'IHDR':
-        return int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
-    if data[:2] != b'\xff\xd8':
-        return None
-    # JPEG: walk the marker segments up to the first start-of-frame (SOF0..SOF15 except
-    # DHT 0xC4, JPG 0xC8 and DAC 0xCC), whose payload holds the height and width.
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:          # fill byte
-            position += 1
+    if data.startswith(PNG_SIGNATURE):
+        return _png_dimensions(data)
+    if data.startswith(JPEG_SIGNATURE):
+        return _jpeg_dimensions(data)
+    name = _format_name(data)
+    raise ImageRejected('format', f'compressed image format {name} (first bytes '
+                                  f'{data[:8].hex(" ")}) is not accepted: only JPEG and PNG, '
+                                  f'whose size is checked before decoding')
+
+
+def _header_error(image_format, size, reason):
+    return ImageRejected('decode', f'compressed image ({image_format}, {size} bytes) could not '
+                                   f'be decoded: {reason}')
+
+
+def _png_dimensions(data):
+    # IHDR must be the first chunk: length 13, type, width, height (big-endian).
+    if len(data) < 33:
+        raise _header_error('png', len(data), 'the data ends inside the IHDR header')
+    if data[8:16] != b'\x00\x00\x00\x0dIHDR':
+        raise _header_error('png', len(data), 'the first chunk is not a 13-byte IHDR')
+    return int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
+
+
+def _jpeg_dimensions(data):
+    """Walk the marker segments to the first SOFn as libjpeg's read_markers does.
+
+    libjpeg (jdmarker.c next_marker) skips any bytes that are not 0xFF before a marker
+    (warning "extraneous bytes") and any number of 0xFF fill bytes; 0xFF 0x00 is a stuffed
+    zero, not a marker. A scan (SOS) or the end (EOI) before the frame header means no
+    image; so does running out of data.
+    """
+    position = 2                                  # after SOI
+    size = len(data)
+    while True:
+        while position < size and data[position] != 0xFF:
+            position += 1                         # extraneous bytes before a marker
+        while position < size and data[position] == 0xFF:
+            position += 1                         # the 0xFF and any fill bytes
+        if position >= size:
+            raise _header_error('jpeg', size, 'the data ends before the frame header (SOF)')
+        marker = data[position]
+        position += 1
+        if marker == 0x00 or marker in _STANDALONE_MARKERS:
             continue
-        length = int.from_bytes(data[position + 2:position + 4], 'big')
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if position + 9 > len(data):
-                return None
-            height = int.from_bytes(data[position + 5:position + 7], 'big')
-            width = int.from_bytes(data[position + 7:position + 9], 'big')
+        if marker in (0xD8, 0xD9, 0xDA):
+            name = {0xD8: 'a second start of image (SOI)', 0xD9: 'the end of image (EOI)',
+                    0xDA: 'a scan (SOS)'}[marker]
+            raise _header_error('jpeg', size, f'{name} comes before the frame header (SOF)')
+        if position + 2 > size:
+            raise _header_error('jpeg', size, f'the data ends inside marker 0x{marker:02x}')
+        length = int.from_bytes(data[position:position + 2], 'big')
+        if length < 2:
+            raise _header_error('jpeg', size, f'marker 0x{marker:02x} has length {length}')
+        if marker in _SOF_MARKERS:
+            if length < 8 or position + 7 > size:
+                raise _header_error('jpeg', size, 'the frame header (SOF) is truncated')
+            height = int.from_bytes(data[position + 3:position + 5], 'big')
+            width = int.from_bytes(data[position + 5:position + 7], 'big')
             return width, height
-        position += 2 + length
-    return None
+        position += length
+
+
+class DecoderMessages:
+    """Decodes with OpenCV while keeping libjpeg/libpng messages off the process's stderr.
+
+    libjpeg and libpng print warnings ("Corrupt JPEG data: 1 extraneous bytes before marker
+    0xc4", "libpng error: ...") with ``fprintf(stderr)``, which OpenCV's log level does not
+    reach; a stream of corrupt frames would flood the console. While OpenCV decodes, file
+    descriptor 2 points at a private file (decodes are serialised by a lock). Afterwards,
+    decoder lines are counted (``counts``, by first words) and logged through ``logging`` at
+    most once per ``period`` seconds per kind with the number suppressed; any other text
+    written to stderr meanwhile (another thread's) is passed on to the real stderr.
+    """
+
+    PREFIXES = ('Corrupt JPEG data', 'Premature end of JPEG file', 'Invalid JPEG file',
+                'Unsupported', 'Not a JPEG file', 'Bogus', 'libpng warning', 'libpng error',
+                'Warning', 'Inconsistent progression', 'Huffman table', 'Quantization table')
+
+    def __init__(self, period=10.0, clock=time.monotonic):
+        self.period = period
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._capture = None
+        self.counts = collections.Counter()
+        self._last_logged = {}
+        self._suppressed = collections.Counter()
+
+    def decode(self, buffer):
+        """Decode as cv2.imdecode with IMREAD_COLOR, the decoders' stderr output captured."""
+        with self._lock:
+            image, text = self._decode_captured(buffer)
+        if text:
+            self._report(text)
+        return image
+
+    def _decode_captured(self, buffer):
+        try:
+            if self._capture is None:
+                self._capture = tempfile.TemporaryFile()
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            return cv2.imdecode(buffer, cv2.IMREAD_COLOR), b''    # no capture possible
+        capture = self._capture
+        capture.seek(0)
+        capture.truncate()
+        try:
+            os.dup2(capture.fileno(), 2)
+            image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        return image, capture.read()
+
+    def _report(self, text):
+        passed_on = []
+        with self._lock:
+            self._sort(text, passed_on)
+        if passed_on:
+            sys.stderr.write('\n'.join(passed_on) + '\n')
+            sys.stderr.flush()
+
+    def _sort(self, text, passed_on):
+        for line in text.decode('utf-8', 'replace').splitlines():
+            stripped = line.strip()
+            if not stripped:
+                continue
+            if not stripped.startswith(self.PREFIXES):
+                passed_on.append(line)
+                continue
+            kind = ' '.join(stripped.split(':')[0].split()[:3])
+            self.counts[kind] += 1
+            now = self._clock()
+            last = self._last_logged.get(kind)
+            if last is not None and now - last < self.period:
+                self._suppressed[kind] += 1
+                continue
+            self._last_logged[kind] = now
+            suppressed = self._suppressed.pop(kind, 0)
+            extra = f' ({suppressed} similar suppressed)' if suppressed else ''
+            LOGGER.warning('image decoder: %s%s', stripped, extra)
+
+
+# A child of the runtime's logger: the node forwards that one (and so this) to the ROS log.
+LOGGER = logging.getLogger('mtdp_ros.runtime.decoder')
+DECODER_MESSAGES = DecoderMessages()
 
 
 def _as_byte_array(values: np.ndarray):

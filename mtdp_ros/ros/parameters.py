@@ -105,7 +105,8 @@ SPECS = (
     Spec('depth.color_max', 0.0, 'Far end (metres) of depth/color (0 = frame maximum).',
          dynamic=True, float_range=(0.0, 1000.0)),
     Spec('input.max_pixels', DEFAULT_MAX_PIXELS,
-         'Frames with more pixels are rejected as corrupt.', dynamic=True,
+         'Frames (raw, or as a compressed header declares) with more pixels are rejected; '
+         'bounds one frame\'s memory (about 39 MiB per megapixel).', dynamic=True,
          int_range=(1, INT32_MAX)),
     Spec('watchdog.timeout', 3.0,
          'Seconds without an input frame before the node warns (naming topic, QoS and '
