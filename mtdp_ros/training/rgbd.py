@@ -190,6 +190,11 @@ def make_sample(image, depth, intrinsics, size, augment=False, rng=None, name=''
     return tensors
 
 
+def _worker_id():
+    info = torch.utils.data.get_worker_info()
+    return info.id if info is not None else 0
+
+
 class _PyRandom:
     """The ``random.Random`` calls ``photometric_distortion`` makes, on a NumPy generator."""
 
@@ -405,7 +410,7 @@ class TUMRGBD(torch.utils.data.Dataset):
         rng = None
         if self.augment:
             self._draws += 1
-            rng = np.random.default_rng([self.seed, index, self._draws, os.getpid()])
+            rng = np.random.default_rng([self.seed, index, self._draws, _worker_id()])
         return make_sample(image, depth, intrinsics_for_image(camera, image.shape),
                            self.image_size, self.augment, rng, name=f'{stamp:.6f}')
 
@@ -622,7 +627,7 @@ class RosbagRGBD(torch.utils.data.Dataset):
         rng = None
         if self.augment:
             self._draws += 1
-            rng = np.random.default_rng([self.seed, index, self._draws, os.getpid()])
+            rng = np.random.default_rng([self.seed, index, self._draws, _worker_id()])
         return make_sample(image, depth, intrinsics, self.image_size, self.augment, rng,
                            name=str(stamp))
 
