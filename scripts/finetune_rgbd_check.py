@@ -35,6 +35,8 @@ MODES = {
     'distill': {'distill': 1.0, 'freeze': []},
     'freeze': {'distill': 0.0, 'freeze': ['semseg']},
     'freeze_encoder': {'distill': 0.0, 'freeze': ['encoder', 'semseg']},
+    'none_bn_train': {'distill': 0.0, 'freeze': [], 'batchnorm': 'train'},
+    'freeze_bn_train': {'distill': 0.0, 'freeze': ['semseg'], 'batchnorm': 'train'},
 }
 
 

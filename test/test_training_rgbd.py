@@ -174,10 +174,6 @@ def test_samples_are_letterboxed_with_consistent_geometry():
 
 
 # ----------------------------------------------------------------------------- rosbag2
-rosbags = pytest.importorskip('rosbags', reason='the rosbags package is a declared '
-                              'dependency (requirements.txt); install it')
-
-
 def write_bag(path, storage, frames, depth_encoding='32FC1', camera=(40.0, 41.0, 23.5, 15.5),
               image_topic='/cam/image', depth_topic='/cam/depth', info_topic='/cam/info'):
     """A rosbag2 bag written by rosbags: frames = [(stamp_ns, rgb, depth or None, depth

@@ -77,6 +77,7 @@ DEFAULTS = {
         'distill': 0.0,               # weight of KL to the starting model's semseg logits
         'distill_temperature': 1.0,
         'freeze': [],                 # parameter patterns kept fixed (encoder, semseg, ...)
+        'batchnorm': 'frozen',        # frozen (running statistics of the start) | train
     },
     'eval': {
         'every': 0,                   # validation every N steps (0: only at the end)
@@ -100,6 +101,7 @@ CHOICES = {
     ('train', 'amp'): ('auto', 'off', 'bf16', 'fp16'),
     ('train', 'device'): ('auto', 'cpu', 'cuda'),
     ('loss', 'balancing'): ('fixed', 'lps'),
+    ('finetune', 'batchnorm'): ('frozen', 'train'),
 }
 
 

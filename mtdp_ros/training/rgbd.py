@@ -35,10 +35,12 @@ camera_info topic; colour and depth frames are paired by header stamps within a
 tolerance.
 """
 
+import copy
 import glob
 import math
 import os
 import re
+import types
 from pathlib import Path
 
 import cv2
@@ -550,12 +552,12 @@ def read_bag_frames(path, image_topic, depth_topic, camera_info_topic=None,
                   depth_topic: ('sensor_msgs/msg/Image',)}
         if camera_info_topic:
             wanted[camera_info_topic] = ('sensor_msgs/msg/CameraInfo',)
-        for topic, types in wanted.items():
+        for topic, allowed in wanted.items():
             if topic not in topics:
                 raise ValueError(f'{path}: no topic {topic}; it has {sorted(topics)}')
-            if topics[topic] not in types:
+            if topics[topic] not in allowed:
                 raise ValueError(f'{path}: topic {topic} is {topics[topic]}, expected '
-                                 f'{" or ".join(types)}')
+                                 f'{" or ".join(allowed)}')
         connections = [c for c in reader.connections if c.topic in wanted]
         for conn, _, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, conn.msgtype)
@@ -692,6 +694,11 @@ def matches_pattern(name, pattern):
     return len(pattern_parts) == 1 and pattern in parts
 
 
+def _stay_in_eval_mode(module, mode=True):
+    """``train()`` of a BatchNorm layer kept in eval mode (see ``FineTune``)."""
+    return torch.nn.Module.train(module, False)
+
+
 class FineTune:
     """What RGB-D fine-tuning adds to the training loop (the config's ``finetune`` section).
 
@@ -700,7 +707,13 @@ class FineTune:
       ``requires_grad = False`` before the optimiser is built;
     * ``distill`` > 0: a frozen copy of the starting model (the teacher) gives semantic
       logits for every batch; ``distill * distillation_loss(student, teacher)`` over the
-      pixels inside the frame is added to the objective (key ``semseg_distill``).
+      pixels inside the frame is added to the objective (key ``semseg_distill``);
+    * ``batchnorm: frozen``: every BatchNorm layer stays in eval mode (running statistics
+      of the starting model, affine parameters still trained unless frozen). Small
+      fine-tuning batches give noisy batch statistics, and in train mode the semantic
+      path's statistics would drift to the new data even with its parameters frozen;
+      the student in train mode then computes what the teacher computes, so the
+      distillation term starts at zero.
     """
 
     def __init__(self, model, section, data_source):
@@ -728,11 +741,17 @@ class FineTune:
         for name, param in model.named_parameters():
             if name in self.frozen:
                 param.requires_grad_(False)
+        self.frozen_norms = []
+        if section['batchnorm'] == 'frozen':
+            for module in model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.train = types.MethodType(_stay_in_eval_mode, module)
+                    module.eval()
+                    self.frozen_norms.append(module)
         self.teacher = None
         if self.weight > 0:
             if 'semseg' not in config.tasks:
                 raise ValueError('finetune.distill needs a model with a semseg task')
-            import copy
             self.teacher = copy.deepcopy(model).eval()
             for param in self.teacher.parameters():
                 param.requires_grad_(False)
