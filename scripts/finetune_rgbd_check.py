@@ -40,7 +40,7 @@ MODES = {
 }
 
 
-def finetune_config(train_dir, out_dir, steps, seed, mode, lr, batch_size):
+def finetune_config(train_dir, out_dir, steps, seed, mode, lr, batch_size, weights):
     """The training config of one run (the recipe's settings at test scale)."""
     return {
         'model': 'default_mlore', 'init': 'model',
@@ -49,7 +49,7 @@ def finetune_config(train_dir, out_dir, steps, seed, mode, lr, batch_size):
         'train': {'steps': steps, 'batch_size': batch_size, 'lr': lr, 'warmup_steps': 0,
                   'schedule': 'constant', 'amp': 'off', 'device': 'cpu', 'seed': seed,
                   'log_every': 1000, 'checkpoint_every': 0},
-        'loss': {'weights': {'depth': 1.0, 'normals': 10.0, 'edge': 50.0}},
+        'loss': {'weights': weights},
         'finetune': dict(MODES[mode]),
         'eval': {'num': 0},
         'output': {'dir': out_dir, 'half': False, 'resume': 'never'},
@@ -67,6 +67,8 @@ def main(argv=None):
     parser.add_argument('--train-scenes', type=int, default=8)
     parser.add_argument('--val-scenes', type=int, default=4)
     parser.add_argument('--zoom', type=float, default=2.0)
+    parser.add_argument('--weights', type=float, nargs=3, default=[1.0, 10.0, 50.0],
+                        metavar=('DEPTH', 'NORMALS', 'EDGE'), help='loss weights')
     args = parser.parse_args(argv)
     config, weights = resolve_model('default_mlore')
     start = build_model(config)
@@ -88,13 +90,16 @@ def main(argv=None):
                 began = time.time()
                 trainer = Trainer(finetune_config(train_dir, os.path.join(tmp, 'run'),
                                                   args.steps, seed, mode, args.lr,
-                                                  args.batch_size),
+                                                  args.batch_size,
+                                                  dict(zip(('depth', 'normals', 'edge'),
+                                                           args.weights))),
                                   echo=lambda message: None)
                 trainer.fit()
                 after = evaluate_rgbd(trainer.model, val, teacher=start,
                                       tasks=('depth', 'normals'))
                 print(json.dumps({
                     'seed': seed, 'mode': mode, 'steps': args.steps, 'zoom': args.zoom,
+                    'lr': args.lr, 'batch_size': args.batch_size, 'weights': args.weights,
                     'abs_rel_before': round(before['depth']['abs_rel'], 4),
                     'abs_rel_after': round(after['depth']['abs_rel'], 4),
                     'normals_mean_before': round(before['normals']['mean_angle'], 2),

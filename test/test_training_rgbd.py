@@ -364,29 +364,33 @@ def test_training_on_a_bag_distills_semseg_and_keeps_frozen_parameters(tmp_path)
 
 
 def test_finetuning_on_zoomed_tum_scenes_lowers_held_out_depth_error(tmp_path):
-    """The shipped model, a camera with twice its focal length (TUM export of synthetic
-    rooms), 8 steps: held-out abs_rel must fall by at least MARGIN.
+    """The shipped model, a camera with twice its focal length (synthetic rooms exported
+    as TUM folders), 12 steps of batch 4: held-out abs_rel must fall by at least 0.04.
 
-    Measured (scripts/finetune_rgbd_check.py settings of this test, seeds 0/1/2): see the
-    README section "Fine-tuning on your own RGB-D recordings".
+    The settings of ``scripts/finetune_rgbd_check.py --seeds 0 1 2 --modes freeze_encoder
+    --steps 12 --batch-size 4 --train-scenes 16 --val-scenes 8 --lr 1e-4`` (this test is
+    its seed 0), measured on the 2-core VM: abs_rel 0.340 -> 0.243 / 0.229 / 0.269 for
+    seeds 0 / 1 / 2 (falls of 0.097, 0.111, 0.071).
     """
-    margin = 0.05
+    margin = 0.04
     train_dir, val_dir = str(tmp_path / 'train'), str(tmp_path / 'val')
-    export_synthetic_tum(train_dir, range(200000, 200004), zoom=2.0)
-    export_synthetic_tum(val_dir, range(424242, 424246), zoom=2.0)
+    export_synthetic_tum(train_dir, range(200000, 200016), zoom=2.0)
+    export_synthetic_tum(val_dir, range(424242, 424250), zoom=2.0)
     config, weights = resolve_model('default_mlore')
     start = build_model(config)
     load_checkpoint(start, weights)
     held_out = TUMRGBD(val_dir, config.image_size, augment=False)
     before = evaluate_rgbd(start, held_out, tasks=('depth',))['depth']['abs_rel']
+    torch.manual_seed(0)
     trainer = Trainer({
         'model': 'default_mlore', 'init': 'model',
-        'data': {'source': 'tum', 'root': train_dir, 'workers': 0},
-        'train': {'steps': 8, 'batch_size': 2, 'lr': 5e-4, 'warmup_steps': 0,
+        'data': {'source': 'tum', 'root': train_dir, 'camera': 'auto', 'workers': 0,
+                 'augment': True},
+        'train': {'steps': 12, 'batch_size': 4, 'lr': 1e-4, 'warmup_steps': 0,
                   'schedule': 'constant', 'amp': 'off', 'device': 'cpu', 'seed': 0,
-                  'log_every': 100, 'checkpoint_every': 0},
+                  'log_every': 1000, 'checkpoint_every': 0},
         'loss': {'weights': {'depth': 1.0, 'normals': 10.0, 'edge': 50.0}},
-        'finetune': {'freeze': ['encoder', 'semseg']},
+        'finetune': {'distill': 0.0, 'freeze': ['encoder', 'semseg']},
         'eval': {'num': 0},
         'output': {'dir': str(tmp_path / 'run'), 'half': False, 'resume': 'never'}},
         echo=lambda message: None)
@@ -394,5 +398,5 @@ def test_finetuning_on_zoomed_tum_scenes_lowers_held_out_depth_error(tmp_path):
     scores = evaluate_rgbd(trainer.model, held_out, teacher=start, tasks=('depth',))
     after = scores['depth']['abs_rel']
     assert after < before - margin, f'abs_rel {before:.4f} -> {after:.4f}'
-    # semseg parameters were frozen: only shared decoder changes move the classes.
-    assert scores['semseg_agreement']['with_start'] > 0.8
+    # semseg parameters and all BatchNorm statistics were frozen: classes barely move.
+    assert scores['semseg_agreement']['with_start'] > 0.95
