@@ -263,7 +263,7 @@ def test_bag_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match='no topic /nope'):
         read_bag_frames(bag, '/nope', '/cam/depth', '/cam/info')
     with pytest.raises(ValueError, match='/cam/info is sensor_msgs/msg/CameraInfo'):
-        read_bag_frames(bag, '/cam/info', '/cam/depth')
+        read_bag_frames(bag, '/cam/info', '/cam/depth', camera=TUM_CAMERAS['ros'] + (None,))
     with pytest.raises(ValueError, match='intrinsics unknown'):
         read_bag_frames(bag, '/cam/image', '/cam/depth')
     with pytest.raises(FileNotFoundError, match='bag not found'):

@@ -534,7 +534,8 @@ def read_bag_frames(path, image_topic, depth_topic, camera_info_topic=None,
     Frames pair by header stamps (nearest within ``tolerance`` s, each used once).
     Intrinsics come from ``camera_info_topic`` (the message nearest in time; K of the
     colour image) or from ``camera`` (see ``load_camera``). With ``size`` (model H, W),
-    frames are kept letterboxed at that size to bound memory.
+    frames are kept letterboxed at that size to bound memory. The bag is read twice:
+    headers first (pairing), then only the chosen frames are decoded.
     """
     try:
         from rosbags.highlevel import AnyReader
@@ -544,8 +545,11 @@ def read_bag_frames(path, image_topic, depth_topic, camera_info_topic=None,
                            'rosbags)') from None
     if not os.path.exists(path):
         raise FileNotFoundError(f'bag not found: {path}')
+    if not camera_info_topic and camera is None:
+        raise ValueError('intrinsics unknown: give data.camera_info_topic or data.camera')
     typestore = get_typestore(Stores.ROS2_JAZZY)
-    images, depths, infos = [], [], []
+    stamps = {image_topic: [], depth_topic: []}
+    infos = []
     with AnyReader([Path(path)], default_typestore=typestore) as reader:
         topics = {c.topic: c.msgtype for c in reader.connections}
         wanted = {image_topic: ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage'),
@@ -559,40 +563,63 @@ def read_bag_frames(path, image_topic, depth_topic, camera_info_topic=None,
                 raise ValueError(f'{path}: topic {topic} is {topics[topic]}, expected '
                                  f'{" or ".join(allowed)}')
         connections = [c for c in reader.connections if c.topic in wanted]
+        # Pass 1: header stamps (message n of a topic is (stamp, n)).
         for conn, _, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, conn.msgtype)
             if conn.topic == camera_info_topic:
                 infos.append((_stamp(msg.header), tuple(float(v) for v in msg.k)))
-            elif conn.topic == image_topic:
-                images.append((_stamp(msg.header), (msg, conn.msgtype)))
             else:
-                depths.append((_stamp(msg.header), msg))
-    pairs = associate(images, depths, int(round(tolerance * 1e9)))
-    if not pairs:
-        raise ValueError(f'{path}: no {image_topic} / {depth_topic} pairs within '
-                         f'{tolerance} s')
-    if camera_info_topic and not infos:
-        raise ValueError(f'{path}: no messages on {camera_info_topic}')
-    if not camera_info_topic and camera is None:
-        raise ValueError('intrinsics unknown: give data.camera_info_topic or data.camera')
+                stamps[conn.topic].append((_stamp(msg.header), len(stamps[conn.topic])))
+        pairs = associate(stamps[image_topic], stamps[depth_topic],
+                          int(round(tolerance * 1e9)))
+        if not pairs:
+            raise ValueError(f'{path}: no {image_topic} / {depth_topic} pairs within '
+                             f'{tolerance} s')
+        if camera_info_topic and not infos:
+            raise ValueError(f'{path}: no messages on {camera_info_topic}')
+        pairs = pairs[::max(1, int(stride))][:max_frames or None]
+        chosen = {image_topic: {a[1]: k for k, (a, _) in enumerate(pairs)},
+                  depth_topic: {b[1]: k for k, (_, b) in enumerate(pairs)}}
+        decoded = [{} for _ in pairs]
+        counters = {image_topic: 0, depth_topic: 0}
+        # Pass 2: decode only the paired frames.
+        for conn, _, raw in reader.messages(connections=[c for c in connections
+                                                         if c.topic in counters]):
+            number = counters[conn.topic]
+            counters[conn.topic] += 1
+            slot = chosen[conn.topic].get(number)
+            if slot is None:
+                continue
+            msg = reader.deserialize(raw, conn.msgtype)
+            if conn.topic == image_topic:
+                decoded[slot]['image'] = image_from_msg(msg, conn.msgtype)
+            else:
+                decoded[slot]['depth'] = depth_from_msg(msg)
+            done = decoded[slot]
+            if 'image' in done and 'depth' in done and size is not None:
+                stamp = pairs[slot][0][0]
+                decoded[slot] = _finish_frame(done, stamp, infos, camera, size)
     frames = []
-    for (stamp, (image_msg, msgtype)), (_, depth_msg) in pairs[::max(1, int(stride))]:
-        if max_frames and len(frames) >= max_frames:
-            break
-        image = image_from_msg(image_msg, msgtype)
-        depth = depth_from_msg(depth_msg)
-        if infos:
-            k = min(infos, key=lambda info: abs(info[0] - stamp))[1]
-            intrinsics = (k[0], k[4], k[2], k[5])
-        else:
-            intrinsics = intrinsics_for_image(camera, image.shape)
-        if depth.shape != image.shape[:2]:
-            # A depth camera registered to the colour one but at another resolution.
-            depth = cv2.resize(depth, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-        if size is not None:
-            image, depth, intrinsics = _letterbox_frame(image, depth, intrinsics, size)
-        frames.append((image, depth, intrinsics, stamp))
+    for slot, done in enumerate(decoded):
+        if isinstance(done, dict):
+            done = _finish_frame(done, pairs[slot][0][0], infos, camera, size)
+        frames.append(done)
     return frames
+
+
+def _finish_frame(decoded, stamp, infos, camera, size):
+    image, depth = decoded['image'], decoded['depth']
+    if infos:
+        k = min(infos, key=lambda info: abs(info[0] - stamp))[1]
+        intrinsics = (k[0], k[4], k[2], k[5])
+    else:
+        intrinsics = intrinsics_for_image(camera, image.shape)
+    if depth.shape != image.shape[:2]:
+        # A depth camera registered to the colour one but at another resolution.
+        depth = cv2.resize(depth, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+    if size is not None:
+        image, depth, intrinsics = _letterbox_frame(image, depth, intrinsics, size)
+    return image, depth, intrinsics, stamp
 
 
 def _letterbox_frame(image, depth, intrinsics, size):
