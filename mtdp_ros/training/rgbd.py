@@ -734,7 +734,11 @@ class FineTune:
       ``requires_grad = False`` before the optimiser is built;
     * ``distill`` > 0: a frozen copy of the starting model (the teacher) gives semantic
       logits for every batch; ``distill * distillation_loss(student, teacher)`` over the
-      pixels inside the frame is added to the objective (key ``semseg_distill``);
+      pixels inside the frame is added to the objective (key ``semseg_distill``). The
+      teacher runs in train mode with the random state the student's forward pass then
+      reuses: MLoRE's noisy top-k routing draws the same noise in both, so the term
+      measures drift from the start, not routing noise (against the teacher's noise-free
+      outputs it was measured to pull the classes away from the start);
     * ``batchnorm: frozen``: every BatchNorm layer stays in eval mode (running statistics
       of the starting model, affine parameters still trained unless frozen). Small
       fine-tuning batches give noisy batch statistics, and in train mode the semantic
@@ -782,6 +786,7 @@ class FineTune:
             self.teacher = copy.deepcopy(model).eval()
             for param in self.teacher.parameters():
                 param.requires_grad_(False)
+        self._teacher_logits = None
 
     def to(self, device):
         """Move the teacher to ``device``."""
@@ -789,13 +794,33 @@ class FineTune:
             self.teacher.to(device)
         return self
 
+    def before_forward(self, x):
+        """Run the teacher on batch ``x``; call right before the student's forward pass.
+
+        The random state is restored afterwards, so the student draws the same routing
+        noise as the teacher did.
+        """
+        if self.teacher is None:
+            return
+        devices = [x.device] if x.device.type == 'cuda' else []
+        with torch.random.fork_rng(devices=devices):
+            self.teacher.train()            # noisy routing as the student (BatchNorm stays)
+            try:
+                with torch.no_grad():
+                    self._teacher_logits = self.teacher.forward_train(x)['pred']['semseg']
+            finally:
+                self.teacher.eval()
+
     def add_losses(self, losses, x, outputs, targets):
         """Add the distillation term to a loss dict of ``MultiTaskLoss`` (in place)."""
         if self.teacher is None:
             return losses
         from .losses import distillation_loss
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)['semseg']
+        teacher_logits = self._teacher_logits
+        if teacher_logits is None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)['semseg']
+        self._teacher_logits = None
         inside = targets['depth'] > 0 if 'depth' in targets else None
         term = distillation_loss(outputs['pred']['semseg'], teacher_logits,
                                  self.temperature, inside)

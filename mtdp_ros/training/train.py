@@ -262,6 +262,8 @@ class Trainer:
                    if t in batch}
         autocast = torch.autocast(self.device.type, dtype=self.amp) if self.amp \
             else contextlib.nullcontext()
+        if self.finetune:
+            self.finetune.before_forward(x)
         with autocast:
             outputs = self.forward(x, targets)
         losses = self.criterion(outputs, targets)
