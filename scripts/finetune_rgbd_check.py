@@ -34,6 +34,7 @@ MODES = {
     'none': {'distill': 0.0, 'freeze': []},
     'distill': {'distill': 1.0, 'freeze': []},
     'distill10': {'distill': 10.0, 'freeze': []},
+    'freeze_distill10': {'distill': 10.0, 'freeze': ['semseg']},
     'freeze': {'distill': 0.0, 'freeze': ['semseg']},
     'freeze_encoder': {'distill': 0.0, 'freeze': ['encoder', 'semseg']},
     'none_bn_train': {'distill': 0.0, 'freeze': [], 'batchnorm': 'train'},
