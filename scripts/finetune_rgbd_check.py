@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Before/after figures of RGB-D fine-tuning on synthetic scenes seen by a zoomed camera.
+r"""Before/after figures of RGB-D fine-tuning on synthetic scenes seen by a zoomed camera.
 
 Exports training and held-out scenes as TUM RGB-D folders (``export_synthetic_tum``: the
 generator's rooms through a camera with ``--zoom`` times its focal length, a camera the

@@ -263,8 +263,11 @@ def load_camera(spec, root=None):
 
 
 def intrinsics_for_image(camera, image_shape):
-    """The camera's (fx, fy, cx, cy) scaled to an image of ``image_shape`` when it has a
-    calibrated size of the same aspect ratio (e.g. a half-size TUM export)."""
+    """The camera's (fx, fy, cx, cy) for an image of ``image_shape``.
+
+    Scaled when the camera has a calibrated size of the same aspect ratio (e.g. a
+    half-size TUM export); a size of another aspect ratio is an error.
+    """
     fx, fy, cx, cy, size = camera
     if size is None or tuple(size) == tuple(image_shape[:2]):
         return fx, fy, cx, cy
@@ -487,8 +490,10 @@ def _stamp(header):
 
 
 def image_from_msg(msg, msgtype):
-    """RGB uint8 H x W x 3 from a sensor_msgs Image (rgb8/bgr8/rgba8/bgra8/mono8) or
-    CompressedImage."""
+    """RGB uint8 H x W x 3 of a sensor_msgs Image or CompressedImage.
+
+    Image encodings: rgb8, bgr8, rgba8, bgra8, mono8.
+    """
     if msgtype.endswith('CompressedImage'):
         image = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
         if image is None:
@@ -629,8 +634,10 @@ def _letterbox_frame(image, depth, intrinsics, size):
 
 
 class RosbagRGBD(torch.utils.data.Dataset):
-    """Training samples of colour/depth pairs of rosbag2 bags (held in memory at the
-    model's size: about 0.5 MB a frame at 240 x 320)."""
+    """Training samples of colour/depth pairs of rosbag2 bags.
+
+    The frames are held in memory at the model's size (about 0.5 MB a frame at 240 x 320).
+    """
 
     def __init__(self, bags, image_size, image_topic, depth_topic, camera_info_topic=None,
                  tolerance=0.02, camera=None, augment=True, seed=0, stride=1,
@@ -712,8 +719,10 @@ RGBD_SOURCES = ('tum', 'rosbag')
 
 
 def matches_pattern(name, pattern):
-    """True when ``pattern`` is a dotted prefix of parameter ``name`` or one of its parts
-    ('encoder' matches encoder.*, 'semseg' every parameter of the semantic task)."""
+    """Whether ``pattern`` is a dotted prefix of parameter ``name`` or one of its parts.
+
+    'encoder' matches encoder.*, 'semseg' every parameter of the semantic task only.
+    """
     parts = name.split('.')
     pattern_parts = pattern.split('.')
     if parts[:len(pattern_parts)] == pattern_parts:
