@@ -1,6 +1,7 @@
 """Training configuration of ``mtdp train``.
 
-A YAML file with the sections model, init, data, train, loss, eval and output. Every key
+A YAML file with the sections model, init, data, train, loss, finetune (RGB-D sources),
+eval and output. Every key
 has a default; unknown keys are errors (typos must not pass).
 
 Example (see ``mtdp_ros/training/configs/`` for the default models)::
