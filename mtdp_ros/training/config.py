@@ -1,6 +1,7 @@
 """Training configuration of ``mtdp train``.
 
-A YAML file with the sections model, init, data, train, loss, eval and output. Every key
+A YAML file with the sections model, init, data, train, loss, finetune (RGB-D sources),
+eval and output. Every key
 has a default; unknown keys are errors (typos must not pass).
 
 Example (see ``mtdp_ros/training/configs/`` for the default models)::
@@ -32,8 +33,17 @@ DEFAULTS = {
                                       # a shipped default or a .safetensors) | a checkpoint
                                       # | {encoder: PATH} (pretrained ViT, see models.pretrained)
     'data': {
-        'source': 'synthetic',        # synthetic | nyud | pascal
-        'root': None,                 # dataset folder for nyud / pascal
+        'source': 'synthetic',        # synthetic | nyud | pascal | tum | rosbag
+        'root': None,                 # dataset folder for nyud / pascal; TUM folders or
+                                      # bags (a path, a glob or a list) for tum / rosbag
+        # RGB-D recordings (tum / rosbag; see mtdp_ros/training/rgbd.py):
+        'val_root': None,             # held-out folders / bags for validation
+        'camera': 'auto',             # auto | fr1 | fr2 | fr3 | ros | camera YAML file
+        'depth_factor': 5000.0,       # TUM depth PNG value per metre
+        'max_time_difference': 0.02,  # seconds between paired colour and depth frames
+        'image_topic': None,          # rosbag: sensor_msgs/Image or CompressedImage
+        'depth_topic': None,          # rosbag: 32FC1 metres or 16UC1 millimetres
+        'camera_info_topic': None,    # rosbag: intrinsics (else data.camera)
         'seed_start': 0,              # synthetic training seeds [seed_start, seed_stop)
         'seed_stop': 400000,
         'workers': 4,                 # processes drawing scenes / loading images
@@ -69,6 +79,12 @@ DEFAULTS = {
         'balancing': 'fixed',         # fixed | lps
         'lps': {'history': 3, 'period': 100, 'alpha': 2.5},
     },
+    'finetune': {                     # RGB-D sources: semseg has no labels
+        'distill': 0.0,               # weight of KL to the starting model's semseg logits
+        'distill_temperature': 1.0,
+        'freeze': [],                 # parameter patterns kept fixed (encoder, semseg, ...)
+        'batchnorm': 'frozen',        # frozen (running statistics of the start) | train
+    },
     'eval': {
         'every': 0,                   # validation every N steps (0: only at the end)
         'num': 50,
@@ -85,12 +101,13 @@ DEFAULTS = {
 }
 
 CHOICES = {
-    ('data', 'source'): ('synthetic', 'nyud', 'pascal'),
+    ('data', 'source'): ('synthetic', 'nyud', 'pascal', 'tum', 'rosbag'),
     ('train', 'optimizer'): ('adam', 'adamw'),
     ('train', 'schedule'): ('poly', 'constant'),
     ('train', 'amp'): ('auto', 'off', 'bf16', 'fp16'),
     ('train', 'device'): ('auto', 'cpu', 'cuda'),
     ('loss', 'balancing'): ('fixed', 'lps'),
+    ('finetune', 'batchnorm'): ('frozen', 'train'),
 }
 
 
@@ -155,6 +172,15 @@ def validate(config):
             raise ValueError('eval.seed range overlaps the training seeds')
     elif not data['root']:
         raise ValueError(f'data.root (the {data["source"]} folder) is required')
+    finetune = config['finetune']
+    if not float(finetune['distill']) >= 0:
+        raise ValueError(f'finetune.distill must be >= 0, got {finetune["distill"]!r}')
+    if not float(finetune['distill_temperature']) > 0:
+        raise ValueError('finetune.distill_temperature must be positive')
+    freeze = finetune['freeze'] or []
+    if not isinstance(freeze, list) or not all(isinstance(p, str) for p in freeze):
+        raise ValueError(f'finetune.freeze must be a list of parameter name patterns, '
+                         f'got {freeze!r}')
     return config
 
 

@@ -105,6 +105,28 @@ def load_balancing_loss(routes):
     return total
 
 
+def distillation_loss(student_logits, teacher_logits, temperature=1.0, mask=None):
+    """KL divergence from the teacher's to the student's class distribution, per pixel.
+
+    ``KL(softmax(t / T) || softmax(s / T)) * T^2`` averaged over the pixels where ``mask``
+    (B x 1 x H x W or B x H x W, bool) is true (all pixels without a mask). Used to keep
+    a task without labels (semantic classes in RGB-D fine-tuning) close to the starting
+    model's predictions. The teacher's logits are taken as constants.
+    """
+    if not temperature > 0:
+        raise ValueError(f'distillation temperature must be positive, got {temperature}')
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f'student and teacher logits differ in shape: '
+                         f'{tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}')
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    per_pixel = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1)
+    if mask is None:
+        return per_pixel.mean() * temperature ** 2
+    mask = mask.squeeze(1) if mask.dim() == 4 else mask
+    return (per_pixel * mask).sum() / _valid_count(mask) * temperature ** 2
+
+
 TASK_LOSSES = {
     'semseg': lambda p, t, cfg: cross_entropy_loss(p, t),
     'human_parts': lambda p, t, cfg: cross_entropy_loss(p, t),

@@ -230,9 +230,16 @@ class Trainer:
         self.model.to(self.device)
         self.model.train()
         self.tasks = self.model_config.tasks
+        # RGB-D recordings: semseg has no labels (distilled and/or frozen, see rgbd.py).
+        self.finetune = None
+        if config['data']['source'] in ('tum', 'rosbag'):
+            from .rgbd import FineTune
+            self.finetune = FineTune(self.model, config['finetune'],
+                                     config['data']['source']).to(self.device)
+        self.loss_tasks = self.finetune.loss_tasks if self.finetune else self.tasks
         loss_cfg = config['loss']
         self.criterion = MultiTaskLoss(
-            self.tasks, loss_cfg['weights'], edge_w=loss_cfg['edge_w'],
+            self.loss_tasks, loss_cfg['weights'], edge_w=loss_cfg['edge_w'],
             load_balancing=loss_cfg['load_balancing'],
             aux_weight=loss_cfg['aux_weight'] if self.model_config.is_diffusion else 0.0,
             balancing=loss_cfg['balancing'], lps=loss_cfg['lps'])
@@ -289,12 +296,17 @@ class Trainer:
             group['lr'] = lr
         x = normalise_images(batch['image'].to(self.device, non_blocking=True),
                              self.model_config)
-        targets = {t: batch[t].to(self.device, non_blocking=True) for t in self.tasks}
+        targets = {t: batch[t].to(self.device, non_blocking=True) for t in self.tasks
+                   if t in batch}
         autocast = torch.autocast(self.device.type, dtype=self.amp) if self.amp \
             else contextlib.nullcontext()
+        if self.finetune:
+            self.finetune.before_forward(x)
         with autocast:
             outputs = self.forward(x, targets)
         losses = self.criterion(outputs, targets)
+        if self.finetune:
+            losses = self.finetune.add_losses(losses, x, outputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses['total']).backward()
         clip = float(self.config['train']['grad_clip'] or 0)
@@ -382,8 +394,12 @@ class Trainer:
                 yield batch
             return
         from .datasets import build_dataset, collate
-        dataset = build_dataset(data['source'], data['root'], 'train', self.tasks,
-                                (height, width), augment=data['augment'])
+        if self.finetune:
+            from .rgbd import build_rgbd_dataset
+            dataset = build_rgbd_dataset(data, (height, width), seed=int(train['seed']))
+        else:
+            dataset = build_dataset(data['source'], data['root'], 'train', self.tasks,
+                                    (height, width), augment=data['augment'])
         sampler = None
         if self.distributed:
             sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=True)
@@ -454,7 +470,7 @@ class Trainer:
                     elapsed = time.time() - start
                     rate = step / max(elapsed, 1e-9)
                     eta = (self.planned_steps - step) / max(rate, 1e-9)
-                    parts = ' '.join(f'{t}={values[t]:.3f}' for t in self.tasks)
+                    parts = ' '.join(f'{t}={values[t]:.3f}' for t in self.loss_tasks)
                     bar.update(step, self.planned_steps,
                                f'loss {ema:.3f} ({parts}) lr {values["lr"]:.2e} '
                                f'{rate:.2f} it/s eta {eta / 60:.1f} min')
@@ -526,6 +542,8 @@ class Trainer:
         cfg = self.config['eval']
         self.model.eval()
         try:
+            if self.finetune:
+                return self._validate_rgbd()
             if self.config['data']['source'] == 'synthetic':
                 results = evaluate_model(self.model, 'synthetic', num=cfg['num'],
                                          seed=cfg['seed'], batch_size=cfg['batch_size'],
@@ -537,6 +555,23 @@ class Trainer:
         finally:
             self.model.train()
         summary = summarize(results)
+        self.echo('validation: ' + json.dumps(summary))
+        return summary
+
+    def _validate_rgbd(self):
+        """Metrics on ``data.val_root`` (RGB-D sources); {} when none is given."""
+        from .evaluate import summarize
+        from .rgbd import build_rgbd_dataset, evaluate_rgbd
+        data, cfg = self.config['data'], self.config['eval']
+        if not data['val_root']:
+            return {}
+        dataset = build_rgbd_dataset(data, self.model_config.image_size,
+                                     roots=data['val_root'], augment=False)
+        subset = torch.utils.data.Subset(dataset, range(min(cfg['num'], len(dataset))))
+        scores = evaluate_rgbd(self.model, subset, teacher=self.finetune.teacher,
+                               tasks=self.loss_tasks, batch_size=cfg['batch_size'],
+                               device=self.device)
+        summary = summarize(scores)
         self.echo('validation: ' + json.dumps(summary))
         return summary
 
