@@ -16,7 +16,7 @@ from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import Stores, get_typestore
-from sensor_msgs.msg import Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from mtdp_ros.cli import main
 from mtdp_ros.cli.bag import Progress
@@ -150,7 +150,8 @@ def test_every_frame_on_every_topic(tmp_path, model, engine, in_storage, encodin
 
     with Reader(out_path) as reader:
         assert {c.topic for c in reader.connections} == {
-            f'{NAMESPACE}/{t}' for t in IMAGE_OUTPUTS + (('points',) if camera_info else ())}
+            f'{NAMESPACE}/{t}' for t in
+            IMAGE_OUTPUTS + (('points', 'depth/camera_info') if camera_info else ())}
         for connection in reader.connections:
             assert connection.digest == TYPESTORE.hash_rihs01(connection.msgtype)
     stored_file = [f for f in os.listdir(out_path) if f != 'metadata.yaml']
@@ -182,6 +183,14 @@ def test_every_frame_on_every_topic(tmp_path, model, engine, in_storage, encodin
             assert (cloud.height, cloud.width) == FRAME_SIZES[index]
             points = cloud_msg_to_numpy(cloud)
             np.testing.assert_array_equal(points[..., 2], expected[index]['depth'])
+        # depth/camera_info beside every depth image, with its header and size.
+        records = topics[f'{NAMESPACE}/depth/camera_info']
+        assert [t for t, _, _ in records] == list(BAG_TIMES)
+        for index, (_, raw, msgtype) in enumerate(records):
+            assert msgtype == 'sensor_msgs/msg/CameraInfo'
+            info = deserialize_message(raw, CameraInfo)
+            assert (info.height, info.width) == FRAME_SIZES[index]
+            assert info.header.frame_id == FRAME_ID
 
 
 def test_copy_input_carries_input_topics(tmp_path, model):
@@ -194,7 +203,8 @@ def test_copy_input_carries_input_topics(tmp_path, model):
     inputs = read_bag(in_path)
     outputs = read_bag(out_path)
     assert set(outputs) == {topic, '/camera/camera_info', '/robot/perception/depth',
-                            '/robot/perception/depth/color', '/robot/perception/points'}
+                            '/robot/perception/depth/color', '/robot/perception/points',
+                            '/robot/perception/depth/camera_info'}
     for copied in (topic, '/camera/camera_info'):
         assert outputs[copied] == inputs[copied]
 
@@ -288,7 +298,8 @@ def test_output_options(tmp_path, model, engine, capsys):
                    '--points-stride', '2') == 0
     topics = read_bag(out_path)
     assert set(topics) == {f'{NAMESPACE}/{t}' for t in
-                           ('semantic/labels', 'depth', 'normals', 'edges', 'points')}
+                           ('semantic/labels', 'depth', 'depth/camera_info', 'normals', 'edges',
+                            'points')}
     for index, (_, raw, _) in enumerate(topics[f'{NAMESPACE}/points']):
         cloud = cloud_msg_to_numpy(deserialize_message(raw, PointCloud2))
         depth = engine.infer(frames[index])['depth']
@@ -320,6 +331,36 @@ def test_output_options(tmp_path, model, engine, capsys):
                    '--depth-color-min', '3', '--depth-color-max', '1') == 2
     assert '--depth-color-max (1.0) must exceed --depth-color-min' in capsys.readouterr().err
     assert not os.path.exists(tmp_path / 'bad')
+
+
+def test_depth_is_corrected_for_the_camera_as_in_the_node(tmp_path):
+    # A model that states its training focal length: depth is rescaled by the focal ratio
+    # of the bag's camera as seen in the model's input (the node's depth.focal_correction).
+    from mtdp_ros.runtime import create_engine
+    train_focal_px = 40.0
+    config = {**TINY_MLORE, 'train_focal_px': train_focal_px}
+    checkpoint = write_checkpoint(tmp_path, config, name='focal.safetensors')
+    engine = create_engine(checkpoint, device='cpu')
+    in_path = str(tmp_path / 'in')
+    topic, frames = write_input_bag(in_path, 'sqlite3', 'rgb8', camera_info=True)
+    corrected, plain = str(tmp_path / 'corrected'), str(tmp_path / 'plain')
+    common = ['--image-topic', topic, '--camera-info-topic', '/camera/camera_info',
+              '--tasks', 'depth', '--no-color', '--device', 'cpu', '--no-progress']
+    assert main(['bag', in_path, '--out', corrected, '--model', checkpoint] + common) == 0
+    assert main(['bag', in_path, '--out', plain, '--model', checkpoint,
+                 '--no-focal-correction'] + common) == 0
+    corrected_depth = read_bag(corrected)[f'{NAMESPACE}/depth']
+    plain_depth = read_bag(plain)[f'{NAMESPACE}/depth']
+    for index, (height, width) in enumerate(FRAME_SIZES):
+        fx = 0.9 * width     # _camera_info_msg's focal length; cx, cy at the centre
+        intrinsics = (fx, fx, width / 2, height / 2)
+        want = engine.infer(frames[index], tasks=['depth'], intrinsics=intrinsics)['depth']
+        factor = engine.last_focal_factor
+        assert factor != pytest.approx(1.0, abs=0.05)
+        got = image_msg_to_numpy(deserialize_message(corrected_depth[index][1], Image))
+        np.testing.assert_array_equal(got, want)
+        unscaled = image_msg_to_numpy(deserialize_message(plain_depth[index][1], Image))
+        np.testing.assert_allclose(got, unscaled * factor, rtol=1e-6)
 
 
 def test_unusable_camera_info_fails(tmp_path, model, capsys):

@@ -423,3 +423,7 @@ def test_finetuning_on_zoomed_tum_scenes_lowers_held_out_depth_error(tmp_path):
     assert after < before - margin, f'abs_rel {before:.4f} -> {after:.4f}'
     # semseg parameters and all BatchNorm statistics were frozen: classes barely move.
     assert scores['semseg_agreement']['with_start'] > 0.95
+    # The saved model states the camera it now predicts depth for (twice the focal length
+    # of the start's), so the node's focal correction does not rescale it a second time.
+    saved, _ = resolve_model(str(tmp_path / 'run' / 'model.safetensors'))
+    assert saved.train_focal_px == pytest.approx(2.0 * config.train_focal_px, rel=0.01)

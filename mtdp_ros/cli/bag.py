@@ -55,6 +55,13 @@ def register(subparsers):
                         help='keep every N-th pixel along each axis in points')
     parser.add_argument('--points-color', choices=('image', 'semantic'), default='image',
                         help='point colours: camera image or semantic classes')
+    parser.add_argument('--rectified', action='store_true',
+                        help='the images are rectified: use P and ignore D (the node\'s '
+                             'camera.rectified)')
+    parser.add_argument('--no-focal-correction', action='store_true',
+                        help="keep the network's depth for its training camera (the node's "
+                             'depth.focal_correction false); by default depth is rescaled to '
+                             'the camera of --camera-info-topic')
     add_engine_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -116,7 +123,8 @@ def output_options(args):
                          publish_points=bool(args.camera_info_topic),
                          points_stride=args.points_stride, points_color=args.points_color,
                          depth_color_min=args.depth_color_min,
-                         depth_color_max=args.depth_color_max)
+                         depth_color_max=args.depth_color_max,
+                         camera_rectified=args.rectified)
 
 
 def _points_problem(kind, text):
@@ -149,6 +157,7 @@ def run(args):
 def _process(reader, args, namespace, options, bag_io):
     """Run the engine on every frame; returns (frames, s, engine s, messages, topics)."""
     from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb
+    from mtdp_ros.ros.camera import FocalCorrection, camera_info_problem
     from mtdp_ros.ros.outputs import OutputBuilder, output_topics
     image_connections, image_type = bag_io.topic_connections(
         reader, args.image_topic, tuple(bag_io.IMAGE_TYPES), 'image topic')
@@ -160,8 +169,13 @@ def _process(reader, args, namespace, options, bag_io):
         info_connections, _ = bag_io.topic_connections(
             reader, args.camera_info_topic, (bag_io.CAMERA_INFO_TYPE,), 'camera info topic')
         for _, timestamp, raw in bag_io.read_messages(reader, info_connections):
-            infos.append(bag_io.deserialize(raw, bag_io.CameraInfo, args.camera_info_topic,
-                                            timestamp))
+            info = bag_io.deserialize(raw, bag_io.CameraInfo, args.camera_info_topic,
+                                      timestamp)
+            problem = camera_info_problem(info, args.rectified)
+            if problem:     # the node ignores such a message; offline, say so and stop
+                raise CommandError(f'{args.camera_info_topic} (bag time {timestamp} ns): '
+                                   f'{problem}')
+            infos.append(info)
             info_times.append(timestamp)
         if not infos:
             raise CommandError(f'camera info topic {args.camera_info_topic} has no messages')
@@ -176,6 +190,8 @@ def _process(reader, args, namespace, options, bag_io):
               file=sys.stderr)
         options = dataclasses.replace(options, publish_points=False)
     builder = OutputBuilder()
+    focal = FocalCorrection(not args.no_focal_correction, args.rectified,
+                            args.camera_info_topic, lambda text: None)
     copied = image_connections + info_connections if args.copy_input else []
     written = {output_topic(namespace, topic) for topic, _ in output_topics(tasks)}
     clashes = sorted(written & {connection.topic for connection in copied})
@@ -202,16 +218,20 @@ def _process(reader, args, namespace, options, bag_io):
             if connection.topic != args.image_topic:
                 continue
             msg = bag_io.deserialize(raw, image_class, args.image_topic, timestamp)
+            info = camera_info_at(infos, info_times, timestamp)
             try:
                 rgb = to_rgb(msg)
+                # As the node: depth rescaled to this camera's focal length (camera.py).
+                intrinsics = None if info is None else \
+                    focal.intrinsics(info, rgb.shape[1], rgb.shape[0])
                 engine_started = time.perf_counter()
-                outputs = engine.infer(rgb, tasks=tasks, steps=args.steps, seed=args.seed)
+                outputs = engine.infer(rgb, tasks=tasks, steps=args.steps, seed=args.seed,
+                                       intrinsics=intrinsics)
                 engine_seconds += time.perf_counter() - engine_started
             except (ImageRejected, ValueError) as exc:
                 raise CommandError(f'{args.image_topic}: frame {frames} (bag time {timestamp} '
                                    f'ns) cannot be processed: {bag_io.one_line(exc)}'
                                    ) from None
-            info = camera_info_at(infos, info_times, timestamp)
             for output in builder.messages(outputs, msg.header, rgb, info, options,
                                            on_problem=_points_problem):
                 writer.write(output_topic(namespace, output.topic), timestamp, output.msg)

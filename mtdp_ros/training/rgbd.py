@@ -680,6 +680,21 @@ def _paths(value):
     return out
 
 
+def training_focal_px(dataset, count=16):
+    """The focal length (px, in the model's input) of the frames a model is fine-tuned on.
+
+    The median of (fx + fy) / 2 over up to ``count`` frames spread over ``dataset``: the
+    fine-tuned model's ``train_focal_px``, so that the node's focal correction
+    (depth.focal_correction) rescales depth from this camera, not the starting model's.
+    """
+    size = len(dataset)
+    if size == 0:
+        raise ValueError('the RGB-D dataset has no frames')
+    picks = sorted({round(i * (size - 1) / max(count - 1, 1)) for i in range(min(count, size))})
+    focals = [float(dataset[i]['intrinsics'][:2].mean()) for i in picks]
+    return float(np.median(focals))
+
+
 def build_rgbd_dataset(data, image_size, roots=None, augment=None, seed=0):
     """The dataset of a training config's ``data`` section (source ``tum`` or ``rosbag``).
 

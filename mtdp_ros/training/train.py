@@ -395,8 +395,16 @@ class Trainer:
             return
         from .datasets import build_dataset, collate
         if self.finetune:
-            from .rgbd import build_rgbd_dataset
+            from .rgbd import build_rgbd_dataset, training_focal_px
             dataset = build_rgbd_dataset(data, (height, width), seed=int(train['seed']))
+            # The fine-tuned model predicts depth for this camera: its config says so, or
+            # the node's focal correction would rescale from the starting model's camera.
+            focal = training_focal_px(dataset)
+            if self.model_config.train_focal_px != focal:
+                self.echo(f'train_focal_px {self.model_config.train_focal_px} -> '
+                          f'{focal:.4g} px (the RGB-D frames\' camera in the model input)')
+                self.model_config = self.model_config.replace(train_focal_px=focal)
+                self.model.config = self.model_config
         else:
             dataset = build_dataset(data['source'], data['root'], 'train', self.tasks,
                                     (height, width), augment=data['augment'])
