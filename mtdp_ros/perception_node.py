@@ -211,7 +211,7 @@ class PerceptionNode(LifecycleNode):
         # read-only parameters, needed by camera_info in every state.
         self._focal = FocalCorrection(bool(self.get_parameter('depth.focal_correction').value),
                                       bool(self.get_parameter('camera.rectified').value),
-                                      self._info_subscription.topic_name, self._log.info)
+                                      self.resolve_topic_name('camera_info'), self._log.info)
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics',
                                                             10)
         # A steady clock: under use_sim_time without /clock, ROS-time timers never fire.

@@ -131,6 +131,8 @@ def test_watchdog_names_the_qos_mismatch_and_throttles():
 def test_runtime_log_bridge_forwards_records_and_warnings_once_until_detached():
     logger = RecordingLogger()
     bridge = RuntimeLogBridge(logger)
+    configured = logging.getLogger(RUNTIME_LOGGER)
+    before = (configured.propagate, configured.level, list(configured.handlers))
     bridge.attach()
     bridge.attach()                             # idempotent: one handler
     runtime = logging.getLogger(RUNTIME_LOGGER + '.engine')
@@ -148,3 +150,5 @@ def test_runtime_log_bridge_forwards_records_and_warnings_once_until_detached():
         bridge.detach()
     runtime.warning('after detach')
     assert ('warning', 'after detach') not in logger.records
+    # The process's own logging configuration is back (records reach the root again).
+    assert (configured.propagate, configured.level, list(configured.handlers)) == before

@@ -49,6 +49,9 @@ class RuntimeLogBridge:
         if self._attached:
             return
         runtime_logger = logging.getLogger(RUNTIME_LOGGER)
+        # Restored by detach: an embedding process (a test, a composed program) keeps its
+        # own logging configuration once the node is gone.
+        self._saved = (runtime_logger.propagate, runtime_logger.level)
         runtime_logger.addHandler(self.handler)
         runtime_logger.propagate = False
         runtime_logger.setLevel(logging.INFO)
@@ -57,7 +60,10 @@ class RuntimeLogBridge:
     def detach(self):
         """Stop routing (idempotent)."""
         if self._attached:
-            logging.getLogger(RUNTIME_LOGGER).removeHandler(self.handler)
+            runtime_logger = logging.getLogger(RUNTIME_LOGGER)
+            runtime_logger.removeHandler(self.handler)
+            runtime_logger.propagate, level = self._saved
+            runtime_logger.setLevel(level)
             self._attached = False
 
     @contextmanager
