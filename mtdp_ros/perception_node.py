@@ -711,6 +711,8 @@ def main(args=None):
             executor.spin_once(timeout_sec=0.1)
     except ExternalShutdownException:
         pass
+    # From here on the process only ends: later signals must not interrupt that.
+    signals.ignore_further()
     node.get_logger().info('stopping')
     if node.state not in ('finalized', 'shuttingdown'):
         try:

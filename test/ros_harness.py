@@ -160,8 +160,9 @@ class NodeProcess:
         for index, number in enumerate(signals):
             if index:
                 time.sleep(gap)         # the spacing under test, not a wait for a state
-            if self.process.poll() is None:
-                os.killpg(group, number)
+            if self.process.poll() is not None:
+                break
+            os.killpg(group, number)
         try:
             code = self.process.wait(max(0.0, timeout - (time.monotonic() - started)))
         except subprocess.TimeoutExpired:

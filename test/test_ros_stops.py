@@ -36,3 +36,13 @@ def test_after_start_up_signals_only_request_the_stop(stop_signals):
     for _ in range(3):
         os.kill(os.getpid(), signal.SIGINT)
     assert stop_signals.requested.is_set()
+
+
+def test_once_stopping_later_signals_are_ignored_for_good(stop_signals):
+    stop_signals.interrupt_startup = False
+    os.kill(os.getpid(), signal.SIGINT)
+    stop_signals.ignore_further()
+    # SIG_IGN, not a Python function: it survives the interpreter's finalization.
+    assert all(signal.getsignal(number) is signal.SIG_IGN for number in StopSignals.SIGNALS)
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -31,6 +31,17 @@ class StopSignals:
         for number in self.SIGNALS:
             signal.signal(number, self._handle)
 
+    def ignore_further(self):
+        """Ignore every later SIGINT/SIGTERM (main thread only), for the rest of the process.
+
+        Python's finalization puts the default handlers back for signals it handles; a
+        Ctrl-C arriving then (the third of ``ros2 launch``'s group + forwarded ones, while
+        PyTorch and the interpreter tear down) would kill the process with -2. Ignored
+        signals stay ignored through finalization.
+        """
+        for number in self.SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+
     def _handle(self, number, frame):
         if self.requested.is_set():
             return
