@@ -136,6 +136,9 @@ def test_runtime_log_bridge_forwards_records_and_warnings_once_until_detached():
     bridge.attach()
     bridge.attach()                             # idempotent: one handler
     runtime = logging.getLogger(RUNTIME_LOGGER + '.engine')
+    # As the runtime's own child loggers: `launch`, imported by other tests of this process
+    # (colcon test), makes every later logger non-propagating.
+    runtime.propagate = True
     try:
         with bridge.forwarding_warnings() as said:
             runtime.warning('CUDA is not available')

@@ -373,6 +373,9 @@ class DecoderMessages:
 
 # A child of the runtime's logger: the node forwards that one (and so this) to the ROS log.
 LOGGER = logging.getLogger('mtdp_ros.runtime.decoder')
+# To the runtime's logger, whose handlers the node sets. Explicit: once `launch` is imported
+# (launch files, launch tests in one process), every new logger starts non-propagating.
+LOGGER.propagate = True
 DECODER_MESSAGES = DecoderMessages()
 
 

@@ -18,6 +18,8 @@ from .postprocess import check_intrinsics, focal_correction_factor
 from .preprocess import plan_letterbox
 
 LOGGER = logging.getLogger('mtdp_ros.runtime')
+# Explicit: once `launch` is imported in a process, every new logger starts non-propagating.
+LOGGER.propagate = True
 BACKENDS = ('torch', 'onnxruntime')
 DEVICES = ('auto', 'cuda', 'cpu')
 PRECISIONS = ('fp32', 'fp16')
