@@ -18,7 +18,8 @@ _CONFIG_KEY = 'mtdp_config'
 _LIST_LIMIT = 8
 
 
-def _describe(keys):
+def describe_keys(keys):
+    """'N: a, b, ... (+M more)': a short list of keys for an error message."""
     keys = sorted(keys)
     shown = ', '.join(keys[:_LIST_LIMIT])
     more = f' (+{len(keys) - _LIST_LIMIT} more)' if len(keys) > _LIST_LIMIT else ''
@@ -59,7 +60,7 @@ def read_state_dict(src):
     bad = [k for k, v in data.items() if not isinstance(v, torch.Tensor)]
     if bad or not data:
         raise ValueError(f'{src_name} is not a state dict: '
-                         + (f'non-tensor entries {_describe(map(str, bad))}' if bad else
+                         + (f'non-tensor entries {describe_keys(map(str, bad))}' if bad else
                             'it is empty'))
     return {_strip_prefix(k): v for k, v in data.items()}
 
@@ -116,11 +117,11 @@ def load_checkpoint(model, src):
                   for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
     problems = []
     if missing:
-        problems.append(f'missing keys {_describe(missing)}')
+        problems.append(f'missing keys {describe_keys(missing)}')
     if unexpected:
-        problems.append(f'unexpected keys {_describe(unexpected)}')
+        problems.append(f'unexpected keys {describe_keys(unexpected)}')
     if mismatched:
-        problems.append(f'shape mismatches {_describe(mismatched)}')
+        problems.append(f'shape mismatches {describe_keys(mismatched)}')
     if problems:
         name = getattr(model.config, 'name', '') or model.config.family
         raise ValueError(f'checkpoint does not match the model ({name}): ' + '; '.join(problems))

@@ -38,20 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import read_state_dict
+from .checkpoint import describe_keys as _describe, read_state_dict
 
 # Keys of a timm ViT file the dense encoder has no place for (see the module docstring).
 DROPPED_KEYS = ('cls_token', 'dist_token')
 DROPPED_PREFIXES = ('head.', 'head_dist.', 'pre_logits.')
 _NPZ_POS_EMBED = 'Transformer/posembed_input/pos_embedding'
-_LIST_LIMIT = 8
-
-
-def _describe(keys):
-    keys = sorted(keys)
-    shown = ', '.join(keys[:_LIST_LIMIT])
-    more = f' (+{len(keys) - _LIST_LIMIT} more)' if len(keys) > _LIST_LIMIT else ''
-    return f'{len(keys)}: {shown}{more}'
 
 
 def read_vit_weights(path):
