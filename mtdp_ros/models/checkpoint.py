@@ -26,6 +26,24 @@ def describe_keys(keys):
     return f'{len(keys)}: {shown}{more}'
 
 
+def state_dict_problems(given, own, given_name, own_name):
+    """What keeps ``given`` tensors from loading strictly into ``own``: missing keys,
+    unexpected keys and shape mismatches, each a short phrase ([] when they match)."""
+    missing = set(own) - set(given)
+    unexpected = set(given) - set(own)
+    mismatched = [f'{k} ({given_name} {tuple(given[k].shape)}, {own_name} '
+                  f'{tuple(own[k].shape)})'
+                  for k in sorted(set(own) & set(given)) if given[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f'missing keys {describe_keys(missing)}')
+    if unexpected:
+        problems.append(f'unexpected keys {describe_keys(unexpected)}')
+    if mismatched:
+        problems.append(f'shape mismatches {describe_keys(mismatched)}')
+    return problems
+
+
 def read_state_dict(src):
     """Tensors of a checkpoint path or mapping, as a flat ``{key: tensor}`` dict.
 
@@ -111,17 +129,7 @@ def load_checkpoint(model, src):
     if not set(state) & set(own):
         mapping = authors_key_map(own)                     # authors' key -> our key
         state = {mapping.get(k, k): v for k, v in state.items()}
-    missing = set(own) - set(state)
-    unexpected = set(state) - set(own)
-    mismatched = [f'{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})'
-                  for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
-    problems = []
-    if missing:
-        problems.append(f'missing keys {describe_keys(missing)}')
-    if unexpected:
-        problems.append(f'unexpected keys {describe_keys(unexpected)}')
-    if mismatched:
-        problems.append(f'shape mismatches {describe_keys(mismatched)}')
+    problems = state_dict_problems(state, own, 'checkpoint', 'model')
     if problems:
         name = getattr(model.config, 'name', '') or model.config.family
         raise ValueError(f'checkpoint does not match the model ({name}): ' + '; '.join(problems))

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import describe_keys as _describe, read_state_dict
+from .checkpoint import describe_keys as _describe, read_state_dict, state_dict_problems
 
 # Keys of a timm ViT file the dense encoder has no place for (see the module docstring).
 DROPPED_KEYS = ('cls_token', 'dist_token')
@@ -202,17 +202,7 @@ def encoder_state_from_timm(state, encoder, name='the file'):
     grid = encoder.grid_size
     resampled = resample_pos_embed(pos, grid, num_prefix_tokens=prefix)
     kept['pos_embed'] = torch.cat([resampled[:, :1], resampled[:, prefix:]], dim=1)
-    missing = set(own) - set(kept)
-    unexpected = set(kept) - set(own)
-    mismatched = [f'{k} (file {tuple(kept[k].shape)}, encoder {tuple(own[k].shape)})'
-                  for k in sorted(set(own) & set(kept)) if kept[k].shape != own[k].shape]
-    problems = []
-    if missing:
-        problems.append(f'missing keys {_describe(missing)}')
-    if unexpected:
-        problems.append(f'unexpected keys {_describe(unexpected)}')
-    if mismatched:
-        problems.append(f'shape mismatches {_describe(mismatched)}')
+    problems = state_dict_problems(kept, own, 'file', 'encoder')
     if problems:
         raise ValueError(f'{name} does not match the ViT encoder: ' + '; '.join(problems))
     return kept, dropped

@@ -279,45 +279,46 @@ def intrinsics_for_image(camera, image_shape):
 
 
 # ----------------------------------------------------------------------------- TUM folders
-def read_tum_list(path):
-    """[(timestamp, relative path)] of a TUM rgb.txt / depth.txt."""
-    entries = []
+def _data_lines(path):
+    """(line number, stripped line) of a TUM text file, without blanks and # comments."""
     with open(path, 'r', encoding='utf-8') as handle:
         for number, line in enumerate(handle, 1):
             line = line.strip()
-            if not line or line.startswith('#'):
-                continue
-            parts = line.replace(',', ' ').split()
-            try:
-                entries.append((float(parts[0]), parts[1]))
-            except (ValueError, IndexError):
-                raise ValueError(f'{path}:{number}: expected "timestamp path", got '
-                                 f'{line!r}') from None
+            if line and not line.startswith('#'):
+                yield number, line
+
+
+def read_tum_list(path):
+    """[(timestamp, relative path)] of a TUM rgb.txt / depth.txt."""
+    entries = []
+    for number, line in _data_lines(path):
+        parts = line.replace(',', ' ').split()
+        try:
+            entries.append((float(parts[0]), parts[1]))
+        except (ValueError, IndexError):
+            raise ValueError(f'{path}:{number}: expected "timestamp path", got '
+                             f'{line!r}') from None
     return entries
 
 
 def read_associations(path):
     """[(rgb path, depth path, t_rgb, t_depth)] of an associate.py output file."""
     pairs = []
-    with open(path, 'r', encoding='utf-8') as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line or line.startswith('#'):
-                continue
-            parts = line.split()
-            if len(parts) < 4:
-                raise ValueError(f'{path}:{number}: expected "t_rgb rgb/x.png t_depth '
-                                 f'depth/y.png", got {line!r}')
-            try:
-                t_rgb, t_depth = float(parts[0]), float(parts[2])
-            except ValueError:
-                raise ValueError(f'{path}:{number}: timestamps must be numbers, got '
-                                 f'{line!r}') from None
-            # associate.py pairs either stream with the other: keep the rgb file first.
-            first, second = parts[1], parts[3]
-            if first.startswith('depth') and not second.startswith('depth'):
-                first, second, t_rgb, t_depth = second, first, t_depth, t_rgb
-            pairs.append((first, second, t_rgb, t_depth))
+    for number, line in _data_lines(path):
+        parts = line.split()
+        if len(parts) < 4:
+            raise ValueError(f'{path}:{number}: expected "t_rgb rgb/x.png t_depth '
+                             f'depth/y.png", got {line!r}')
+        try:
+            t_rgb, t_depth = float(parts[0]), float(parts[2])
+        except ValueError:
+            raise ValueError(f'{path}:{number}: timestamps must be numbers, got '
+                             f'{line!r}') from None
+        # associate.py pairs either stream with the other: keep the rgb file first.
+        first, second = parts[1], parts[3]
+        if first.startswith('depth') and not second.startswith('depth'):
+            first, second, t_rgb, t_depth = second, first, t_depth, t_rgb
+        pairs.append((first, second, t_rgb, t_depth))
     return pairs
 
 
