@@ -27,8 +27,10 @@ def describe_keys(keys):
 
 
 def state_dict_problems(given, own, given_name, own_name):
-    """What keeps ``given`` tensors from loading strictly into ``own``: missing keys,
-    unexpected keys and shape mismatches, each a short phrase ([] when they match)."""
+    """Why ``given`` tensors cannot load strictly into ``own`` ([] when they match).
+
+    Missing keys, unexpected keys and shape mismatches, each a short phrase naming them.
+    """
     missing = set(own) - set(given)
     unexpected = set(given) - set(own)
     mismatched = [f'{k} ({given_name} {tuple(given[k].shape)}, {own_name} '
