@@ -4,10 +4,13 @@ from .checkpoint import load_checkpoint, read_checkpoint_config, read_state_dict
 from .config import CLASS_TASKS, ModelConfig, TASK_ORDER
 from .factory import build_model, default_checkpoint_path, load_config_file, resolve_model
 from .presets import DEFAULT_MODELS, PRESETS
+from .registry import family_names, get_family, ModelFamily, register_family
 from .reparam import reparameterize
+from . import families  # noqa: F401  (registers the built-in families)
 
 __all__ = [
-    'CLASS_TASKS', 'DEFAULT_MODELS', 'ModelConfig', 'PRESETS', 'TASK_ORDER', 'build_model',
-    'default_checkpoint_path', 'load_checkpoint', 'load_config_file', 'read_checkpoint_config',
-    'read_state_dict', 'reparameterize', 'resolve_model', 'save_checkpoint',
+    'CLASS_TASKS', 'DEFAULT_MODELS', 'ModelConfig', 'ModelFamily', 'PRESETS', 'TASK_ORDER',
+    'build_model', 'default_checkpoint_path', 'family_names', 'get_family', 'load_checkpoint',
+    'load_config_file', 'read_checkpoint_config', 'read_state_dict', 'register_family',
+    'reparameterize', 'resolve_model', 'save_checkpoint',
 ]

@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field, fields, MISSING
 import math
 from typing import Dict, Optional, Tuple
 
-FAMILIES = ('mlore', 'taskdiffusion', 'taskdiffusion_mlore')
+# The families with MLoRE blocks in this configuration's schema (the others are registered
+# in mtdp_ros.models.registry; MLoRE fields are validated for these).
+MLORE_FAMILIES = ('mlore', 'taskdiffusion_mlore')
 DATASETS = ('NYUD', 'PASCALContext')
 # Task order of the authors' code; every model lists its tasks in this order.
 TASK_ORDER = ('semseg', 'depth', 'human_parts', 'sal', 'normals', 'edge')
@@ -75,12 +77,13 @@ class ModelConfig:
     @property
     def is_diffusion(self) -> bool:
         """True for the TaskDiffusion families (a sampler with a step count)."""
-        return self.family in ('taskdiffusion', 'taskdiffusion_mlore')
+        from .registry import get_family
+        return get_family(self.family).diffusion
 
     @property
     def has_mlore(self) -> bool:
         """True where MLoRE blocks exist (and ``reparameterize`` fuses them)."""
-        return self.family in ('mlore', 'taskdiffusion_mlore')
+        return self.family in MLORE_FAMILIES
 
     @property
     def grid_size(self) -> Tuple[int, int]:
@@ -126,8 +129,12 @@ class ModelConfig:
             raise ValueError(f'invalid model config{" " + self.name if self.name else ""}: '
                              f'{message}')
 
-        if self.family not in FAMILIES:
-            fail(f'family {self.family!r} is not one of {FAMILIES}')
+        from .registry import family_names, get_family
+        if self.family not in family_names():
+            fail(f'family {self.family!r} is not one of {family_names()}')
+        config_class = get_family(self.family).config_class
+        if config_class not in (None, ModelConfig):
+            fail(f'family {self.family!r} uses {config_class.__name__}, not ModelConfig')
         if self.dataset not in DATASETS:
             fail(f'dataset {self.dataset!r} is not one of {DATASETS}')
         if not self.tasks:
@@ -197,6 +204,12 @@ class ModelConfig:
             return data
         if not isinstance(data, dict):
             raise ValueError(f'model config must be a mapping, got {type(data).__name__}')
+        from .registry import get_family
+        if cls is ModelConfig and 'family' in data:
+            # A family with a schema of its own (e.g. MT-CP) parses its dictionaries itself.
+            config_class = get_family(data['family']).config_class
+            if config_class not in (None, ModelConfig):
+                return config_class.from_dict(data)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -5,9 +5,8 @@ import os
 
 from .checkpoint import read_checkpoint_config
 from .config import ModelConfig
-from .mlore import MLoREModel
 from .presets import DEFAULT_ALIASES, DEFAULT_MODELS, PRESETS
-from .taskdiffusion import TaskDiffusionModel
+from .registry import get_family
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data')
 
@@ -17,9 +16,7 @@ def build_model(config):
     if isinstance(config, str):
         config = resolve_model(config)[0]
     config = ModelConfig.from_dict(config)
-    if config.family == 'mlore':
-        return MLoREModel(config)
-    return TaskDiffusionModel(config)
+    return get_family(config.family).build(config)
 
 
 def default_checkpoint_path(name):

@@ -1,8 +1,10 @@
 """One re-parameterisation API (as timm's ``reparameterize_model``).
 
-``reparameterize(model)`` returns a new model in which every :class:`MLoREBlock` is replaced
-by its :class:`FusedMLoREBlock` (``MLoREBlock.fuse()``): same call, same outputs, one 3x3
-convolution per task and sample. The original model is left untouched.
+``reparameterize(model)`` returns a new model in which every block that has a ``fuse()``
+method is replaced by what ``fuse()`` returns (today :class:`MLoREBlock` gives its
+:class:`FusedMLoREBlock`: same call, same outputs, one 3x3 convolution per task and
+sample). A family makes a block fusable by giving it ``fuse()``; nothing here names it.
+The original model is left untouched.
 
 ``reparameterize(model, inplace=True)`` replaces the blocks of ``model`` itself, one block
 at a time, so each train-form block is freed as soon as its fused form exists: the peak
@@ -19,9 +21,21 @@ from torch import nn
 from .mlore_block import MLoREBlock
 
 
+def fusable_blocks(model: nn.Module):
+    """The outermost submodules of ``model`` that have a ``fuse()`` method."""
+    blocks, inside = [], set()
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in inside):
+            continue
+        if callable(getattr(module, 'fuse', None)) and module is not model:
+            blocks.append(module)
+            inside.add(name + '.')
+    return blocks
+
+
 def _fuse_children(module: nn.Module):
     for name, child in module.named_children():
-        if isinstance(child, MLoREBlock):
+        if callable(getattr(child, 'fuse', None)):
             fused = child.fuse()
             # Replacing the attribute drops the last reference to the train-form block.
             setattr(module, name, fused)
@@ -48,10 +62,10 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
     peak is the original plus the fused copy. ``inplace=True`` fuses ``model`` itself block
     by block and returns it.
     """
-    blocks = [m for m in model.modules() if isinstance(m, MLoREBlock)]
+    blocks = fusable_blocks(model)
     if not blocks:
-        raise ValueError('reparameterize: this model has no MLoRE blocks '
-                         '(TaskDiffusion without MLoRE has nothing to fuse)')
+        raise ValueError('reparameterize: this model has no block to fuse (no MLoRE blocks: '
+                         'TaskDiffusion without MLoRE has nothing to fuse)')
     if inplace:
         # BatchNorm statistics are folded: the fused form exists for eval mode only.
         model.eval()
