@@ -4,8 +4,7 @@ Subscribes to ``image`` (or ``image/compressed``) and ``camera_info``; publishes
 input's header and size, per enabled task: ``semantic/labels`` + ``semantic/color``,
 ``depth`` + ``depth/color``, ``normals`` + ``normals/color``, ``edges`` + ``edges/color``,
 ``human_parts/labels`` + ``human_parts/color``, ``saliency`` + ``saliency/color``, and the
-point cloud ``points`` (models with depth only). See DESIGN.md and README.md for the full
-interface.
+point cloud ``points`` (models with depth only). README.md gives the full interface.
 
 A managed (lifecycle) node: unconfigured -> configure (create the engine, warm it up at
 the camera's size when camera_info is known) -> inactive -> activate (subscribe, publish)
@@ -51,7 +50,7 @@ from mtdp_ros.ros.outputs import KINDS, OUTPUT_TOPICS, OutputBuilder, OutputOpti
     output_topics
 from mtdp_ros.ros.qos import describe_qos, qos_profile
 from mtdp_ros.ros.runtime_log import RuntimeLogBridge
-from mtdp_ros.ros.stops import StopSignals
+from mtdp_ros.ros.stops import leave_now, StopSignals
 
 __all__ = ['NODE_NAME', 'OUTPUT_TOPICS', 'STAGES', 'PerceptionNode', 'StartupError', 'main']
 
@@ -203,7 +202,6 @@ class PerceptionNode(LifecycleNode):
         self._frame_lock = threading.Lock()
         self._stopping = threading.Event()
         self._stopped = None            # set by stop(): whether the engine was released
-        self._ready = threading.Event()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
         self._create_camera_info_subscription()
@@ -258,7 +256,6 @@ class PerceptionNode(LifecycleNode):
         self._input_watchdog.reset()
         self._active = True
         self._create_image_subscription()
-        self._ready.set()
         self._log.info('ready (active): the first frame of a new size warms the engine up')
         return SUCCESS
 
@@ -299,7 +296,7 @@ class PerceptionNode(LifecycleNode):
             raise StartupError('invalid parameters: ' + '; '.join(problems))
         self.engine = self._create_engine(values)
         self._model_tasks = tuple(self.engine.tasks)
-        self._is_diffusion = bool(self.engine.config.is_diffusion)
+        self._is_diffusion = self.engine.diffusion
         self._check_startup_model_values(values)
         if values['tasks'] is None:
             self.set_parameters([Parameter('tasks', Parameter.Type.STRING_ARRAY,
@@ -318,7 +315,6 @@ class PerceptionNode(LifecycleNode):
 
     def _deactivate(self, timeout):
         self._active = False
-        self._ready.clear()
         if self._image_subscription is not None:
             self.destroy_subscription(self._image_subscription)
             self._image_subscription = None
@@ -388,12 +384,9 @@ class PerceptionNode(LifecycleNode):
             reason = parameters.check_tasks(values['tasks'], self._model_tasks)
             if reason:
                 problems.append(reason)
-        reason = parameters.check_steps(values['diffusion.steps'], self._is_diffusion,
-                                        self.engine.model_name)
+        reason = parameters.check_steps(values['diffusion.steps'], self.engine)
         if not reason and self._is_diffusion:
-            reason = self.engine.check_steps(values['diffusion.steps'] or None)
-            if not reason:
-                self.engine.prepare_steps(values['diffusion.steps'] or None)
+            self.engine.prepare_steps(values['diffusion.steps'] or None)
         if reason:
             problems.append(reason)
         if problems:
@@ -459,11 +452,7 @@ class PerceptionNode(LifecycleNode):
             elif parameter.name == 'diffusion.steps':
                 reason = parameters.check_value(spec, value)
                 if engine is not None and not reason:
-                    reason = parameters.check_steps(value, self._is_diffusion,
-                                                    engine.model_name)
-                    if not reason and self._is_diffusion:
-                        # What this engine cannot run (a fixed .onnx file's other counts).
-                        reason = engine.check_steps(value or None)
+                    reason = parameters.check_steps(value, engine)
             else:
                 reason = parameters.check_value(spec, value)
             if parameter.name in current:
@@ -673,14 +662,6 @@ class PerceptionNode(LifecycleNode):
         return super().destroy_node()
 
 
-def _leave_now(code):
-    # The frame in flight (a large model on a CPU can take seconds) runs in PyTorch threads
-    # that cannot be interrupted; a normal interpreter exit would abort under them.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def main(args=None):
     """Console entry point; returns the process exit code (0 on SIGINT / SIGTERM)."""
     signals = StopSignals()
@@ -696,13 +677,13 @@ def main(args=None):
             return 1
         signals.interrupt_startup = False
     except KeyboardInterrupt:
-        _leave_now(0)
+        leave_now(0)
     except rclpy.exceptions.ParameterException as exc:
         rclpy.logging.get_logger(NODE_NAME).error(f'invalid parameter: {exc}')
         rclpy.try_shutdown()
         return 1
     if signals.requested.is_set():      # a signal came as the start-up ended
-        _leave_now(0)
+        leave_now(0)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
@@ -723,7 +704,7 @@ def main(args=None):
     executor.shutdown(timeout_sec=1.0)
     rclpy.try_shutdown()
     if node.inference_running():
-        _leave_now(0)
+        leave_now(0)
     return 0
 
 

@@ -18,7 +18,7 @@ import yaml
 from mtdp_ros.cli import main as mtdp
 from mtdp_ros.models import build_model, load_checkpoint, reparameterize, save_checkpoint
 from mtdp_ros.runtime import create_engine, read_onnx_metadata, select_providers
-from mtdp_ros.runtime.ort_engine import CPU, CUDA, TENSORRT
+from mtdp_ros.runtime.ort_providers import CPU, CUDA, TENSORRT
 
 GPU_PROVIDER = any(p in ort.get_available_providers() for p in (CUDA, TENSORRT))
 # Fraction of elements within the element tolerance for TaskDiffusion (README of the
