@@ -9,6 +9,9 @@ Usage::
     outputs = engine.infer(rgb_uint8_image, intrinsics=(fx, fy, cx, cy))
 """
 
+import sys
+import types
+
 from .options import BACKENDS, check_choice, DEVICES, PRECISIONS, resolve_device
 
 __all__ = [
@@ -37,6 +40,23 @@ def __getattr__(name):
     value = getattr(importlib.import_module(f'.{module}', __name__), name)
     globals()[name] = value
     return value
+
+
+class _Package(types.ModuleType):
+    """This package: its public ``postprocess`` is the function, not the module of that name.
+
+    Importing a submodule binds it as an attribute of its package. Eagerly imported, the
+    function's binding came afterwards and won; imported lazily, the module would hide the
+    function, so that one binding is not kept (``__getattr__`` then gives the function).
+    """
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def create_engine(model='default', checkpoint=None, backend='torch', device='auto',
