@@ -8,6 +8,7 @@ node parameter, a launch argument, a command-line option); what has passed is tr
 This module imports nothing heavy at load time (``launch`` files import it).
 """
 
+import math
 import numbers
 
 BACKENDS = ('torch', 'onnxruntime')
@@ -32,22 +33,21 @@ def is_diffusion(config):
     return get_family(getattr(config, 'family', config)).diffusion
 
 
-def check_steps(steps, config, name='steps', allow_none=True):
+def check_steps(steps, config, name='steps'):
     """Validated DDIM step count (an int in 1..MAX_STEPS) of a model of ``config``.
 
-    ``None`` (the model's default) is returned as is when ``allow_none``. ``config``: a
-    model config or a family name. ``name``: the option as the user wrote it (``steps``,
-    ``--steps``, ``diffusion.steps``), named in the ValueError.
+    ``None`` (the model's default) is returned as is. ``config``: a model config or a
+    family name. ``name``: the option as the user wrote it (``steps``, ``--steps``),
+    named in the ValueError.
     """
     if steps is None:
-        if allow_none:
-            return None
-        raise ValueError(f'{name} must be given')
+        return None
     if not is_diffusion(config):
         family = getattr(config, 'family', config)
         raise ValueError(f'{name} applies to TaskDiffusion models only; {family} has no '
                          f'denoising steps')
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Real) or int(steps) != steps:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Real) \
+            or not math.isfinite(steps) or int(steps) != steps:
         raise ValueError(f'{name} must be a positive integer, got {steps!r}')
     steps = int(steps)
     if not 1 <= steps <= MAX_STEPS:
@@ -55,19 +55,10 @@ def check_steps(steps, config, name='steps', allow_none=True):
     return steps
 
 
-def steps_reason(steps, config, name='steps'):
-    """None when :func:`check_steps` accepts ``steps``, else its reason (for ROS callbacks)."""
-    try:
-        check_steps(steps, config, name)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
 def check_seed(seed):
     """Validate a sampler seed (a non-negative integer)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Real) or int(seed) != seed \
-            or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Real) \
+            or not math.isfinite(seed) or int(seed) != seed or seed < 0:
         raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
     return int(seed)
 
