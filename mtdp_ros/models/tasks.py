@@ -130,8 +130,8 @@ def register_task(spec: TaskSpec) -> TaskSpec:
         raise ValueError(f'register_task takes a TaskSpec, got {type(spec).__name__}')
     if spec.name in _TASKS:
         raise ValueError(f'task {spec.name!r} is already registered')
-    taken = {topic for known in _TASKS.values() for topic in (known.raw_topic,
-                                                               known.color_topic)}
+    taken = {topic for known in _TASKS.values()
+             for topic in (known.raw_topic, known.color_topic)}
     clash = sorted({spec.raw_topic, spec.color_topic} & taken)
     if clash:
         raise ValueError(f'task {spec.name!r}: topics {clash} belong to another task')

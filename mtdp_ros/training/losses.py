@@ -3,13 +3,15 @@
 Per loss kind of the task table (``mtdp_ros.models.tasks``; targets in the model's target
 format, see ``mtdp_ros.models``):
 
-* ``cross_entropy`` (``semseg`` / ``human_parts``): cross-entropy, label 255 ignored, mean over valid pixels;
-* ``balanced_cross_entropy`` (``sal``): class-balanced 2-way cross-entropy (weights from the batch's label frequency);
+* ``cross_entropy`` (``semseg`` / ``human_parts``): cross-entropy, label 255 ignored, mean
+  over valid pixels;
+* ``balanced_cross_entropy`` (``sal``): class-balanced 2-way cross-entropy (weights from
+  the batch's label frequency);
 * ``depth_l1``: L1 over pixels whose target is not 0 (invalid);
 * ``normals_l1``: L1 between the L2-normalised prediction and the target, summed over the
   three channels and averaged over pixels whose target is not the zero vector (nor 255);
-* ``edge_bce`` (``edge``): weighted binary cross-entropy, positives weighted ``edge_w`` and negatives
-  ``1 - edge_w`` (the authors' ``BalancedBinaryCrossEntropyLoss`` with a fixed weight),
+* ``edge_bce`` (``edge``): weighted binary cross-entropy, positives weighted ``edge_w`` and
+  negatives ``1 - edge_w`` (the authors' ``BalancedBinaryCrossEntropyLoss`` with a fixed weight),
   255 ignored.
 
 ``MultiTaskLoss`` sums them with per-task weights, adds the MoE load-balancing term of
