@@ -6,10 +6,14 @@ encoder of TaskDiffusion, the runtime's post-processing, the node's output topic
 colour pictures (also ``mtdp infer`` and the demo), the RViz topic list, the training
 losses, the meters and the evaluation summary, and the training data's target format.
 
-Adding a task is one :class:`TaskSpec` (in ``BUILT_IN_TASKS`` or via :func:`register_task`)
-plus its head in the model: nothing else names tasks. A task whose ``kind`` or
-``activation`` is new also needs that kind handled where kinds are dispatched (search for
-``spec.kind`` / ``spec.activation``).
+Adding a task of an existing kind is one :class:`TaskSpec` (in ``BUILT_IN_TASKS``, or
+:func:`register_task` at run time); its head is built from the config's ``num_outputs``.
+Its data (a dataset reader for its labels, a preset's ``num_outputs``) and an RViz display
+are the only other places. A new ``kind`` or ``activation`` also needs handling where kinds
+are dispatched (search for ``.kind ==`` / ``.activation ==``). What still names a task
+is about that task alone: the point cloud and ``depth/camera_info`` come from ``depth``,
+the semantic cloud colours and fine-tuning's distillation from ``semseg``, the data set
+readers and synthetic scenes from the tasks they have labels for.
 """
 
 from dataclasses import dataclass

@@ -20,14 +20,11 @@ import torch
 
 from ..runtime.preprocess import check_image, letterbox, normalisation, plan_letterbox, \
     unletterbox
-from ..models.tasks import BUILT_IN_TASKS, find_task
+from ..models.tasks import find_task
 from .metrics import MultiTaskMeter
 
 # Tolerance of the edge benchmark (fraction of the image diagonal) per data set.
 EDGE_MAX_DIST = {'synthetic': 0.011, 'nyud': 0.011, 'pascal': 0.0075}
-# Metrics kept in the one-line JSON summary, per built-in task (the task table's
-# summary_metrics; summarize reads the table, so registered tasks have theirs too).
-SUMMARY_KEYS = {spec.name: spec.summary_metrics for spec in BUILT_IN_TASKS}
 
 
 def parse_data_spec(spec):
@@ -175,7 +172,7 @@ def summarize(results):
     """The compact form printed by ``mtdp eval --json`` (fractions, metres, degrees)."""
     summary = {}
     for task, values in results.items():
-        spec = find_task(task)
+        spec = find_task(task)                # the metrics the task table keeps
         keys = spec.summary_metrics if spec is not None else tuple(values)
         summary[task] = {k: _round(values[k]) for k in keys if k in values}
     return summary

@@ -23,12 +23,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..models.tasks import BUILT_IN_TASKS, find_task, get_task, task_names
+from ..models.tasks import find_task, get_task, task_names
 
 IGNORE_INDEX = 255
-# Default weights of the built-in tasks (the task table's loss_weight: the authors' NYUD
-# settings, MLoRE YAML).
-DEFAULT_WEIGHTS = {spec.name: spec.loss_weight for spec in BUILT_IN_TASKS}
 
 
 def _valid_count(mask):

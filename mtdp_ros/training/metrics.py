@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.tasks import BUILT_IN_TASKS, get_task, task_names
+from ..models.tasks import get_task, task_names
 
 IGNORE_INDEX = 255
 
@@ -367,16 +367,13 @@ def metric_directions(tasks=None):
 
 
 def primary_metrics(tasks=None):
-    """Task -> its one metric of Delta_m (the task table's first summary metric)."""
+    """Task -> its one metric of Delta_m (the task table's first summary metric).
+
+    The metric the multi-task literature reports (Maninis et al. 2019; Vandenhende et al.
+    2021, and the MLoRE / TaskDiffusion tables): NYUD semseg mIoU, depth RMSE, normals mean
+    angle, edge odsF; PASCAL adds human parts mIoU and saliency maxF.
+    """
     return {task: get_task(task).primary_metric for task in (tasks or task_names())}
-
-
-# Of the built-in tasks. The one metric per task of Delta_m as the multi-task literature
-# reports it (Maninis et al. 2019; Vandenhende et al. 2021, and the MLoRE / TaskDiffusion
-# tables): NYUD semseg mIoU, depth RMSE, normals mean angle, edge odsF; PASCAL adds human
-# parts mIoU and saliency maxF.
-METRIC_DIRECTIONS = metric_directions(spec.name for spec in BUILT_IN_TASKS)
-PRIMARY_METRICS = primary_metrics(spec.name for spec in BUILT_IN_TASKS)
 
 
 def multi_task_gain(results, baselines, metrics=None):
