@@ -153,11 +153,11 @@ def test_a_registered_task_trains_and_is_measured_like_its_original(original, ta
     copy = copy_of(original, table)
     raw = raw_output(original, size=(8, 8))
     target = predictions_from_raw(original, raw_output(original, size=(8, 8), seed=1))
-    if tasks.get_task(original).target == 'classes':
-        target = target.long()[:, None] if target.dim() == 3 else \
-            (target > 0.5).long()[:, None]
-    elif target.dim() == 3:
-        target = target[:, None]
+    spec = tasks.get_task(original)
+    if spec.target == 'classes':             # argmax labels, or a two-class probability
+        target = target if spec.activation == 'argmax' else (target > 0.5)
+        target = target.long()
+    target = target[:, None] if target.dim() == 3 else target
     torch.testing.assert_close(predictions_from_raw(copy, raw),
                                predictions_from_raw(original, raw))
 
