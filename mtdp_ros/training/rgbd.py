@@ -10,8 +10,8 @@ import glob
 import os
 
 import numpy as np
-import torch
 
+from .datasets import collate
 from .rosbag_rgbd import RosbagRGBD
 from .tum import TUMRGBD
 
@@ -67,10 +67,5 @@ def build_rgbd_dataset(data, image_size, roots=None, augment=None, seed=0):
     raise ValueError(f'not an RGB-D source: {data["source"]!r}')
 
 
-def collate_rgbd(samples):
-    """Stack samples of ``make_sample``; names as a list."""
-    batch = {'name': [s['name'] for s in samples]}
-    for key in samples[0]:
-        if key != 'name':
-            batch[key] = torch.stack([s[key] for s in samples])
-    return batch
+# Samples of ``make_sample`` stack like any others (intrinsics included).
+collate_rgbd = collate

@@ -35,6 +35,9 @@ import torch
 from .raycast import check_focal_scale, intrinsics_for, ray_directions, surface_albedo, trace
 from .scene_sampling import collate_scenes, sample_scene
 
+# The tasks a rendered scene has labels for (render_params' keys).
+SCENE_TASKS = ('semseg', 'depth', 'normals', 'edge')
+
 
 # ----------------------------------------------------------------------------- rendering
 def _gather_rows(table, index):
