@@ -50,7 +50,7 @@ def build_parser():
 
 def camera_frame(width, height, encoding):
     """A structured test image as a camera message."""
-    from mtdp_ros.ros.conversions import rgb_to_image_msg
+    from mtdp_ros.ros.image_output import rgb_to_image_msg
     ys, xs = np.mgrid[0:height, 0:width]
     rgb = np.stack([(xs * 255 // max(1, width - 1)), (ys * 255 // max(1, height - 1)),
                     ((xs // 32 + ys // 32) % 2) * 200], axis=-1).astype(np.uint8)

@@ -357,7 +357,7 @@ def pattern_image(height, width, seed=0):
 
 def image_msg(rgb, encoding='rgb8', stamp=None, frame_id='camera_optical_frame'):
     """A camera Image of ``rgb`` in ``encoding`` with the given stamp and frame."""
-    from mtdp_ros.ros.conversions import rgb_to_image_msg
+    from mtdp_ros.ros.image_output import rgb_to_image_msg
     msg = rgb_to_image_msg(rgb, encoding)
     if stamp is not None:
         msg.header.stamp = stamp

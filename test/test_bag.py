@@ -20,7 +20,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from mtdp_ros.cli import main
 from mtdp_ros.cli.bag import Progress
-from mtdp_ros.ros.conversions import image_msg_to_numpy
+from mtdp_ros.ros.image_output import image_msg_to_numpy
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
 from ros_harness import TINY_MLORE, pattern_image, write_checkpoint, write_config
 

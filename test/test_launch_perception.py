@@ -34,7 +34,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from mtdp_ros.ros.conversions import rgb_to_image_msg
+from mtdp_ros.ros.image_output import rgb_to_image_msg
 
 # ``launch_test`` loads this file without pytest's conftest: put the harness beside it on
 # the path itself.

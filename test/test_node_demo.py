@@ -10,7 +10,7 @@ import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from mtdp_ros.ros.conversions import image_msg_to_rgb
+from mtdp_ros.ros.image_input import image_msg_to_rgb
 
 from ros_harness import REPO, RosClient, TINY_MLORE, domain_id, ros_env, write_config
 

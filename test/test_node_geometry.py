@@ -13,7 +13,7 @@ import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from mtdp_ros.ros.conversions import image_msg_to_numpy
+from mtdp_ros.ros.image_output import image_msg_to_numpy
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
 from mtdp_ros.runtime import create_engine
 

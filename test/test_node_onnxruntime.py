@@ -13,7 +13,7 @@ import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from mtdp_ros.ros.conversions import image_msg_to_numpy
+from mtdp_ros.ros.image_output import image_msg_to_numpy
 
 from ros_harness import (NODE_NAME, NodeProcess, RosClient, TINY_TASKDIFFUSION, domain_id,
                          image_msg, make_stamp, pattern_image, write_config)

@@ -14,7 +14,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from mtdp_ros.ros.colormaps import label_palette
-from mtdp_ros.ros.conversions import SUPPORTED_ENCODINGS, image_msg_to_numpy
+from mtdp_ros.ros.image_input import SUPPORTED_ENCODINGS
+from mtdp_ros.ros.image_output import image_msg_to_numpy
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
 
 from ros_harness import (NODE_NAME, NodeProcess, RosClient, TINY_MLORE, camera_info,

@@ -14,7 +14,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
-from mtdp_ros.ros.conversions import DEFAULT_MAX_PIXELS
+from mtdp_ros.ros.image_input import DEFAULT_MAX_PIXELS
 
 # The most DDIM steps a user may ask for (the published TaskDiffusion models use 3).
 MAX_DIFFUSION_STEPS = 100
