@@ -45,6 +45,7 @@ YUYV_ENCODINGS = ('yuv422_yuy2', 'yuyv')
 # a compressed frame's decode buffer at 3 bytes per pixel.
 DEFAULT_MAX_PIXELS = 4096 * 3072
 
+
 class ImageRejected(ValueError):
     """A frame that cannot be used; ``kind`` is a short category for counting/throttling."""
 

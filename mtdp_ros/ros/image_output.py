@@ -23,7 +23,6 @@ OUTPUT_ENCODINGS = {
 }
 
 
-
 def _as_byte_array(values: np.ndarray):
     """An ``array.array('B')`` holding the bytes of a C-contiguous array.
 
