@@ -120,7 +120,7 @@ def main(argv=None):
     tasks = node.engine.tasks
     raw_topics = [OUTPUT_TOPICS[t][0] for t in tasks]
     color_topics = [OUTPUT_TOPICS[t][1] for t in tasks]
-    publishers = node._output_publishers
+    publishers = node.streams[0].sink.publishers
     listeners = []
 
     def start_listener(topics):
@@ -139,7 +139,7 @@ def main(argv=None):
         raise RuntimeError(f'subscriptions to exactly {topics} were not matched')
 
     frame = camera_frame(args.width, args.height, args.encoding)
-    node._on_camera_info(camera_info(args.width, args.height))
+    node.streams[0].on_camera_info(camera_info(args.width, args.height))
     results = []
     cases = (('raw only (colour off)', raw_topics), ('colour only', color_topics),
              ('raw + colour', raw_topics + color_topics),
@@ -154,7 +154,7 @@ def main(argv=None):
             if index == args.warmup:
                 reset_statistics(node)
             frame.header.stamp = node.get_clock().now().to_msg()
-            node._process(frame, node.get_clock().now().nanoseconds)
+            node._process(node.streams[0], frame, node.get_clock().now().nanoseconds)
         row = {'case': name}
         for stage in STAGES:
             row[stage] = node.statistics.stage_ms[stage].percentile(50)

@@ -8,6 +8,7 @@ steady-clock timers of the node, so they keep running under ``use_sim_time`` wit
 /clock.
 """
 
+import os
 import time
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
@@ -24,6 +25,22 @@ STAGES = ('convert', 'engine_pre_post', 'publish_raw', 'publish_color', 'publish
           'node_own')
 # Milliseconds per nanosecond.
 MS_PER_NS = 1e-6
+# When this module was loaded: the program's start where /proc cannot say it.
+MODULE_LOADED = time.monotonic()
+
+
+def seconds_since_program_start():
+    """Seconds since this process started (from /proc; else since this module loaded)."""
+    try:
+        with open('/proc/self/stat', encoding='ascii') as handle:
+            # Field 22 (start time in clock ticks after boot) counts from after the
+            # command name, which may hold spaces and parentheses.
+            start_ticks = int(handle.read().rsplit(')', 1)[1].split()[19])
+        with open('/proc/uptime', encoding='ascii') as handle:
+            uptime = float(handle.read().split()[0])
+        return uptime - start_ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - MODULE_LOADED
 
 
 class FrameStatistics:
