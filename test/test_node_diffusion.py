@@ -13,6 +13,10 @@ from ros_harness import (NODE_NAME, TINY_TASKDIFFUSION, domain_id, image_msg, ma
                          pattern_image, serving_node, write_config)
 
 
+# Slow (a node process over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope='module')
 def diffusion_node(tmp_path_factory):
     directory = tmp_path_factory.mktemp('node_diffusion')

@@ -20,6 +20,10 @@ from ros_harness import (TINY_MLORE, domain_id, image_msg, make_stamp, pattern_i
                          serving_node, write_checkpoint)
 
 WIDTH, HEIGHT = 64, 48
+
+# Slow (a node process over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 # 48 x 64 letterboxed into the tiny model's 64 x 96: 64 x 85 pixels, scale (sy, sx) =
 # (64 / 48, 85 / 64). With P's fx = 50 and fy = 52 the focal length seen by the model is
 # about 68 px, against 40 px in "training".

@@ -14,6 +14,9 @@ from sensor_msgs.msg import CompressedImage, Image
 from ros_harness import (RELIABLE, TINY_MLORE, domain_id, image_msg, make_stamp,
                          node_processes, pattern_image, write_config)
 
+# Slow (node processes over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 STARTUP_ERRORS = {
     'unknown_preset': ({'model.preset': 'no_such_model'}, "unknown model 'no_such_model'"),
     # Every bad choice is reported at once, before the model is loaded.

@@ -17,6 +17,10 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from ros_harness import (RELIABLE, TINY_MLORE, camera_info, domain_id, image_msg,
                          make_stamp, node_processes, pattern_image, write_config)
+
+# Slow (node processes over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 # name -> (namespace, node name, parameters beyond the model)
 NODES = {
     'managed': ('/managed', 'managed_node', {'autostart': False, 'input.qos': 'reliable'}),

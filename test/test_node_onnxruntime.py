@@ -15,6 +15,9 @@ from mtdp_ros.ros.image_output import image_msg_to_numpy
 from ros_harness import (NODE_NAME, TINY_TASKDIFFUSION, domain_id, image_msg, make_stamp,
                          node_processes, pattern_image, serving_node, write_config)
 
+# Slow (node processes over real DDS, ONNX exports): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 # One trained step: the start-up export is the shortest one.
 TINY_ONE_STEP = {**TINY_TASKDIFFUSION, 'trained_steps': 1}
 STEPS_READY = '2 steps ready'

@@ -20,6 +20,9 @@ from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
 from ros_harness import (NODE_NAME, TINY_MLORE, camera_info, domain_id, image_msg,
                          make_stamp, pattern_image, raw_image, serving_node, write_checkpoint)
 
+# Slow (a node process over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 IMAGE_TOPICS = ['semantic/labels', 'semantic/color', 'depth', 'depth/color', 'normals',
                 'normals/color', 'edges', 'edges/color']
 ALL_TOPICS = IMAGE_TOPICS + ['points']

@@ -14,6 +14,10 @@ from sensor_msgs.msg import Image
 
 from ros_harness import (RELIABLE, TINY_MLORE, domain_id, image_msg, make_stamp,
                          node_processes, pattern_image, write_config)
+
+# Slow (node processes over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 STOPS = {
     'two_sigints': [signal.SIGINT, signal.SIGINT],
     'sigterm': [signal.SIGTERM],

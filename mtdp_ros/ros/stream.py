@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from mtdp_ros.ros.camera import FocalCorrection, camera_info_problem
-from mtdp_ros.ros.diagnostics import MS_PER_NS, FrameStatistics, InputWatchdog
 from mtdp_ros.ros.image_input import (DEFAULT_MAX_PIXELS, ImageRejected, compressed_msg_to_rgb,
                                       image_msg_to_rgb)
-from mtdp_ros.ros.monitoring import WarningThrottle
+from mtdp_ros.ros.monitoring import MS_PER_NS, FrameStatistics, WarningThrottle
 from mtdp_ros.ros.outputs import KINDS, OutputBuilder, OutputOptions
 
 
@@ -81,7 +80,7 @@ class Sink:
     """
 
     def wanted(self, topic):
-        """Whether a message on ``topic`` is wanted (one nobody takes is not built)."""
+        """Whether to build a message on ``topic`` (a message nobody takes is not built)."""
         return True
 
     def publish(self, topic, msg):
@@ -151,7 +150,8 @@ class CameraStream:
         self.camera_info = None
         self.slot = LatestFrame()
         self.statistics = FrameStatistics()
-        self.watchdog = InputWatchdog()
+        # The node's InputWatchdog of this camera (it asks the ROS graph who publishes).
+        self.watchdog = None
         self.outputs = OutputBuilder()
         # Per-camera engine state carried from frame to frame (e.g. the previous diffusion
         # map of a warm start); forgotten by reset().
@@ -189,7 +189,8 @@ class CameraStream:
     def activated(self):
         """Start the clocks of the statistics and the watchdog (lifecycle activate)."""
         self.statistics.activated()
-        self.watchdog.reset()
+        if self.watchdog is not None:
+            self.watchdog.reset()
 
     def reset(self):
         """Forget the waiting frame and the per-camera engine state (deactivate, cleanup)."""

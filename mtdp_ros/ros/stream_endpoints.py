@@ -10,6 +10,7 @@ live under ``<name>/``.
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from mtdp_ros.ros.camera import FocalCorrection
+from mtdp_ros.ros.diagnostics import InputWatchdog
 from mtdp_ros.ros.outputs import output_topics
 from mtdp_ros.ros.qos import qos_profile
 from mtdp_ros.ros.stream import CameraStream, Sink
@@ -50,6 +51,7 @@ def camera_stream(node, name):
     log = node.get_logger()
     stream = CameraStream(name, log=log, now_ns=lambda: node.get_clock().now().nanoseconds)
     stream.info_topic = node.resolve_topic_name(stream.topic('camera_info'))
+    stream.watchdog = InputWatchdog()
     stream.focal = FocalCorrection(bool(node.get_parameter('depth.focal_correction').value),
                                    bool(node.get_parameter('camera.rectified').value),
                                    stream.info_topic, log.info)
