@@ -44,7 +44,8 @@ from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
 from mtdp_ros.ros import engine_setup, node_settings, parameters
-from mtdp_ros.ros.diagnostics import STAGES, build_status, seconds_since_program_start
+from mtdp_ros.ros.diagnostics import build_status
+from mtdp_ros.ros.monitoring import STAGES, seconds_since_program_start
 from mtdp_ros.ros.engine_setup import StartupError
 from mtdp_ros.ros.outputs import OUTPUT_TOPICS
 from mtdp_ros.ros.qos import describe_qos, qos_profile
