@@ -3,7 +3,12 @@
 import json
 import math
 
+import pytest
+
 from mtdp_ros.cli import main as mtdp
+
+# Slow (evaluates the shipped model): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 
 def test_eval_command_focal_options(capsys):

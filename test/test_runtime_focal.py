@@ -55,7 +55,9 @@ def _image(height, width, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize('backend', ['torch', 'onnxruntime'])
+# ONNX Runtime exports the model first: slow, `make test-fast` leaves it out.
+@pytest.mark.parametrize('backend', [
+    'torch', pytest.param('onnxruntime', marks=pytest.mark.slow)])
 def test_engine_scales_depth_exactly_by_the_focal_ratio(backend, focal_config, mlore_reference,
                                                         tmp_path):
     options = {'cache_dir': str(tmp_path)} if backend == 'onnxruntime' else {}

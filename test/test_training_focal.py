@@ -4,6 +4,9 @@ import pytest
 
 from mtdp_ros.training.evaluate import evaluate_model
 
+# Slow (evaluates the shipped model on rendered scenes): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 
 def _synthetic_abs_rel(model, focal_scale, focal_correction, num):
     results = evaluate_model(model, 'synthetic', num=num, seed=424242, batch_size=num,
