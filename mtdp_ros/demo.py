@@ -162,7 +162,7 @@ class Recorder:
 
 def to_rgb(msg):
     """An rgb8 Image as an H x W x 3 array."""
-    from mtdp_ros.ros.conversions import image_msg_to_rgb
+    from mtdp_ros.ros.image_input import image_msg_to_rgb
     return image_msg_to_rgb(msg)
 
 

@@ -17,7 +17,7 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
 from mtdp_ros.models.tasks import task_names
-from mtdp_ros.ros.conversions import DEFAULT_MAX_PIXELS
+from mtdp_ros.ros.image_input import DEFAULT_MAX_PIXELS
 from mtdp_ros.runtime.options import BACKENDS, DEVICES, MAX_STEPS, PRECISIONS, REPARAMETERIZE
 
 INT32_MAX = 2 ** 31 - 1
