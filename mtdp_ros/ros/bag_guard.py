@@ -82,9 +82,13 @@ def _bounded_chunk(decompressor_class):
         problem = chunk_size_problem(size)
         if problem:
             raise ReaderError(problem)
-        # One byte more than declared: rosbags then reports the size mismatch, and a
-        # chunk that inflates further never allocates more than that.
-        return decompressor_class().decompress(data, max_length=size + 1)
+        # One byte more than declared tells a chunk that inflates further, without
+        # allocating more than that.
+        raw = decompressor_class().decompress(data, max_length=size + 1)
+        if len(raw) > size:
+            raise ReaderError(f'a chunk decompresses to more than the {size} bytes it '
+                              f'declares (damaged or crafted)')
+        return raw
     return decompress
 
 
