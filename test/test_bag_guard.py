@@ -54,16 +54,16 @@ def _image(rgb, index=0):
 
 
 def write_bag(path, frames, storage=StoragePlugin.MCAP, compression=None, size=(48, 80),
-              msgdef=None, rihs01=None, noise=False):
-    """A bag of ``frames`` rgb8 images on TOPIC (definition and hash given, or Jazzy's)."""
+              msgdef=None, rihs01=None, noise=False, topic=TOPIC):
+    """A bag of ``frames`` rgb8 images on ``topic`` (definition and hash given, or Jazzy's)."""
     writer = Writer(path, version=9, storage_plugin=storage)
     if compression is not None:
         writer.set_compression(compression, CompressionFormat.ZSTD)
     with writer:
         if msgdef is None:
-            connection = writer.add_connection(TOPIC, IMAGE, typestore=TYPESTORE)
+            connection = writer.add_connection(topic, IMAGE, typestore=TYPESTORE)
         else:
-            connection = writer.add_connection(TOPIC, IMAGE, msgdef=msgdef, rihs01=rihs01)
+            connection = writer.add_connection(topic, IMAGE, msgdef=msgdef, rihs01=rihs01)
         rng = np.random.default_rng(0)
         for index in range(frames):
             rgb = (rng.integers(0, 256, size + (3,), dtype=np.uint8) if noise

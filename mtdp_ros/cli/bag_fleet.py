@@ -104,15 +104,24 @@ def find_bags(inputs, out_dir):
 
 
 def command_options(args):
-    """The parsed options as a plain dict (what a worker rebuilds its Namespace from)."""
-    return {key: value for key, value in vars(args).items() if key != 'func'}
+    """The parsed options as a plain dict (what a worker rebuilds its Namespace from).
+
+    Model files are made absolute: a worker may run in another folder.
+    """
+    options = {key: value for key, value in vars(args).items() if key != 'func'}
+    for name in MODEL_OPTIONS:
+        value = options.get(name)
+        if isinstance(value, str) and os.path.exists(value):
+            options[name] = os.path.abspath(value)
+    return options
 
 
 def file_digest(paths):
     """'sha256:<hex>' of the files' names and contents, in the order given."""
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(os.path.basename(path).encode() + b'\0')
+        if len(paths) > 1:      # a folder: its files' names count, a single file's not
+            digest.update(os.path.basename(path).encode() + b'\0')
         with open(path, 'rb') as handle:
             for block in iter(lambda: handle.read(1 << 20), b''):
                 digest.update(block)
@@ -151,12 +160,16 @@ class EngineHolder:
         return self._engine
 
     def model(self):
-        """The model part of a manifest key: names given and digests of the files among them."""
+        """The model part of a manifest key: the digest of each file given, else its name.
+
+        (A model file moved or named by another path is the same model.)
+        """
         if self._model is None:
-            model = {name: getattr(self.args, name, None) for name in MODEL_OPTIONS}
-            model['files'] = {value: file_digest([value]) for value in model.values()
-                              if isinstance(value, str) and os.path.isfile(value)}
-            self._model = model
+            self._model = {}
+            for name in MODEL_OPTIONS:
+                value = getattr(self.args, name, None)
+                is_file = isinstance(value, str) and os.path.isfile(value)
+                self._model[name] = file_digest([value]) if is_file else value
         return self._model
 
 
@@ -287,7 +300,8 @@ class FleetProgress:
         to_run = self.bags - self.counts['skipped']
         ran = (self.counts['processed'] + self.counts['failed']
                + sum(d / t for d, t in self.running.values()))
-        eta = _duration(elapsed * (to_run - ran) / ran) if ran > 0 else '?'
+        eta = (_duration(elapsed * max(to_run - ran, 0) / ran) if ran > 0
+               else '0:00:00' if to_run <= 0 else '?')
         return (f'bags {done}/{self.bags} ({self.counts["processed"]} processed, '
                 f'{self.counts["skipped"]} skipped, {self.counts["failed"]} failed), '
                 f'frames {frames}, {rate:.2f} frames/s, ETA {eta}')
