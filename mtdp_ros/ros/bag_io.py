@@ -38,6 +38,7 @@ STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 # starting with a digit (rcl's rules for names).
 NAMESPACE_PATTERN = re.compile(r'^(/[A-Za-z_][A-Za-z0-9_]*)+$')
 
+
 class BagError(ValueError):
     """A bag that cannot be used as asked (the message names the bag, topic and problem)."""
 
@@ -62,7 +63,7 @@ def check_namespace(namespace):
 
 
 def check_output(path):
-    """BagError unless a bag can be created at ``path`` (absent, in a writable folder).
+    """Raise BagError unless a bag can be created at ``path`` (absent, writable folder).
 
     Checked before any costly work (loading a model); :class:`BagWriter` checks again.
     """
