@@ -319,3 +319,22 @@ def test_ray_by_address_of_a_running_cluster(tmp_path, model, bags, ray_cluster)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [os.path.join(out, 'c')]
     assert ': 1 processed (2 frames in ' in summary_line(result.stderr)
+
+
+def test_worker_plan_per_gpu_or_cpu():
+    from mtdp_ros.cli.bag_ray import worker_plan
+
+    class Cluster:
+        def __init__(self, **resources):
+            self.resources = resources
+
+        def cluster_resources(self):
+            return self.resources
+
+    gpus = Cluster(CPU=64.0, GPU=8.0)
+    assert worker_plan(gpus, {'device': 'auto'}) == (8, {'num_cpus': 1, 'num_gpus': 1.0})
+    assert worker_plan(gpus, {'device': 'cuda', 'workers': 32}) == (
+        32, {'num_cpus': 1, 'num_gpus': 0.25})
+    assert worker_plan(gpus, {'device': 'cpu'}) == (64, {'num_cpus': 1})
+    assert worker_plan(Cluster(CPU=2.0), {'device': 'auto', 'workers': 3}) == (
+        3, {'num_cpus': 1})

@@ -47,7 +47,8 @@ def add_arguments(parser):
                              'needs pip install mtdp_ros[ray]')
     parser.add_argument('--workers', type=int, metavar='N',
                         help='with --ray: N engine actors (default: one per GPU of the '
-                             'cluster, else one per CPU); a local cluster gets N CPUs')
+                             'cluster, N > GPUs share them; else one per CPU); a local '
+                             'cluster gets N CPUs')
     parser.add_argument('--retries', type=int, default=2, metavar='N',
                         help='retry a bag whose run failed other than by its data (a worker '
                              'lost) N times (default 2)')
@@ -234,13 +235,15 @@ def run_one(job, options, holder, on_frames=None):
                                'created': datetime.datetime.now(datetime.timezone.utc)
                                .isoformat(timespec='seconds')}, indent=1, sort_keys=True)
 
-        frames = process_bag(job['input'], job['output'], holder.args, holder.engine,
-                             progress=lambda total: _FrameCounter(job['name'], total,
-                                                                  on_frames),
-                             manifest=manifest, replace=existing is not None)[0]
+        frames, loop_seconds, engine_seconds, _, _ = process_bag(
+            job['input'], job['output'], holder.args, holder.engine,
+            progress=lambda total: _FrameCounter(job['name'], total, on_frames),
+            manifest=manifest, replace=existing is not None)
     except (CommandError, ValueError, FileNotFoundError) as exc:
         return _result(job, 'failed', started, reason=one_line(exc))
-    return _result(job, 'processed', started, frames=frames)
+    result = _result(job, 'processed', started, frames=frames)
+    result.update(loop_seconds=loop_seconds, engine_seconds=engine_seconds)
+    return result
 
 
 class _FrameCounter:
@@ -382,8 +385,13 @@ def summarize(results, out, seconds, stream=None):
                  for status in ('processed', 'skipped', 'failed')}
     frames = sum(r['frames'] for r in by_status['processed'])
     rate = frames / seconds if seconds > 0 else 0.0
+    # The engine's share of the frame loops (the rest: decoding, building, writing).
+    loops = sum(r.get('loop_seconds', 0.0) for r in by_status['processed'])
+    share = 100.0 * sum(r.get('engine_seconds', 0.0) for r in by_status['processed']) / loops \
+        if loops > 0 else 0.0
     print(f'mtdp bag: {len(results)} bag(s) -> {out}: {len(by_status["processed"])} processed '
-          f'({frames} frames in {seconds:.1f} s, {rate:.2f} frames/s), '
+          f'({frames} frames in {seconds:.1f} s, {rate:.2f} frames/s, engine {share:.0f} % '
+          f'of the frame loops), '
           f'{len(by_status["skipped"])} skipped (done before: same input, model and '
           f'settings), {len(by_status["failed"])} failed', file=stream)
     for result in results:

@@ -1,7 +1,8 @@
 """``mtdp bag ... --ray [ADDRESS]``: the bags on a Ray cluster, one task per bag.
 
 Engines are held by actors (:class:`BagWorker`): one per GPU of the cluster (``--device``
-not ``cpu``), else ``--workers`` (default: one per CPU) CPU actors of one CPU each; an
+not ``cpu``; ``--workers N`` share them), else ``--workers`` (default: one per CPU) CPU
+actors of one CPU each; an
 actor loads the weights once and runs bag after bag. Each bag is one call of an actor,
 which reads the input and writes the output itself (:func:`bag_fleet.run_one`): on a real
 cluster both paths must be on storage every node sees, and mtdp_ros (the same version)
@@ -92,12 +93,18 @@ def connect(ray, address, workers):
 
 
 def worker_plan(ray, options):
-    """(number of actors, resources of one) for the cluster and the options."""
+    """(number of actors, resources of one) for the cluster and the options.
+
+    On GPUs: one actor per GPU, or ``--workers N`` sharing the GPUs (a fraction each: the
+    frame's decoding and output building run on the actor's CPU, so that several actors
+    per GPU keep it busier).
+    """
     resources = ray.cluster_resources()
     gpus = int(resources.get('GPU', 0))
     workers = options.get('workers')
     if gpus and options.get('device') != 'cpu':
-        return min(workers or gpus, gpus), {'num_cpus': 1, 'num_gpus': 1}
+        count = workers or gpus
+        return count, {'num_cpus': 1, 'num_gpus': min(1.0, gpus / count)}
     return workers or max(int(resources.get('CPU', 1)), 1), {'num_cpus': 1}
 
 
