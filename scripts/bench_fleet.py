@@ -4,8 +4,8 @@
 Renders a bag of ``--frames`` procedural indoor scenes (as ``bench_bag.py``) and copies
 it into ``--bags`` bags, then runs, each in a fresh process, for every repeat:
 
-- ``loop``: ``mtdp bag BAGS --out OUT`` without Ray (one engine, bags one after another,
-  PyTorch with ``--loop-threads`` threads: all cores by default);
+- ``loop-T`` for each T of ``--loop-threads``: ``mtdp bag BAGS --out OUT`` without Ray (one
+  engine, bags one after another, PyTorch with T threads; default: all cores);
 - ``ray-N`` for each N of ``--workers``: ``mtdp bag BAGS --out OUT --ray --workers N`` (a
   local Ray cluster of N CPUs started by the command, N engine actors of one thread each).
 
@@ -64,15 +64,18 @@ def main():
     parser.add_argument('--frames', type=int, default=8, help='frames per bag')
     parser.add_argument('--size', default='480x640', metavar='HxW')
     parser.add_argument('--model', default='default')
-    parser.add_argument('--workers', default='1,2', help='Ray worker counts to measure')
-    parser.add_argument('--loop-threads', type=int, default=os.cpu_count())
+    parser.add_argument('--workers', default='1,2',
+                        help='Ray worker counts to measure (empty: none)')
+    parser.add_argument('--loop-threads', default=str(os.cpu_count()),
+                        help='thread counts of the loop without Ray (empty: none)')
     parser.add_argument('--repeats', type=int, default=3)
     args = parser.parse_args()
     from bench_bag import write_scene_bag
     height, width = (int(v) for v in args.size.lower().split('x'))
-    configs = [('loop', [], args.loop_threads)] + [
-        (f'ray-{n}', ['--ray', '--workers', str(n)], None)
-        for n in (int(v) for v in args.workers.split(','))]
+    threads = [int(v) for v in args.loop_threads.split(',') if v]
+    configs = [(f'loop-{t}', [], t) for t in threads]
+    configs += [(f'ray-{n}', ['--ray', '--workers', str(n)], None)
+                for n in (int(v) for v in args.workers.split(',') if v)]
     with tempfile.TemporaryDirectory() as work:
         bags = os.path.join(work, 'bags')
         os.mkdir(bags)

@@ -337,4 +337,4 @@ def test_worker_plan_per_gpu_or_cpu():
         32, {'num_cpus': 1, 'num_gpus': 0.25})
     assert worker_plan(gpus, {'device': 'cpu'}) == (64, {'num_cpus': 1})
     assert worker_plan(Cluster(CPU=2.0), {'device': 'auto', 'workers': 3}) == (
-        3, {'num_cpus': 1})
+        2, {'num_cpus': 1})

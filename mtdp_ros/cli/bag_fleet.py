@@ -47,8 +47,8 @@ def add_arguments(parser):
                              'needs pip install mtdp_ros[ray]')
     parser.add_argument('--workers', type=int, metavar='N',
                         help='with --ray: N engine actors (default: one per GPU of the '
-                             'cluster, N > GPUs share them; else one per CPU); a local '
-                             'cluster gets N CPUs')
+                             'cluster, N > GPUs share them; else one per CPU, at most '
+                             'the CPUs); a local cluster gets N CPUs')
     parser.add_argument('--retries', type=int, default=2, metavar='N',
                         help='retry a bag whose run failed other than by its data (a worker '
                              'lost) N times (default 2)')

@@ -105,7 +105,9 @@ def worker_plan(ray, options):
     if gpus and options.get('device') != 'cpu':
         count = workers or gpus
         return count, {'num_cpus': 1, 'num_gpus': min(1.0, gpus / count)}
-    return workers or max(int(resources.get('CPU', 1)), 1), {'num_cpus': 1}
+    # No more actors than CPUs: one that cannot be placed would hold its bag for ever.
+    cpus = max(int(resources.get('CPU', 1)), 1)
+    return min(workers or cpus, cpus), {'num_cpus': 1}
 
 
 class _Pool:
