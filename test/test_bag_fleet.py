@@ -203,7 +203,8 @@ def test_missing_ray_names_the_extra(tmp_path, model, bags, capsys, monkeypatch)
     assert 'pip install mtdp_ros[ray]' in capsys.readouterr().err
 
 
-def test_sigterm_stops_the_fleet_and_a_rerun_resumes(tmp_path, model):
+@pytest.mark.slow
+def test_sigterm_stops_the_fleet_leaving_only_complete_bags(tmp_path, model):
     folder = tmp_path / 'in'
     folder.mkdir()
     write_bag(str(folder / 'a'), 2)

@@ -181,6 +181,7 @@ def _run_measured(argv, timeout=300):
     return os.waitstatus_to_exitcode(status), process.stderr.read(), usage.ru_maxrss / 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind, reason', [
     ('honest', 'a chunk declares 3072.0 MiB uncompressed, over the limit of 1024.0 MiB'),
     ('lying', 'decompresses to more than the'),
@@ -312,6 +313,7 @@ def _wait_for(condition, what, timeout=120):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_signal_removes_the_partial_bag_and_exits_with_one_line(tmp_path, model, signum):
     in_path = write_bag(str(tmp_path / 'in'), 400)     # seconds of work for the tiny model
