@@ -307,21 +307,6 @@ def test_ray_worker_killed_mid_bag_is_retried(tmp_path, model, ray_cluster, caps
         1_000_000_000 * (index + 1) for index in range(60)]
 
 
-@pytest.mark.slow
-def test_ray_by_address_of_a_running_cluster(tmp_path, model, bags, ray_cluster):
-    address = ray_cluster.get_runtime_context().gcs_address
-    out = str(tmp_path / 'out')
-    result = subprocess.run(
-        [sys.executable, '-m', 'mtdp_ros.cli', 'bag', bags['c'], '--out', out, '--ray',
-         address, '--image-topic', TOPIC, '--model', model[0], '--checkpoint', model[1],
-         '--device', 'cpu', '--no-progress', *FAST],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS='1'))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [os.path.join(out, 'c')]
-    assert ': 1 processed (2 frames in ' in summary_line(result.stderr)
-
-
 def test_worker_plan_per_gpu_or_cpu():
     from mtdp_ros.cli.bag_ray import worker_plan
 
@@ -339,3 +324,41 @@ def test_worker_plan_per_gpu_or_cpu():
     assert worker_plan(gpus, {'device': 'cpu'}) == (64, {'num_cpus': 1})
     assert worker_plan(Cluster(CPU=2.0), {'device': 'auto', 'workers': 3}) == (
         2, {'num_cpus': 1})
+
+
+@pytest.mark.slow
+def test_ray_by_address_sigterm_then_rerun(tmp_path, model, ray_cluster):
+    """A running cluster by its address: SIGTERM stops all cleanly, a re-run completes."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    write_bag(str(folder / 'long'), 100)
+    out = str(tmp_path / 'out')
+    command = [sys.executable, '-m', 'mtdp_ros.cli', 'bag', str(folder), '--out', out,
+               '--ray', address, '--image-topic', TOPIC, '--model', model[0],
+               '--checkpoint', model[1], '--device', 'cpu', '--no-progress', *FAST]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while not glob.glob(os.path.join(out, '.long.*.partial', 'long', '*.mcap')):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines() == [
+        'mtdp bag: interrupted by SIGTERM: stopped after 0 processed, 0 skipped, 0 failed of '
+        '1 bag(s); no partial output left, a re-run resumes']
+    assert os.listdir(out) == []
+
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [os.path.join(out, 'long')]
+    assert ': 1 processed (100 frames in ' in summary_line(result.stderr)
+    assert os.listdir(out) == ['long']

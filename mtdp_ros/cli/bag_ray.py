@@ -76,9 +76,21 @@ class BagWorker:
 
 
 def connect(ray, address, workers):
-    """Connect to (or start) the cluster; True when this call started it (stop it after)."""
+    """Connect to (or start) the cluster; True when this call started it (stop it after).
+
+    ``ray.init`` installs its own SIGINT/SIGTERM handlers: ours are put back, so that a
+    signal still stops the actors and removes their temporary output.
+    """
+    from mtdp_ros.cli.interrupts import reinstall
     if ray.is_initialized():
         return False
+    try:
+        return _init(ray, address, workers)
+    finally:
+        reinstall()
+
+
+def _init(ray, address, workers):
     try:
         if address == 'local':
             ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False,
@@ -179,13 +191,24 @@ def _lost(ray, ref):
 
 
 def run_on_ray(jobs, options, progress, args):
-    """Run the bags on the cluster of ``--ray``; returns their results (input order)."""
+    """Run the bags on the cluster of ``--ray``; returns their results (input order).
+
+    SIGINT/SIGTERM (recorded while Ray's calls run, raised between them) stop the actors
+    and remove their temporary outputs.
+    """
+    from mtdp_ros.cli import interrupts
+    with interrupts.deferred():
+        return _run_on_ray(jobs, options, progress, args, interrupts.check)
+
+
+def _run_on_ray(jobs, options, progress, args, check_signals):
     from mtdp_ros.cli.bag_fleet import _result, remove_stale_partials
     ray = import_ray()
     started_here = connect(ray, args.ray, args.workers)
     pool = None
     running = {}        # call ref -> (actor, job)
     try:
+        check_signals()
         count, resources = worker_plan(ray, options)
         pool = _Pool(ray, options, min(count, len(jobs)) or 1, resources)
         queue = list(jobs)
@@ -198,6 +221,7 @@ def run_on_ray(jobs, options, progress, args):
                 attempts[job['name']] += 1
                 running[actor.run.remote(job)] = (actor, job)
             done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
+            check_signals()
             for ref in done:
                 actor, job = running.pop(ref)
                 problem, result = _lost(ray, ref)

@@ -4,7 +4,11 @@ By default SIGTERM ends Python at once (no ``finally``, no ``__exit__``: a half-
 output stays) and SIGINT raises KeyboardInterrupt (a traceback). Inside
 :func:`raised_as_interrupted` both raise :class:`Interrupted`, which unwinds through the
 commands' cleanup like any exception; a second signal during that cleanup is ignored so
-that the cleanup finishes.
+that the cleanup finishes. A library that installs its own handlers meanwhile (``ray.init``
+does) is overruled by :func:`reinstall`. Code that spends its time in a C extension which
+runs Python's signal handlers itself (Ray's ``wait``: an exception raised there comes out
+as a SystemError) records the signal instead, inside :func:`deferred`, and raises it from
+Python with :func:`check`.
 """
 
 import contextlib
@@ -12,6 +16,11 @@ import signal
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The handler of the innermost raised_as_interrupted block, if any.
+_ACTIVE = []
+# Inside deferred(): signals received and not raised yet.
+_DEFERRING = []
+_PENDING = []
 
 
 class Interrupted(BaseException):
@@ -48,11 +57,41 @@ def raised_as_interrupted():
         if raised:      # cleaning up after the first one: let it finish
             return
         raised.append(signum)
+        if _DEFERRING:
+            _PENDING.append(signum)
+            return
         raise Interrupted(signum)
 
     previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
+    _ACTIVE.append(handler)
     try:
         yield
     finally:
+        _ACTIVE.remove(handler)
         for signum, action in previous.items():
             signal.signal(signum, action)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Within the block a signal is only recorded; :func:`check` raises it."""
+    _DEFERRING.append(True)
+    try:
+        yield
+        check()
+    finally:
+        _DEFERRING.pop()
+        _PENDING.clear()
+
+
+def check():
+    """Raise :class:`Interrupted` for a signal recorded inside :func:`deferred`."""
+    if _PENDING:
+        raise Interrupted(_PENDING[0])
+
+
+def reinstall():
+    """Put the active block's handlers back (after a library replaced them)."""
+    if _ACTIVE and threading.current_thread() is threading.main_thread():
+        for signum in SIGNALS:
+            signal.signal(signum, _ACTIVE[-1])
