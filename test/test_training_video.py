@@ -75,7 +75,7 @@ def test_normals_flicker_is_the_unexplained_change_of_angle():
 
 
 def test_pairs_stop_at_a_new_sequence_and_frames_go_one_at_a_time():
-    meter = TemporalMeter(['depth', 'human_parts'])
+    meter = TemporalMeter(['depth', 'no_such_task'])
     assert meter.tasks == ('depth',)
     frame = _frame(depth=[[1.0, 1.0], [1.0, 1.0]])
     meter.update(frame, frame)

@@ -19,10 +19,10 @@ import torch
 
 from ..runtime.warm_start import DEFAULT_CUT_THRESHOLD, DEFAULT_MAX_GAP_S, WarmStartState
 from .metrics import MultiTaskMeter
+from .synthetic import SCENE_TASKS
 from .temporal_metrics import TemporalMeter
 
 FRAME_PERIOD_S = 1.0 / 30.0
-VIDEO_TASKS = ('semseg', 'depth', 'normals', 'edge')
 
 
 def render_sequences(config, num, seed, length, motion, device='cpu', progress=None):
@@ -50,7 +50,7 @@ class VideoRun:
                  focal_correction=True, max_gap_s=DEFAULT_MAX_GAP_S,
                  cut_threshold=DEFAULT_CUT_THRESHOLD):
         config = model.config
-        missing = [t for t in config.tasks if t not in VIDEO_TASKS]
+        missing = [t for t in config.tasks if t not in SCENE_TASKS]
         if missing:
             raise ValueError(f'synthetic video has no labels for {missing}')
         if warm_start and not config.is_diffusion:

@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 import torch
 
-from .datasets import IMAGENET_MEAN_255, photometric_distortion, to_tensors
+from .datasets import collate, IMAGENET_MEAN_255, photometric_distortion, to_tensors
 
 IGNORE_INDEX = 255
 TUM_DEPTH_FACTOR = 5000.0
@@ -721,13 +721,8 @@ def build_rgbd_dataset(data, image_size, roots=None, augment=None, seed=0):
     raise ValueError(f'not an RGB-D source: {data["source"]!r}')
 
 
-def collate_rgbd(samples):
-    """Stack samples of ``make_sample``; names as a list."""
-    batch = {'name': [s['name'] for s in samples]}
-    for key in samples[0]:
-        if key != 'name':
-            batch[key] = torch.stack([s[key] for s in samples])
-    return batch
+# Samples of ``make_sample`` stack like any others (intrinsics included).
+collate_rgbd = collate
 
 
 # ----------------------------------------------------------------------------- fine-tuning

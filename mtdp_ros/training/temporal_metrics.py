@@ -13,18 +13,27 @@ For consecutive frames t-1, t of one sequence (pairs across a scene cut are left
 * ``edge_flicker``: fraction of the pixels whose ground-truth edge label is the same in
   both frames where the predicted edge (probability > 0.5) appears or vanishes.
 
-All are pooled over every pixel of every pair (not averaged per pair).
+All are pooled over every pixel of every pair (not averaged per pair). Tasks are told
+apart by their kind in the task table (``mtdp_ros.models.tasks``): every ``labels`` task
+is measured as semseg, every ``probability`` task as edges (another task of a kind gets
+``<name>_flicker``).
 """
 
 import math
 
 import torch
 
+from ..models.tasks import find_task
 from .metrics import predictions_from_raw
 
 IGNORE_INDEX = 255
 MIN_DEPTH_M = 1e-3
-TEMPORAL_TASKS = ('semseg', 'depth', 'normals', 'edge')
+
+
+def temporal_kind(task):
+    """The task-table kind a task's flicker is measured as (None: no such task)."""
+    spec = find_task(task)
+    return None if spec is None else spec.kind
 
 
 def _angle_deg(a, b):
@@ -37,7 +46,8 @@ class TemporalMeter:
     """Accumulate flicker over consecutive frames; ``update`` one frame at a time."""
 
     def __init__(self, tasks):
-        self.tasks = tuple(t for t in tasks if t in TEMPORAL_TASKS)
+        self.tasks = tuple(t for t in tasks if temporal_kind(t) is not None)
+        self.kinds = {t: temporal_kind(t) for t in self.tasks}
         self.sums = {t: 0.0 for t in self.tasks}
         self.counts = {t: 0 for t in self.tasks}
         self.pairs = 0
@@ -52,14 +62,14 @@ class TemporalMeter:
         for task in self.tasks:
             pred = predictions_from_raw(task, raw[task]).float()
             gt = targets[task]
-            if task == 'semseg':
+            kind = self.kinds[task]
+            if kind == 'labels':
                 frame[task] = (pred.long(), gt[:, 0].long())
-            elif task == 'depth':
+            elif kind == 'depth':
                 frame[task] = (pred.clamp(min=MIN_DEPTH_M).log(), gt.float())
-            elif task == 'normals':
-                gt = gt.float()
-                frame[task] = (pred, gt)
-            else:
+            elif kind == 'normals':
+                frame[task] = (pred, gt.float())
+            else:                                           # probability: present or not
                 frame[task] = (pred > 0.5, gt > 0.5)
         return frame
 
@@ -71,25 +81,26 @@ class TemporalMeter:
         if self.previous is not None:
             self.pairs += 1
             for task in self.tasks:
-                total, count = self._pair(task, self.previous[task], frame[task])
+                total, count = self._pair(self.kinds[task], self.previous[task],
+                                          frame[task])
                 self.sums[task] += total
                 self.counts[task] += count
         self.previous = frame
 
     @staticmethod
-    def _pair(task, before, after):
+    def _pair(kind, before, after):
         (p0, g0), (p1, g1) = before, after
-        if task == 'semseg':
+        if kind == 'labels':
             valid = (g0 == g1) & (g1 != IGNORE_INDEX)
             changed = (p0 != p1) & valid
             return float(changed.sum()), int(valid.sum())
-        if task == 'depth':
+        if kind == 'depth':
             valid = (g0 > 0) & (g1 > 0) & torch.isfinite(g0) & torch.isfinite(g1)
             g_change = torch.log(torch.where(valid, g1, 1.0)) - \
                 torch.log(torch.where(valid, g0, 1.0))
             error = ((p1 - p0) - g_change).abs()[valid]
             return float(error.double().sum()), int(valid.sum())
-        if task == 'normals':
+        if kind == 'normals':
             valid = (g0.abs().sum(dim=1) > 0) & (g1.abs().sum(dim=1) > 0)
             g_unit0, g_unit1 = (torch.nn.functional.normalize(g, dim=1) for g in (g0, g1))
             error = (_angle_deg(p0, p1) - _angle_deg(g_unit0, g_unit1)).abs()[valid]
@@ -102,7 +113,7 @@ class TemporalMeter:
         """``{'depth_flicker': ..., 'semseg_flicker': ..., ..., 'pairs': N}`` (NaN: no pixel)."""
         out = {}
         for task in self.tasks:
-            name = 'edge_flicker' if task == 'edge' else f'{task}_flicker'
+            name = f'{task}_flicker'
             count = self.counts[task]
             out[name] = self.sums[task] / count if count else math.nan
         out['pairs'] = self.pairs
