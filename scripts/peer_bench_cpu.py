@@ -15,7 +15,7 @@ project. It needs ``einops`` (``pip install --target DIR einops``, then
 with timm's semantics for what their ViT uses (PatchEmbed, Mlp, DropPath in eval, inits).
 
     git --git-dir=<TaskDiffusion mirror> archive HEAD models | tar -x -C /tmp/authors/td
-    OMP_NUM_THREADS=2 PYTHONPATH=/tmp/site python scripts/peer_bench_cpu.py \\
+    OMP_NUM_THREADS=2 PYTHONPATH=/tmp/site python scripts/peer_bench_cpu.py
         --authors /tmp/authors/td --ours . --rounds 5
 
 Prints one JSON line per round and a summary JSON line at the end.

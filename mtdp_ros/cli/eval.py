@@ -97,7 +97,7 @@ def format_table(summary):
 
 
 def check_video_args(args, kind):
-    """CommandError for video options that do not fit; the defaults filled in."""
+    """Raise CommandError for video options that do not fit; fill in the defaults."""
     from mtdp_ros.runtime.warm_start import DEFAULT_CUT_THRESHOLD, DEFAULT_MAX_GAP_S
     video_only = [flag for flag, given in (
         ('--warm-start', args.warm_start), ('--warm-strength', args.warm_strength is not None),

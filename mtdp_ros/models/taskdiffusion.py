@@ -65,7 +65,7 @@ class TaskDiffusionModel(MultiTaskModel):
 
     @staticmethod
     def check_init(init, expected, strength):
-        """ValueError unless ``init`` fits a warm start at ``strength`` (None: cold)."""
+        """Raise ValueError unless ``init`` fits a warm start at ``strength`` (None: cold)."""
         if init is None:
             if strength != 1.0:
                 raise ValueError(f'strength {strength} < 1 needs init: the state returned '
