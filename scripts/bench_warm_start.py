@@ -11,9 +11,10 @@ network per frame.
 
 Settings: ``cold:S`` (S steps from noise), ``warm:S:STRENGTH`` (S steps from the previous
 frame's map at t = STRENGTH) and ``warm:S:STRENGTH:nocut`` (the same without the
-scene-cut test). Prints one JSON line per motion and setting, then a markdown table with
-each setting against ``cold:3`` (relative change of abs_rel and mIoU, flicker and time
-ratios).
+scene-cut test); ``cold:S:newnoise`` draws new noise every frame (the engines use one
+fixed draw, ``diffusion.seed``). Prints one JSON line per motion and setting, then a
+markdown table with each setting against ``cold:3`` (relative change of abs_rel and mIoU,
+flicker and time ratios).
 
     OMP_NUM_THREADS=1 python scripts/bench_warm_start.py --num 2 --length 10
 """
@@ -34,17 +35,19 @@ BASELINE = 'cold:3'
 
 
 def parse_setting(text):
-    """'cold:3' / 'warm:1:0.01[:nocut]' -> dict(steps, warm_start, strength, cut)."""
+    """'cold:3[:newnoise]' / 'warm:1:0.01[:nocut]' -> dict of VideoRun settings."""
     parts = text.split(':')
     try:
-        if parts[0] == 'cold' and len(parts) == 2:
-            return dict(steps=int(parts[1]), warm_start=False, strength=1.0, cut=True)
+        if parts[0] == 'cold' and len(parts) in (2, 3) and parts[2:] in ([], ['newnoise']):
+            return dict(steps=int(parts[1]), warm_start=False, strength=1.0, cut=True,
+                        new_noise=len(parts) == 3)
         if parts[0] == 'warm' and len(parts) in (3, 4) and parts[3:] in ([], ['nocut']):
             return dict(steps=int(parts[1]), warm_start=True, strength=float(parts[2]),
-                        cut=len(parts) == 3)
+                        cut=len(parts) == 3, new_noise=False)
     except ValueError:
         pass
-    raise ValueError(f'setting {text!r}: use cold:STEPS or warm:STEPS:STRENGTH[:nocut]')
+    raise ValueError(f'setting {text!r}: use cold:STEPS[:newnoise] or '
+                     f'warm:STEPS:STRENGTH[:nocut]')
 
 
 def summary_row(metrics, temporal):
@@ -65,7 +68,7 @@ def run_motion(model, motion, args, settings):
         threshold = args.cut_threshold if setting['cut'] else math.inf
         runs[name] = VideoRun(model, setting['steps'], setting['warm_start'],
                               setting['strength'], 'cpu', cut_threshold=threshold,
-                              max_gap_s=args.max_gap)
+                              max_gap_s=args.max_gap, new_noise=setting['new_noise'])
     for frames in sequences:
         images = frame_images(frames)
         for index in range(frames['image'].shape[0]):

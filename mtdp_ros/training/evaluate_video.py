@@ -48,7 +48,7 @@ class VideoRun:
 
     def __init__(self, model, steps=None, warm_start=False, strength=0.5, device='cpu',
                  focal_correction=True, max_gap_s=DEFAULT_MAX_GAP_S,
-                 cut_threshold=DEFAULT_CUT_THRESHOLD):
+                 cut_threshold=DEFAULT_CUT_THRESHOLD, new_noise=False):
         config = model.config
         missing = [t for t in config.tasks if t not in SCENE_TASKS]
         if missing:
@@ -66,6 +66,10 @@ class VideoRun:
         self.std = torch.tensor(config.std, device=self.device).view(1, 3, 1, 1)
         self.times, self.warm_frames, self.cold_frames = [], 0, 0
         self.state = None
+        # new_noise: a new noise draw every frame (seed = frame count) instead of the
+        # engines' fixed draw; for comparison with samplers that reseed per frame.
+        self.new_noise = bool(new_noise)
+        self.frames_run = 0
 
     @torch.no_grad()
     def frame(self, frames, index, image=None):
@@ -89,13 +93,15 @@ class VideoRun:
                                          enabled=self.warm_start)
             raw, new = self.model(x, steps=self.steps, init=decision.init,
                                   strength=self.strength if decision.warm else 1.0,
-                                  return_state=True)
+                                  return_state=True,
+                                  seed=self.frames_run if self.new_noise else 0)
             self.state.update(new, decision)
             self.warm_frames += decision.warm
             self.cold_frames += not decision.warm
         else:
             raw = self.model(x)
         self.times.append((time.perf_counter() - started) * 1000.0)
+        self.frames_run += 1
         if self.focal_correction:
             from .evaluate import _focal_corrected
             raw = _focal_corrected(raw, frames['intrinsics'][index:index + 1].cpu(),
