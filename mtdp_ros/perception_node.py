@@ -232,7 +232,7 @@ class PerceptionNode(LifecycleNode):
             self.destroy_subscription(subscription)
         self._image_subscriptions = []
         for stream in self.streams:
-            stream.reset()
+            stream.reset('deactivate')
         if self._frame_lock.acquire(timeout=timeout):
             self._frame_lock.release()
             return True
@@ -248,7 +248,7 @@ class PerceptionNode(LifecycleNode):
                 if isinstance(stream.sink, PublisherSink):
                     stream.sink.destroy(self)
                 stream.sink = Sink()
-                stream.reset()
+                stream.reset('cleanup')
                 stream.release_outputs()
             self._settings = None
             if engine is not None:
@@ -313,7 +313,8 @@ class PerceptionNode(LifecycleNode):
         status = build_status(f'{self.get_name()}: perception', self.state, stream.statistics,
                               engine=self.engine, settings=self._settings,
                               input_topic=stream.input_topic, input_qos=self._input_qos_name,
-                              startup_to_first_output_s=self._startup_to_first_output_s)
+                              startup_to_first_output_s=self._startup_to_first_output_s,
+                              engine_state=stream.engine_state)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]

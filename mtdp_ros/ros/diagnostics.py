@@ -22,10 +22,11 @@ def _fmt(value):
 
 
 def build_status(name, state, statistics, engine=None, settings=None, input_topic='',
-                 input_qos='', startup_to_first_output_s=None):
+                 input_qos='', startup_to_first_output_s=None, engine_state=None):
     """One DiagnosticStatus: lifecycle state, rates, latencies, counters and the engine.
 
-    ``engine`` and ``settings`` are None while the node is unconfigured.
+    ``engine`` and ``settings`` are None while the node is unconfigured. ``engine_state``:
+    the camera stream's (its ``report()``, e.g. the warm start's last decision, is shown).
     """
     status = DiagnosticStatus()
     status.name = name
@@ -81,6 +82,10 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
     })
     if engine.diffusion:
         values['diffusion_steps'] = str(settings.steps or engine.config.trained_steps)
+        values['warm_start'] = str(settings.warm_start).lower()
+        values['warm_strength'] = f'{settings.warm_strength:g}'
+    if engine_state is not None and hasattr(engine_state, 'report'):
+        values.update(engine_state.report())
     for key in sorted(counters):
         if key.startswith('rejected_'):
             values[key] = str(counters[key])

@@ -52,7 +52,9 @@ def create_engine(values, runtime_log, log):
 
 
 def check_model_values(values, engine):
-    """Check tasks and diffusion.steps against the model; prepare the step count.
+    """Check tasks, diffusion.steps and diffusion.warm_start against the model and engine.
+
+    Prepares the step count.
 
     diffusion.steps is not handed to the engine: 0 must keep meaning the trained steps
     after any change, so every call passes its own step count. StartupError if invalid.
@@ -66,6 +68,9 @@ def check_model_values(values, engine):
     reason = parameters.check_steps(values['diffusion.steps'], engine)
     if not reason and engine.diffusion:
         engine.prepare_steps(values['diffusion.steps'] or None)
+    if reason:
+        problems.append(reason)
+    reason = parameters.check_warm_start(values['diffusion.warm_start'], engine)
     if reason:
         problems.append(reason)
     if problems:

@@ -13,6 +13,7 @@ from typing import Tuple
 from mtdp_ros.ros import parameters
 from mtdp_ros.ros.outputs import OutputOptions
 from mtdp_ros.ros.stream import FrameSettings
+from mtdp_ros.runtime.warm_runner import WarmStartSettings
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class Settings:
     depth_color_max: float
     max_pixels: int
     watchdog_timeout: float
+    warm_start: bool = False
+    warm_strength: float = WarmStartSettings.strength
+    warm_max_gap_s: float = WarmStartSettings.max_gap_s
+    warm_cut_threshold: float = WarmStartSettings.cut_threshold
 
     def for_frames(self, rectified):
         """The FrameSettings of a camera stream (``rectified``: its camera.rectified)."""
@@ -39,8 +44,11 @@ class Settings:
             depth_color_min=self.depth_color_min, depth_color_max=self.depth_color_max,
             camera_rectified=rectified)
         # diffusion.steps 0 means the trained count: every call passes its own.
+        # Checked by the parameter callbacks (ranges, the engine) before they got here.
+        warm = WarmStartSettings(self.warm_start, self.warm_strength, self.warm_max_gap_s,
+                                 self.warm_cut_threshold)
         return FrameSettings(tasks=self.tasks, steps=self.steps or None, seed=self.seed,
-                             max_pixels=self.max_pixels, options=options)
+                             max_pixels=self.max_pixels, options=options, warm=warm)
 
 
 SETTING_OF_PARAMETER = {
@@ -49,9 +57,13 @@ SETTING_OF_PARAMETER = {
     'points.stride': 'points_stride', 'points.color': 'points_color',
     'depth.color_min': 'depth_color_min', 'depth.color_max': 'depth_color_max',
     'input.max_pixels': 'max_pixels', 'watchdog.timeout': 'watchdog_timeout',
+    'diffusion.warm_start': 'warm_start', 'diffusion.warm_strength': 'warm_strength',
+    'diffusion.warm_max_gap_s': 'warm_max_gap_s',
+    'diffusion.warm_cut_threshold': 'warm_cut_threshold',
 }
 
-FLOAT_SETTINGS = ('depth_color_min', 'depth_color_max', 'watchdog_timeout')
+FLOAT_SETTINGS = ('depth_color_min', 'depth_color_max', 'watchdog_timeout', 'warm_strength',
+                  'warm_max_gap_s', 'warm_cut_threshold')
 
 
 def settings_from(values, model_tasks):
@@ -83,6 +95,10 @@ def check_changes(changed, current, engine, model_tasks):
             reason = parameters.check_value(spec, value)
             if engine is not None and not reason:
                 reason = parameters.check_steps(value, engine)
+        elif parameter.name == 'diffusion.warm_start':
+            reason = parameters.check_value(spec, value)
+            if engine is not None and not reason:
+                reason = parameters.check_warm_start(value, engine)
         else:
             reason = parameters.check_value(spec, value)
         if parameter.name in current:

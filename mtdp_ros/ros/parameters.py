@@ -19,6 +19,9 @@ from rclpy.parameter import Parameter
 from mtdp_ros.models.tasks import task_names
 from mtdp_ros.ros.image_input import DEFAULT_MAX_PIXELS
 from mtdp_ros.runtime.options import BACKENDS, DEVICES, MAX_STEPS, PRECISIONS, REPARAMETERIZE
+from mtdp_ros.runtime.warm_runner import warm_start_problem, WarmStartSettings
+
+WARM = WarmStartSettings()      # the warm-start defaults
 
 INT32_MAX = 2 ** 31 - 1
 
@@ -34,6 +37,8 @@ class Spec:
     choices: Tuple[str, ...] = ()
     int_range: Optional[Tuple[int, int]] = None
     float_range: Optional[Tuple[float, float]] = None
+    # The lower end of float_range is excluded (a descriptor's range cannot say so).
+    above_min: bool = False
 
 
 SPECS = (
@@ -92,6 +97,23 @@ SPECS = (
          'must stay 0 for MLoRE models.', dynamic=True, int_range=(0, MAX_STEPS)),
     Spec('diffusion.seed', 0, "Seed of the sampler's initial noise (TaskDiffusion).",
          dynamic=True, int_range=(0, INT32_MAX)),
+    Spec('diffusion.warm_start', WARM.enabled,
+         "TaskDiffusion on video: start each frame's denoising from the previous frame's "
+         'clean cross-task map (per camera); cold again after a time gap, a scene cut, a '
+         'change of tasks, steps, model or image size, and after deactivate/cleanup. '
+         'torch backend only.', dynamic=True),
+    Spec('diffusion.warm_strength', WARM.strength,
+         'Warm start: the time 0 < s <= 1 the sampler starts at from the previous map '
+         '(1 = a cold start).', dynamic=True, float_range=(0.0, 1.0), above_min=True),
+    Spec('diffusion.warm_max_gap_s', WARM.max_gap_s,
+         'Warm start: start cold when the frame was taken more than this many seconds '
+         'after the previous one (or before it).', dynamic=True, float_range=(0.0, 3600.0),
+         above_min=True),
+    Spec('diffusion.warm_cut_threshold', WARM.cut_threshold,
+         'Warm start: start cold (a scene cut) when the image changes by more than this '
+         "from the previous frame (mean absolute change of a 16 x 16 grey thumbnail "
+         'normalised to unit variance: 0 the same picture, about 1.1 unrelated ones; '
+         '2 or more never cuts).', dynamic=True, float_range=(0.0, 10.0), above_min=True),
     Spec('publish.color', True,
          'Publish the colour images (<output>/color); computed only while subscribed.',
          dynamic=True),
@@ -176,6 +198,9 @@ def check_value(spec: Spec, value):
             spec.float_range[0] <= value <= spec.float_range[1]):
         return (f'{spec.name} must lie in {spec.float_range[0]}..{spec.float_range[1]}, '
                 f'got {value}')
+    if spec.above_min and not value > spec.float_range[0]:
+        return (f'{spec.name} must be above {spec.float_range[0]} (at most '
+                f'{spec.float_range[1]}), got {value}')
     return None
 
 
@@ -202,6 +227,12 @@ def check_steps(steps, engine):
     if not reason:
         return None
     return f'diffusion.steps: {reason}' + ('' if engine.diffusion else ' (keep it 0)')
+
+
+def check_warm_start(enabled, engine):
+    """None when ``engine`` can run diffusion.warm_start ``enabled``, else the reason."""
+    problem = warm_start_problem(engine) if enabled else None
+    return f'diffusion.warm_start: {problem} (keep it false)' if problem else None
 
 
 def check_depth_range(minimum, maximum):

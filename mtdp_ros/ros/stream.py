@@ -23,6 +23,7 @@ from mtdp_ros.ros.image_input import (DEFAULT_MAX_PIXELS, ImageRejected, compres
                                       image_msg_to_rgb)
 from mtdp_ros.ros.monitoring import MS_PER_NS, FrameStatistics, WarningThrottle
 from mtdp_ros.ros.outputs import KINDS, OutputBuilder, OutputOptions
+from mtdp_ros.runtime.warm_runner import WarmStartRunner, WarmStartSettings
 
 
 class LatestFrame:
@@ -70,6 +71,7 @@ class FrameSettings:
     seed: Optional[int] = None           # None: the engine's seed
     max_pixels: int = DEFAULT_MAX_PIXELS
     options: OutputOptions = OutputOptions()
+    warm: WarmStartSettings = WarmStartSettings()   # TaskDiffusion on video (default off)
 
 
 class Sink:
@@ -97,6 +99,7 @@ class Frame:
     received_ns: int                     # arrival (latency origin when the stamp is unset)
     started: float                       # perf_counter() when processing began
     convert_s: float                     # seconds of decoding
+    stamp_s: float = 0.0                 # capture time: the header stamp, else arrival
 
 
 @dataclass
@@ -153,8 +156,9 @@ class CameraStream:
         # The node's InputWatchdog of this camera (it asks the ROS graph who publishes).
         self.watchdog = None
         self.outputs = OutputBuilder()
-        # Per-camera engine state carried from frame to frame (e.g. the previous diffusion
-        # map of a warm start); forgotten by reset().
+        # Per-camera engine state carried from frame to frame: None, or an object with
+        # ``reset(reason)`` (the WarmStartRunner of a warm start, made by its first warm
+        # frame, holding the previous diffusion map); its state is forgotten by reset().
         self.engine_state = None
 
     def topic(self, relative):
@@ -192,10 +196,14 @@ class CameraStream:
         if self.watchdog is not None:
             self.watchdog.reset()
 
-    def reset(self):
-        """Forget the waiting frame and the per-camera engine state (deactivate, cleanup)."""
+    def reset(self, reason='reset'):
+        """Forget the waiting frame and the per-camera engine state (deactivate, cleanup).
+
+        ``reason``: why, as the engine state reports it (the next frame starts cold).
+        """
         self.slot.clear()
-        self.engine_state = None
+        if self.engine_state is not None:
+            self.engine_state.reset(reason)
 
     def release_outputs(self):
         """A fresh output builder (its ray cache belongs to the released configuration)."""
@@ -231,17 +239,27 @@ class CameraStream:
         except ImageRejected as exc:
             self.reject(exc.kind, exc)
             return None
-        return Frame(msg, rgb, None, received_ns, started, time.perf_counter() - started)
+        stamp = msg.header.stamp
+        stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
+        return Frame(msg, rgb, None, received_ns, started, time.perf_counter() - started,
+                     (stamp_ns if stamp_ns > 0 else received_ns) * 1e-9)
 
     def infer(self, engine, frame: Frame, settings: FrameSettings):
         """The engine's outputs for ``frame``, or None when it refuses it (counted, reported).
 
         The depth of the outputs is rescaled to this camera (its focal length, from
-        camera_info) when the focal correction is on.
+        camera_info) when the focal correction is on. With ``settings.warm`` enabled (or a
+        warm start to switch off) the stream's WarmStartRunner decides warm or cold.
         """
         try:
             frame.intrinsics = self.focal.intrinsics(self.camera_info, frame.rgb.shape[1],
                                                      frame.rgb.shape[0])
+            if settings.warm.enabled and self.engine_state is None:
+                self.engine_state = WarmStartRunner()
+            if isinstance(self.engine_state, WarmStartRunner):
+                return self.engine_state.infer(
+                    engine, frame.rgb, frame.stamp_s, settings.warm, tasks=settings.tasks,
+                    steps=settings.steps, seed=settings.seed, intrinsics=frame.intrinsics)
             return engine.infer(frame.rgb, tasks=settings.tasks, steps=settings.steps,
                                 seed=settings.seed, intrinsics=frame.intrinsics)
         except ValueError as exc:
