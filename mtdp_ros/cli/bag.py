@@ -81,9 +81,64 @@ def register(subparsers):
                         help='refuse a bag with an mcap chunk decompressing to more than this '
                              '(MiB, default 1024)')
     add_engine_arguments(parser)
+    add_warm_start_arguments(parser)
     from mtdp_ros.cli import bag_fleet
     bag_fleet.add_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def add_warm_start_arguments(parser):
+    """``--warm-start`` and its knobs (the node's diffusion.warm_* parameters)."""
+    from mtdp_ros.runtime.warm_runner import WarmStartSettings
+    video = parser.add_argument_group('video (TaskDiffusion, torch backend)')
+    video.add_argument('--warm-start', action='store_true',
+                       help="start each frame's denoising from the previous frame's map "
+                            "(the node's diffusion.warm_start); every bag starts cold")
+    video.add_argument('--warm-strength', type=float, metavar='S',
+                       help=f'warm-start strength, 0 < S <= 1 (default '
+                            f'{WarmStartSettings.strength:g})')
+    video.add_argument('--warm-max-gap', type=float, metavar='SEC',
+                       help=f'start cold after a gap between frames longer than this '
+                            f'(header stamps, else bag times; default '
+                            f'{WarmStartSettings.max_gap_s:g})')
+    video.add_argument('--cut-threshold', type=float, metavar='T',
+                       help=f'start cold when the image change exceeds T (a scene cut; '
+                            f'default {WarmStartSettings.cut_threshold:g})')
+
+
+WARM_OPTIONS = (('--warm-strength', 'warm_strength', 'strength'),
+                ('--warm-max-gap', 'warm_max_gap', 'max_gap_s'),
+                ('--cut-threshold', 'cut_threshold', 'cut_threshold'))
+
+
+def warm_settings(args):
+    """The WarmStartSettings of the options; CommandError naming a bad one.
+
+    With ``--warm-start`` the options left out are set to their defaults in ``args`` (so a
+    manifest states the values used); without it they must be left out.
+    """
+    from mtdp_ros.runtime.warm_runner import WarmStartSettings
+    given = {field: getattr(args, name, None) for _, name, field in WARM_OPTIONS}
+    if not getattr(args, 'warm_start', False):
+        for flag, name, _ in WARM_OPTIONS:
+            if getattr(args, name, None) is not None:
+                raise CommandError(f'{flag} needs --warm-start')
+        return WarmStartSettings()
+    if args.backend != 'torch':
+        raise CommandError(f'--warm-start needs --backend torch: the {args.backend} engine '
+                           f'serves cold starts only')
+    values = {}
+    for flag, name, field in WARM_OPTIONS:
+        value = given[field]
+        value = getattr(WarmStartSettings, field) if value is None else value
+        try:
+            WarmStartSettings.checked(True, **{field: value})
+        except ValueError:
+            bounds = '0 < S <= 1' if field == 'strength' else 'a positive number'
+            raise CommandError(f'{flag} must be {bounds}, got {value}') from None
+        values[field] = value
+        setattr(args, name, value)
+    return WarmStartSettings.checked(True, **values)
 
 
 def read_limits(args):
@@ -201,6 +256,7 @@ def run(args):
     bag_io.check_namespace(args.namespace)
     output_options(args)
     read_limits(args)
+    warm_settings(args)
     bag_io.check_output(args.out)
     try:
         with raised_as_interrupted():
@@ -237,21 +293,27 @@ def process_bag(input_path, output_path, args, engine_source, progress=None, man
     from mtdp_ros.ros import bag_io
     namespace = bag_io.check_namespace(args.namespace)
     options = output_options(args)
+    warm = warm_settings(args)
     reader = bag_io.open_bag(input_path, read_limits(args))
     try:
-        return _process(reader, args, output_path, namespace, options, bag_io, engine_source,
-                        progress, manifest, replace)
+        return _process(reader, args, output_path, namespace, options, warm, bag_io,
+                        engine_source, progress, manifest, replace)
     finally:
         reader.close()
 
 
-def _process(reader, args, output_path, namespace, options, bag_io, engine_source, progress,
-             manifest, replace):
-    """Run the engine on every frame; returns (frames, s, engine s, messages, topics)."""
+def _process(reader, args, output_path, namespace, options, warm, bag_io, engine_source,
+             progress, manifest, replace):
+    """Run the engine on every frame; returns (frames, s, engine s, messages, topics).
+
+    The camera stream is this bag's: a warm start begins cold with every bag, even when
+    the engine served another bag before.
+    """
     from mtdp_ros.ros.camera import FocalCorrection, camera_info_problem
     from mtdp_ros.ros.image_input import ImageRejected
     from mtdp_ros.ros.outputs import output_topics
     from mtdp_ros.ros.stream import CameraStream, FrameSettings
+    from mtdp_ros.runtime.warm_runner import warm_start_problem
     image_connections, image_type = bag_io.topic_connections(
         reader, args.image_topic, tuple(bag_io.IMAGE_TYPES), 'image topic')
     image_class = bag_io.IMAGE_TYPES[image_type]
@@ -276,11 +338,15 @@ def _process(reader, args, output_path, namespace, options, bag_io, engine_sourc
     tasks = parse_tasks(args.tasks)
     engine = engine_source()
     tasks = engine.select_tasks(tasks)
+    problem = warm_start_problem(engine) if warm.enabled else None
+    if problem:
+        raise CommandError(f'--warm-start: {problem}')
     if options.publish_points and 'depth' not in tasks:
         print(f'mtdp bag: warning: no points: the depth task is not among {list(tasks)}',
               file=sys.stderr)
         options = dataclasses.replace(options, publish_points=False)
-    settings = FrameSettings(tasks=tasks, steps=args.steps, seed=args.seed, options=options)
+    settings = FrameSettings(tasks=tasks, steps=args.steps, seed=args.seed, options=options,
+                             warm=warm)
     # The node's per-frame pipeline: decode, depth rescaled to this camera's focal length
     # (camera.py), infer, build the output messages; a problem stops the command.
     stream = CameraStream(
@@ -297,6 +363,8 @@ def _process(reader, args, output_path, namespace, options, bag_io, engine_sourc
                            f'topic among the outputs): choose another --namespace')
     frames = 0
     engine_seconds = 0.0
+    # A caller's own progress (several bags) also keeps this bag's summary lines quiet.
+    quiet = progress is not None
     progress = progress(total) if progress else Progress(total, enabled=not args.no_progress)
     with bag_io.BagWriter(output_path, args.storage, replace=replace) as writer:
         stream.sink = sink = BagSink(writer, namespace)
@@ -319,7 +387,8 @@ def _process(reader, args, output_path, namespace, options, bag_io, engine_sourc
             stream.camera_info = camera_info_at(infos, info_times, timestamp)
             sink.timestamp = timestamp
             try:
-                result = stream.process(engine, msg, settings)
+                # Frames without a header stamp are timed by their bag time.
+                result = stream.process(engine, msg, settings, received_ns=timestamp)
             except (ImageRejected, ValueError) as exc:
                 raise CommandError(f'{args.image_topic}: frame {frames} (bag time {timestamp} '
                                    f'ns) cannot be processed: {bag_io.one_line(exc)}'
@@ -333,4 +402,9 @@ def _process(reader, args, output_path, namespace, options, bag_io, engine_sourc
             writer.extra_files[MANIFEST] = manifest(frames)
     # Leaving the block closed the bag (index, metadata) and moved it into place.
     seconds = time.perf_counter() - started
+    if warm.enabled and stream.engine_state is not None and not quiet:
+        report = stream.engine_state.report()
+        print(f'mtdp bag: warm start: {report["warm_start_warm_frames"]} warm, '
+              f'{report["warm_start_cold_frames"]} cold frame(s) (last cold: '
+              f'{report["warm_start_last_cold_reason"]})', file=sys.stderr)
     return frames, seconds, engine_seconds, messages, topics

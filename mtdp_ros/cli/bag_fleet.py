@@ -352,11 +352,13 @@ def run_sequential(jobs, options, progress, retries):
 
 def check_run(args):
     """Refuse what can be refused before any bag is read; returns the bag jobs."""
-    from mtdp_ros.cli.bag import output_options, read_limits
+    from mtdp_ros.cli.bag import output_options, read_limits, warm_settings
     from mtdp_ros.ros import bag_io
     bag_io.check_namespace(args.namespace)
     output_options(args)
     read_limits(args)
+    # Fills in the warm-start defaults: the manifests state the values used.
+    warm_settings(args)
     if args.retries < 0:
         raise CommandError(f'--retries must be >= 0, got {args.retries}')
     if args.workers is not None and args.workers < 1:
