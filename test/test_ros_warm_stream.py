@@ -121,13 +121,13 @@ def test_each_reset_condition_starts_cold(engine, change, reason):
         image = pattern_image(48, 64, seed=1)
     elif change in ('deactivate', 'cleanup'):
         stream.reset(change)
-    outputs = stream.process(engine, frame(image, second), settings(tasks=tasks,
-                                                                     steps=steps)).outputs
+    run = settings(tasks=tasks, steps=steps)
+    outputs = stream.process(engine, frame(image, second), run).outputs
     assert last(stream)[0] == 'cold'
     assert reason in last(stream)[1]
     assert same(outputs, cold(engine, image, tasks, steps))
     # ... and the frame after starts warm again from the new map.
-    stream.process(engine, frame(image, second + 0.1), settings(tasks=tasks, steps=steps))
+    stream.process(engine, frame(image, second + 0.1), run)
     assert last(stream)[0] == 'warm'
 
 
@@ -190,8 +190,8 @@ def test_settings_are_validated_and_the_runner_reports():
         WarmStartSettings.checked(True, cut_threshold=float('nan'))
     with pytest.raises(ValueError, match='true or false'):
         WarmStartSettings.checked('yes')
-    assert WarmStartSettings.checked(True, 1.0, 2.0, 0.3) == WarmStartSettings(True, 1.0, 2.0,
-                                                                              0.3)
+    checked = WarmStartSettings.checked(True, 1.0, 2.0, 0.3)
+    assert checked == WarmStartSettings(True, 1.0, 2.0, 0.3)
     assert WarmStartRunner().report()['warm_start_last'] == 'none'
 
 

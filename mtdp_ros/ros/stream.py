@@ -156,9 +156,9 @@ class CameraStream:
         # The node's InputWatchdog of this camera (it asks the ROS graph who publishes).
         self.watchdog = None
         self.outputs = OutputBuilder()
-        # Per-camera engine state carried from frame to frame: None, or an object with
-        # ``reset(reason)`` (the WarmStartRunner of a warm start, made by its first warm
-        # frame, holding the previous diffusion map); its state is forgotten by reset().
+        # Per-camera engine state carried from frame to frame (the WarmStartRunner of a
+        # warm start, made by the first warm frame, holding the previous diffusion map);
+        # forgotten by reset().
         self.engine_state = None
 
     def topic(self, relative):
@@ -202,8 +202,12 @@ class CameraStream:
         ``reason``: why, as the engine state reports it (the next frame starts cold).
         """
         self.slot.clear()
-        if self.engine_state is not None:
+        # A state that keeps what it did (the warm start's counts, shown in /diagnostics)
+        # forgets its map itself, and learns why; any other state is dropped.
+        if hasattr(self.engine_state, 'reset'):
             self.engine_state.reset(reason)
+        else:
+            self.engine_state = None
 
     def release_outputs(self):
         """A fresh output builder (its ray cache belongs to the released configuration)."""
