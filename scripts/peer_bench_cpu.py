@@ -167,12 +167,13 @@ def build_authors(root, config, steps):
     return wrapper_mod.TaskDiffusionWrapper(p, backbone, head).eval()
 
 
-def build_ours(root, preset):
+def build_ours(root, preset, image_size=None):
     """(model, its to_authors_key) from the mtdp_ros package under ``root``."""
     models, convert = fresh_import(os.path.abspath(root), ('mtdp_ros',),
                                    ['mtdp_ros.models', 'mtdp_ros.models.convert'])
-    config = models.PRESETS[preset] if hasattr(models, 'PRESETS') else \
-        importlib.import_module('mtdp_ros.models.presets').PRESETS[preset]
+    config = models.PRESETS[preset]
+    if image_size:
+        config = config.replace(image_size=list(image_size))
     torch.manual_seed(0)
     model = models.build_model(config).eval()
     return model, convert.to_authors_key
@@ -194,6 +195,8 @@ def main():
                         help='project checkout(s) to time (default: this one)')
     parser.add_argument('--preset', default='taskdiffusion_pascal_vitB')
     parser.add_argument('--steps', type=int, default=3)
+    parser.add_argument('--image-size', metavar='HxW',
+                        help='another input size (default: the preset\'s)')
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--threads', type=int, help='torch.set_num_threads')
     args = parser.parse_args()
@@ -201,9 +204,10 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     install_shims()
+    size = tuple(int(v) for v in args.image_size.split('x')) if args.image_size else None
     ours_roots = args.ours or [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
     contenders = {}
-    reference_model, to_authors_key = build_ours(ours_roots[0], args.preset)
+    reference_model, to_authors_key = build_ours(ours_roots[0], args.preset, size)
     config = reference_model.config
     authors = build_authors(os.path.abspath(args.authors), config, args.steps)
     missing, unexpected = share_weights(reference_model, to_authors_key, authors)
@@ -221,7 +225,7 @@ def main():
     noise = torch.randn((1, config.noise_channels, *config.grid_size))
     contenders['authors'] = run_authors
     for index, root in enumerate(ours_roots):
-        model = reference_model if index == 0 else build_ours(root, args.preset)[0]
+        model = reference_model if index == 0 else build_ours(root, args.preset, size)[0]
         if index:
             model.load_state_dict(reference_model.state_dict())
         contenders[f'ours:{root}'] = (lambda m=model: m(x, steps=args.steps, noise=noise))
@@ -243,7 +247,8 @@ def main():
                 times[name].append(time.perf_counter() - started)
             print(json.dumps({'round': round_index,
                               **{n: round(t[-1], 3) for n, t in times.items()}}), flush=True)
-    summary = {'preset': args.preset, 'steps': args.steps, 'rounds': args.rounds,
+    summary = {'preset': args.preset, 'image_size': list(config.image_size),
+               'steps': args.steps, 'rounds': args.rounds,
                'threads': torch.get_num_threads(),
                'median_s': {n: round(statistics.median(t), 3) for n, t in times.items()},
                'authors_over_ours_median_of_rounds': {
