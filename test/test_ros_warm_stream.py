@@ -255,3 +255,20 @@ def test_changes_reach_the_frame_settings(engine):
     assert updated.for_frames(False).warm == WarmStartSettings(True, 0.2, 2.0, 0.7)
     assert set(updates) == {'warm_start', 'warm_strength', 'warm_max_gap_s',
                             'warm_cut_threshold'}
+
+
+def test_image_signature_is_the_normalised_block_mean_of_the_grey_image():
+    """The per-frame scene-cut test sums in integers (no float copy of the frame)."""
+    from mtdp_ros.runtime.warm_start import image_signature
+    rng = np.random.default_rng(3)
+    for shape, dtype in (((487, 650, 3), np.uint8), ((40, 33), np.uint8),
+                         ((64, 96, 3), np.float32), ((50, 70, 3), np.uint16)):
+        image = rng.uniform(0, 250, shape).astype(dtype)
+        grey = image.astype(np.float64)
+        grey = grey.mean(axis=2) if grey.ndim == 3 else grey
+        rows, cols = shape[0] // 16, shape[1] // 16
+        thumb = grey[:rows * 16, :cols * 16].reshape(16, rows, 16, cols).mean(axis=(1, 3))
+        thumb = (thumb - thumb.mean()) / thumb.std()
+        got = image_signature(image)
+        assert got.dtype == np.float32 and got.shape == (16, 16)
+        np.testing.assert_allclose(got, thumb, atol=1e-5)
