@@ -5,7 +5,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from mtdp_ros.ros.colormaps import colorize
-from mtdp_ros.ros.conversions import image_msg_to_numpy
+from mtdp_ros.ros.image_output import image_msg_to_numpy
 from mtdp_ros.ros.outputs import OutputBuilder, OutputOptions, output_topics, raw_encoding
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy, unpack_rgb
 

@@ -15,7 +15,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from mtdp_ros.models.tasks import get_task, task_names
 from mtdp_ros.ros import colormaps
 from mtdp_ros.ros.camera import depth_camera_info
-from mtdp_ros.ros.conversions import numpy_to_image_msg
+from mtdp_ros.ros.image_output import numpy_to_image_msg
 from mtdp_ros.ros.pointcloud import RayCache, depth_to_points, points_to_msg
 
 # task -> (raw topic, colour topic) of the built-in tasks (the task table has them all:

@@ -72,7 +72,7 @@ class TorchEngine(Engine):
         if checkpoint is not None:
             load_checkpoint(model, checkpoint)
         model.eval()
-        self.reparameterized = bool(fuse and config.has_mlore)
+        self.reparameterized = fuse
         if self.reparameterized:
             model = reparameterize(model, inplace=True)
         self.model = model.to(device=self.torch_device, dtype=self.dtype).eval()
@@ -104,7 +104,7 @@ class TorchEngine(Engine):
 
     def device_noise(self, seed):
         """Return the initial map for ``seed`` on the device, in the model's dtype (cached)."""
-        if not self.config.is_diffusion:
+        if not self.diffusion:
             return None
         noise = self._noise.get(seed)
         if noise is None:
@@ -125,7 +125,7 @@ class TorchEngine(Engine):
                                                                      self.dtype)
                 return self.model(x, tasks=tasks, steps=steps, noise=noise, init=init,
                                   strength=start.strength, return_state=True)
-            if self.config.is_diffusion:
+            if self.diffusion:
                 return self.model(x, tasks=tasks, steps=steps, noise=noise)
             return self.model(x, tasks=tasks)
 
@@ -180,7 +180,7 @@ class TorchEngine(Engine):
         call that returns its state (strength 1: cold; below 1: warm from the graph's
         static ``init``): the strength fixes the schedule baked into the graph.
         """
-        graph_tasks = self.tasks if self.config.is_diffusion else tuple(tasks)
+        graph_tasks = self.tasks if self.diffusion else tuple(tasks)
         mode = None if start is None else ('state', float(start.strength))
         return (tuple(image_size), steps, graph_tasks, mode)
 
