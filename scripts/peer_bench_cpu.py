@@ -7,8 +7,8 @@ noise: the outputs must agree (max |diff| is printed; ~1e-6 expected). Runs are
 interleaved round by round (authors, ours, ours-2, ...; the order rotates each round) so
 that a change in the machine's load hits every contender alike; medians of wall time and
 of process CPU time (which a loaded machine disturbs far less) and the median of the
-per-round wall-time ratios are printed. Several ``--ours`` checkouts may be given (e.g. the code
-before and after a change); each is imported on its own.
+per-round wall-time ratios are printed. Several ``--ours`` checkouts may be given (e.g. the
+code before and after a change); each is imported on its own.
 
 The authors' ``models/`` folder is read from ``--authors`` and never copied into the
 project. It needs ``einops`` (``pip install --target DIR einops``, then
