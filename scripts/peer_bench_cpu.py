@@ -5,9 +5,10 @@ The same random weights in both (ours are drawn, then loaded into the authors' m
 their key names, see ``mtdp_ros.models.convert``), the same image and the same initial
 noise: the outputs must agree (max |diff| is printed; ~1e-6 expected). Runs are
 interleaved round by round (authors, ours, ours-2, ...; the order rotates each round) so
-that a change in the machine's load hits every contender alike; medians and the median of
-the per-round ratios are printed. Several ``--ours`` checkouts may be given (e.g. the code
-before and after a change); each is imported on its own.
+that a change in the machine's load hits every contender alike; medians of wall time and
+of process CPU time (which a loaded machine disturbs far less) and the median of the
+per-round wall-time ratios are printed. Several ``--ours`` checkouts may be given (e.g. the
+code before and after a change); each is imported on its own.
 
 The authors' ``models/`` folder is read from ``--authors`` and never copied into the
 project. It needs ``einops`` (``pip install --target DIR einops``, then
@@ -238,19 +239,28 @@ def main():
             diffs[name] = max(float((got[t] - expected[t]).abs().max()) for t in expected)
         print(json.dumps({'max_abs_diff_vs_authors': diffs}), flush=True)
         times = {name: [] for name in contenders}
+        cpu = {name: [] for name in contenders}
         names = list(contenders)
         for round_index in range(args.rounds):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), time.process_time()
                 contenders[name]()
                 times[name].append(time.perf_counter() - started)
+                cpu[name].append(time.process_time() - started_cpu)
             print(json.dumps({'round': round_index,
-                              **{n: round(t[-1], 3) for n, t in times.items()}}), flush=True)
+                              **{n: round(t[-1], 3) for n, t in times.items()},
+                              'cpu_s': {n: round(t[-1], 3) for n, t in cpu.items()}}),
+                  flush=True)
     summary = {'preset': args.preset, 'image_size': list(config.image_size),
                'steps': args.steps, 'rounds': args.rounds,
                'threads': torch.get_num_threads(),
                'median_s': {n: round(statistics.median(t), 3) for n, t in times.items()},
+               # Process CPU time (all threads): moves far less with the neighbours' load.
+               'median_cpu_s': {n: round(statistics.median(t), 3) for n, t in cpu.items()},
+               'authors_over_ours_cpu': {
+                   n: round(statistics.median(cpu['authors']) / statistics.median(t), 3)
+                   for n, t in cpu.items() if n != 'authors'},
                'authors_over_ours_median_of_rounds': {
                    n: round(statistics.median(a / b for a, b in zip(times['authors'], t)), 3)
                    for n, t in times.items() if n != 'authors'},

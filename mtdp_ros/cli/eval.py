@@ -132,7 +132,7 @@ def run_video(args, model, device, num):
     """Evaluate on synthetic video and print (with --json, the JSON object last)."""
     from mtdp_ros.training.evaluate import summarize
     from mtdp_ros.training.evaluate_video import evaluate_video
-    if args.warm_start and not model.config.is_diffusion:
+    if args.warm_start and not is_diffusion(model.config):
         raise CommandError('--warm-start applies to TaskDiffusion models only')
 
     def progress(done, total):
@@ -154,7 +154,7 @@ def run_video(args, model, device, num):
     steps = args.steps or model.config.trained_steps
     header = (f'{args.model} on {num} synthetic sequences of {args.sequence} frames '
               f'({args.motion} motion, seed {args.seed}'
-              + (f', {steps} steps' if model.config.is_diffusion else '')
+              + (f', {steps} steps' if is_diffusion(model.config) else '')
               + (f', warm start {args.warm_strength:g}' if args.warm_start else '') + ')')
     table_stream = sys.stderr if args.json else sys.stdout
     print(header, file=table_stream)

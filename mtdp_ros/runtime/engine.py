@@ -215,7 +215,7 @@ class Engine:
         if init is None and not isinstance(strength, bool) and strength == 1.0 \
                 and not return_state:
             return None
-        if not self.config.is_diffusion:
+        if not self.diffusion:
             raise ValueError(f'warm start (init, strength, return_state) applies to '
                              f'TaskDiffusion models only; {self.config.family} has no sampler')
         if not self.supports_warm_start:

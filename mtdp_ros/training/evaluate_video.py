@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ..runtime.options import check_steps, is_diffusion
 from ..runtime.warm_start import DEFAULT_CUT_THRESHOLD, DEFAULT_MAX_GAP_S, WarmStartState
 from .metrics import MultiTaskMeter
 from .synthetic import SCENE_TASKS
@@ -53,8 +54,10 @@ class VideoRun:
         missing = [t for t in config.tasks if t not in SCENE_TASKS]
         if missing:
             raise ValueError(f'synthetic video has no labels for {missing}')
-        if warm_start and not config.is_diffusion:
+        if warm_start and not is_diffusion(config):
             raise ValueError('--warm-start applies to TaskDiffusion models only')
+        # The one check of a step count given to an evaluation (as evaluate_model's).
+        steps = check_steps(steps, config, '--steps')
         self.model, self.config = model, config
         self.steps, self.warm_start, self.strength = steps, bool(warm_start), strength
         self.device = torch.device(device)
@@ -88,7 +91,7 @@ class VideoRun:
         x = (frames['image'][index:index + 1].to(self.device) - self.mean) / self.std
         targets = {t: frames[t][index:index + 1].to(self.device) for t in config.tasks}
         started = time.perf_counter()
-        if config.is_diffusion:
+        if is_diffusion(config):
             decision = self.state.decide(image, index * FRAME_PERIOD_S, (self.steps,),
                                          enabled=self.warm_start)
             raw, new = self.model(x, steps=self.steps, init=decision.init,
