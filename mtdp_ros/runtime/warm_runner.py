@@ -17,8 +17,6 @@ module, and a map still held is dropped (the next warm frame starts cold).
 from dataclasses import dataclass
 import threading
 
-from mtdp_ros.models.sampler import check_strength
-
 from .warm_start import (check_positive, DEFAULT_CUT_THRESHOLD, DEFAULT_MAX_GAP_S,
                          SIGNATURE_SIZE, WarmStartState)
 
@@ -41,6 +39,8 @@ class WarmStartSettings:
     def checked(cls, enabled=False, strength=DEFAULT_STRENGTH, max_gap_s=DEFAULT_MAX_GAP_S,
                 cut_threshold=DEFAULT_CUT_THRESHOLD):
         """Validated settings; ValueError naming the first bad value."""
+        # Imported here: the command line reads this module's defaults without PyTorch.
+        from mtdp_ros.models.sampler import check_strength
         if not isinstance(enabled, bool):
             raise ValueError(f'warm start must be true or false, got {enabled!r}')
         return cls(enabled, check_strength(strength), check_positive('max_gap_s', max_gap_s),
