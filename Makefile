@@ -65,7 +65,7 @@ test-latest:
 	$(LATEST_PY) -m pip install -q --upgrade --upgrade-strategy eager \
 	    --find-links $(TORCH_WHEELS) -c requirements-torch.txt -r requirements-torch.txt \
 	    -r requirements.txt -r requirements-dev.txt -e ".[$(subst $() ,$(comma),$(LOCK_EXTRAS))]"
-	$(LATEST_PY) -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
+	$(LATEST_PY) -m pip freeze --all --exclude-editable > $(LATEST_VENV)/versions.txt
 	@echo "newest releases installed: $(LATEST_VENV)/versions.txt; differences from the lock:"
 	@$(LATEST_PY) -c "$$LOCK_DIFF" $(LOCK) $(LATEST_VENV)/versions.txt
 	if $(LATEST_PY) -m pytest --markers test 2>/dev/null | grep -q '^@pytest.mark.slow:'; \
@@ -73,7 +73,9 @@ test-latest:
 	else $(LATEST_PY) -m pytest -q test --ignore-glob='*/test_node_*' \
 	    --ignore-glob='*/test_launch_*'; fi
 
-# Prints "name: locked -> installed" for each package whose version differs from the lock.
+# Prints "name: locked -> installed" for each locked package whose version differs, then the
+# installed distributions the lock does not name (new dependencies; the ROS wheels also
+# carry egg-info entries such as rclpy).
 define LOCK_DIFF
 import re, sys
 def pins(path):
@@ -85,9 +87,10 @@ def pins(path):
             found[re.sub(r'[-_.]+', '-', match.group(1)).lower()] = match.group(2)
     return found
 locked, installed = pins(sys.argv[1]), pins(sys.argv[2])
-changes = [f'  {n}: {locked.get(n, "-")} -> {installed.get(n, "-")}'
-           for n in sorted(set(locked) | set(installed)) if locked.get(n) != installed.get(n)]
+changes = [f'  {n}: {v} -> {installed.get(n, "not installed")}'
+           for n, v in sorted(locked.items()) if installed.get(n) != v]
 print('\n'.join(changes) or '  none')
+print('  not in the lock:', ', '.join(sorted(set(installed) - set(locked))) or 'none')
 endef
 export LOCK_DIFF
 
