@@ -42,6 +42,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q test
 
+# The unit layer: everything but the tests marked slow (node processes, bags, DDP).
+.PHONY: test-fast
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" test
+
 lint: $(STAMP)
 	$(PY) -m flake8 mtdp_ros test launch setup.py
 
@@ -57,8 +62,7 @@ lock: $(LOCK_VENV)/bin/uv
 
 # Rebuilt from scratch each time (newest releases as of now). torch stays the CPU build of
 # requirements-torch.txt: the only CPU build this machine can reach (see the README).
-# The unit layer: `-m "not slow"` where the slow marker is registered, otherwise every test
-# but the node and launch ones (processes, DDS).
+# Runs the unit layer, as test-fast.
 test-latest:
 	$(PYTHON) -m venv --clear $(LATEST_VENV)
 	$(LATEST_PY) -m pip install -q --upgrade pip
@@ -68,10 +72,7 @@ test-latest:
 	$(LATEST_PY) -m pip freeze --all --exclude-editable > $(LATEST_VENV)/versions.txt
 	@echo "newest releases installed: $(LATEST_VENV)/versions.txt; differences from the lock:"
 	@$(LATEST_PY) -c "$$LOCK_DIFF" $(LOCK) $(LATEST_VENV)/versions.txt
-	if $(LATEST_PY) -m pytest --markers test 2>/dev/null | grep -q '^@pytest.mark.slow:'; \
-	then $(LATEST_PY) -m pytest -q test -m "not slow"; \
-	else $(LATEST_PY) -m pytest -q test --ignore-glob='*/test_node_*' \
-	    --ignore-glob='*/test_launch_*'; fi
+	$(LATEST_PY) -m pytest -q -m "not slow" test
 
 # Prints "name: locked -> installed" for each locked package whose version differs, then the
 # installed distributions the lock does not name (new dependencies; the ROS wheels also
