@@ -202,9 +202,12 @@ class ModelConfig:
         """Build from the reference schema; unknown keys are an error (typos do not pass)."""
         if isinstance(data, ModelConfig):
             return data
+        from .registry import family_names, get_family
+        family = getattr(data, 'family', None)
+        if family in family_names() and type(data) is get_family(family).config_class:
+            return data                    # a family's own configuration object
         if not isinstance(data, dict):
             raise ValueError(f'model config must be a mapping, got {type(data).__name__}')
-        from .registry import get_family
         if cls is ModelConfig and 'family' in data:
             # A family with a schema of its own (e.g. MT-CP) parses its dictionaries itself.
             config_class = get_family(data['family']).config_class
