@@ -211,3 +211,63 @@ def test_missing_transformers_names_the_extra():
                             env={**os.environ, 'PYTHONPATH': REPO})
     assert result.returncode == 0, result.stderr
     assert 'ERROR:' in result.stdout and 'pip install mtdp_ros[mtcp]' in result.stdout
+
+
+def _tiny_mask2former():
+    from transformers import Mask2FormerConfig, Mask2FormerModel
+    config = Mask2FormerConfig.from_dict(PRESETS['mtcp_nyud_tiny'].mask2former)
+    torch.manual_seed(3)
+    return Mask2FormerModel(config)
+
+
+def test_backbone_folder_from_save_pretrained_loads_strictly(tmp_path):
+    hf = _tiny_mask2former()
+    hf.save_pretrained(str(tmp_path / 'm2f'))
+    assert os.path.isfile(tmp_path / 'm2f' / 'model.safetensors')
+    model = build_model(PRESETS['mtcp_nyud_tiny'])
+    head = model.backbon.class_predictor.weight.clone()
+    report = model.load_pretrained_backbone(str(tmp_path / 'm2f'))
+    assert report['layout'] == 'Mask2FormerModel'
+    ours = model.backbon.model.state_dict()
+    for key, value in hf.state_dict().items():
+        if 'swin.layernorm' not in key:
+            assert torch.equal(ours[key], value), key
+    assert torch.equal(model.backbon.class_predictor.weight, head)   # kept: not in the folder
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = hf.eval()(pixel_values=x).pixel_decoder_last_hidden_state
+        features, _ = model.eval().backbon(x)
+    assert torch.equal(features, expected)
+
+
+def test_backbone_folder_in_the_hub_layout_with_authors_names(tmp_path):
+    # The hub checkpoint: Mask2FormerForUniversalSegmentation, transformers 4.x names.
+    from safetensors.torch import save_file
+    source = build_model(PRESETS['mtcp_nyud_tiny'])
+    folder = tmp_path / 'hub'
+    source.backbon.hf_config.save_pretrained(str(folder))
+    tensors = {to_v4_key('backbon.' + k)[len('backbon.'):]: v.clone()
+               for k, v in source.backbon.state_dict().items()}
+    assert any('.attention.self.query.' in k for k in tensors)
+    save_file(tensors, str(folder / 'model.safetensors'))
+    model = build_model(PRESETS['mtcp_nyud_tiny'])
+    report = model.load_pretrained_backbone(str(folder))
+    assert report['layout'] == 'Mask2FormerForUniversalSegmentation' and report['kept'] == []
+    for key, value in source.backbon.state_dict().items():
+        assert torch.equal(model.backbon.state_dict()[key], value), key
+
+
+def test_backbone_folder_errors_name_the_problem(tmp_path):
+    model = build_model(PRESETS['mtcp_nyud_tiny'])
+    with pytest.raises(FileNotFoundError, match='backbone folder not found'):
+        model.load_pretrained_backbone(str(tmp_path / 'absent'))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='no config.json'):
+        model.load_pretrained_backbone(str(tmp_path / 'empty'))
+    from transformers import Mask2FormerConfig, Mask2FormerModel
+    data = dict(PRESETS['mtcp_nyud_tiny'].mask2former, num_queries=6)
+    Mask2FormerModel(Mask2FormerConfig.from_dict(data)).save_pretrained(str(tmp_path / 'q6'))
+    before = model.backbon.model.transformer_module.queries_features.weight.clone()
+    with pytest.raises(ValueError, match=r'shape mismatches .*queries_features\.weight'):
+        model.load_pretrained_backbone(str(tmp_path / 'q6'))
+    assert torch.equal(model.backbon.model.transformer_module.queries_features.weight, before)

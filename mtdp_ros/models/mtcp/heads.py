@@ -47,7 +47,7 @@ def conv_head(channels, out, upsample):
 
 
 def depth_head(channels, out, upsample, hidden):
-    """NYUD's depth head: 1x1 (C -> C/2) -> [bilinear x up] -> 1x1 (-> hidden) -> ReLU -> 1x1."""
+    """Depth head of NYUD: 1x1 (C -> C/2) -> [bilinear x up] -> 1x1 (-> hidden) -> ReLU -> 1x1."""
     layers = [nn.Conv2d(channels, channels // 2, 1)]
     if upsample > 1:
         layers.append(Upsample(upsample))

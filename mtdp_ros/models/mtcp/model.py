@@ -117,6 +117,11 @@ class MTCPModel(MultiTaskModel):
         finals, aux = self._run(x)
         return {'pred': finals, 'aux': aux}
 
+    def load_pretrained_backbone(self, path):
+        """Mask2Former weights from a transformers folder (``init: {backbone: PATH}``)."""
+        from .pretrained import load_backbone_folder
+        return load_backbone_folder(self, path)
+
     def convert_state_dict(self, state):
         """Checkpoint keys (authors' transformers 4.x names or ours) renamed to this model's."""
         return convert_state_dict(state, self.state_dict())
