@@ -41,12 +41,14 @@ def shift_mask(hp, wp, window, shift, device=None):
     The regions are the slices (0, -w), (-w, -s), (-s, None) of the padded map, as in the
     authors' ``BasicLayer``; (nW, w*w, w*w).
     """
-    region = torch.zeros((1, hp, wp, 1), device=device)
-    label = 0
-    for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-        for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
-            region[:, hs, ws, :] = label
-            label += 1
+    # Region label 3 * row band + column band, each band 0, 1, 2 by those slices (built by
+    # comparisons rather than slice assignment, which the ONNX exporter cannot take when a
+    # slice is empty, as (0, -w) is on a map no larger than the window).
+    def bands(size):
+        pos = torch.arange(size, device=device)
+        return (pos >= size - window).float() + (pos >= size - shift).float()
+
+    region = (3 * bands(hp)[:, None] + bands(wp)[None, :]).view(1, hp, wp, 1)
     ids = window_partition(region, window).squeeze(-1)
     diff = ids.unsqueeze(1) - ids.unsqueeze(2)
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
