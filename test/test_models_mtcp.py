@@ -95,7 +95,7 @@ def test_task_request_returns_only_task_outputs(reference):
     assert torch.allclose(outputs[tasks[0]], reference['outputs'][tasks[0]], atol=OUTPUT_MAX_ABS)
     trained = model.forward_train(reference['input'])
     assert set(trained['pred']) == set(tasks)
-    assert set(trained['aux']) == set(model.config.aux_keys)
+    assert [set(level) for level in trained['deep']] == [set(tasks)] * 2
 
 
 def test_trace_back_alias_is_shared(reference):

@@ -9,7 +9,8 @@ Per task (raw outputs as the models return them, 1 x C x h x w at the model inpu
 - ``normals``: bilinear, then renormalised to unit length (H x W x 3); a vanishing vector
   (no direction to recover) becomes NaN.
 - ``edge``: sigmoid of the logit, bilinear: a probability in [0, 1].
-- ``sal``: softmax over the two logits, channel 1, bilinear: a probability in [0, 1].
+- ``sal``: softmax over the two logits, channel 1 (sigmoid of a single logit: MT-CP),
+  bilinear: a probability in [0, 1].
 
 On the GPU this runs in PyTorch on the device (:func:`postprocess_task_reference`). On the
 CPU, when the image is at least as large as the model's view of it (the usual camera case),
@@ -98,7 +99,9 @@ def postprocess_task_cpu(task, raw, plan: Letterbox):
     # At model resolution, with PyTorch's own functions (as the reference path).
     if task == 'edge':
         probability = torch.sigmoid(torch.from_numpy(content[0])).numpy()
-    else:                                          # sal
+    elif content.shape[0] == 1:                    # sal, one logit (MT-CP)
+        probability = torch.sigmoid(torch.from_numpy(content[0])).numpy()
+    else:                                          # sal, two logits
         probability = torch.softmax(torch.from_numpy(content), dim=0)[1].numpy()
     probability = _resize(probability, plan, cv2.INTER_LINEAR)
     return np.clip(probability, 0.0, 1.0, out=probability)
@@ -229,7 +232,8 @@ def postprocess_task_reference(task, raw, plan: Letterbox):
     if task == 'edge':
         return unletterbox(torch.sigmoid(raw[:, :1]), plan)[0, 0].clamp(0.0, 1.0)
     if task == 'sal':
-        probability = torch.softmax(raw, dim=1)[:, 1:2]
+        probability = (torch.sigmoid(raw) if raw.shape[1] == 1
+                       else torch.softmax(raw, dim=1)[:, 1:2])
         return unletterbox(probability, plan)[0, 0].clamp(0.0, 1.0)
     raise ValueError(f'no post-processing defined for task {task!r}')
 

@@ -78,6 +78,7 @@ DEFAULTS = {
         'edge_w': 0.95,
         'load_balancing': 0.0005,
         'aux_weight': 0.25,           # TaskDiffusion auxiliary heads
+        'deep_supervision': 0.5,      # MT-CP intermediate predictions (the authors: / 2)
         'balancing': 'fixed',         # fixed | lps
         'lps': {'history': 3, 'period': 100, 'alpha': 2.5},
     },

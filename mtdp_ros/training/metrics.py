@@ -396,6 +396,8 @@ def predictions_from_raw(task, raw):
     if task in ('semseg', 'human_parts'):
         return raw.argmax(dim=1)
     if task == 'sal':
+        if raw.shape[1] == 1:                     # one logit (MT-CP): 255 * sigmoid / 255
+            return torch.sigmoid(raw.float())[:, 0]
         return torch.softmax(raw.float(), dim=1)[:, 1]
     if task == 'edge':
         return torch.sigmoid(raw.float())

@@ -254,7 +254,8 @@ class Trainer:
             self.loss_tasks, loss_cfg['weights'], edge_w=loss_cfg['edge_w'],
             load_balancing=loss_cfg['load_balancing'],
             aux_weight=loss_cfg['aux_weight'] if self.model_config.is_diffusion else 0.0,
-            balancing=loss_cfg['balancing'], lps=loss_cfg['lps'])
+            balancing=loss_cfg['balancing'], lps=loss_cfg['lps'],
+            deep_weight=loss_cfg['deep_supervision'])
         self.sync_batchnorm = use_sync_batchnorm(train['sync_batchnorm'], self.device,
                                                  self.distributed)
         if self.sync_batchnorm:

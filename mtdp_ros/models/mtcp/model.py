@@ -113,9 +113,16 @@ class MTCPModel(MultiTaskModel):
         return {t: finals[t] for t in self.select_tasks(tasks)}
 
     def forward_train(self, x, targets=None):
-        """Training outputs: final predictions and the deep-supervision predictions."""
+        """Training outputs: ``pred`` (final) and ``deep`` (one {task: map} per level).
+
+        ``deep`` holds the 1/16 and 1/8 predictions at input size, which the authors
+        supervise with each task's loss (``MultiTaskLoss`` ``deep_weight``).
+        """
         finals, aux = self._run(x)
-        return {'pred': finals, 'aux': aux}
+        layout = self.config.layout['aux_keys']
+        deep = [{t: aux[keys[level]] for t, keys in zip(self.config.tasks, layout)}
+                for level in range(self.config.intermediate_predictions)]
+        return {'pred': finals, 'aux': {}, 'deep': deep}
 
     def load_pretrained_backbone(self, path):
         """Mask2Former weights from a transformers folder (``init: {backbone: PATH}``)."""
