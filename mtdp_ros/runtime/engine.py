@@ -91,7 +91,8 @@ def resolve_engine_model(model, checkpoint=None):
     (see ``mtdp_ros.models.resolve_model``), a ModelConfig or a config dict.
     ``checkpoint`` (a path or a state-dict mapping) overrides the spec's own weights.
     """
-    if isinstance(model, (ModelConfig, dict)):
+    # A family's own config class (MT-CP's) counts as a config too.
+    if isinstance(model, (ModelConfig, dict)) or hasattr(model, 'family'):
         config = ModelConfig.from_dict(model)
         spec_checkpoint = None
         name = config.name or config.family

@@ -135,8 +135,10 @@ def _merge(defaults, given, path=''):
 
 
 def validate_init(init):
-    """Raise ValueError unless ``init`` is random, model, a path, {encoder: PATH} or
-    {backbone: PATH} (MT-CP: a transformers Mask2Former folder).
+    """Raise ValueError unless ``init`` is random, model, a path or a one-key mapping.
+
+    The mappings: {encoder: PATH} (an ImageNet ViT) or {backbone: PATH} (MT-CP: a
+    transformers Mask2Former folder).
     """
     if isinstance(init, dict):
         if len(init) != 1 or not set(init) <= {'encoder', 'backbone'} \

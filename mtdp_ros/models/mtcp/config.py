@@ -121,6 +121,11 @@ class MTCPConfig:
         return False
 
     @property
+    def trained_steps(self):
+        """No denoising steps (None, as for MLoRE)."""
+        return None
+
+    @property
     def has_mlore(self) -> bool:
         """MT-CP has no MLoRE blocks (nothing to fuse)."""
         return False

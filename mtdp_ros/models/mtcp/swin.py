@@ -228,7 +228,9 @@ class SwinTransformer(nn.Module):
 
     def forward_tokens(self, x):
         """Stage outputs of a B x C x H x W map taken as tokens (the authors' ``forward2``)."""
-        h, w = x.shape[-2:]
+        # Plain ints: the window padding and shift mask are shape constants (an exported
+        # graph must not re-derive them from traced sizes).
+        h, w = int(x.shape[-2]), int(x.shape[-1])
         x = x.flatten(2).transpose(1, 2)
         return self._stages(x, h, w)
 
