@@ -131,6 +131,27 @@ def _points_problem(kind, text):
     raise CommandError(text)
 
 
+def _reject(kind, exc):
+    raise exc
+
+
+class BagSink:
+    """A camera stream's sink writing into the output bag at the input frame's bag time."""
+
+    def __init__(self, writer, namespace):
+        self.writer = writer
+        self.namespace = namespace
+        self.timestamp = 0          # the bag time of the frame being processed
+
+    def wanted(self, topic):
+        """Every output is written."""
+        return True
+
+    def publish(self, topic, msg):
+        """Write ``msg`` on the absolute topic of ``topic``."""
+        self.writer.write(output_topic(self.namespace, topic), self.timestamp, msg)
+
+
 def run(args):
     """Process the bag; print the output path; the summary goes to stderr."""
     from mtdp_ros.ros import bag_io
@@ -156,14 +177,13 @@ def run(args):
 
 def _process(reader, args, namespace, options, bag_io):
     """Run the engine on every frame; returns (frames, s, engine s, messages, topics)."""
-    from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb
     from mtdp_ros.ros.camera import FocalCorrection, camera_info_problem
-    from mtdp_ros.ros.outputs import OutputBuilder, output_topics
+    from mtdp_ros.ros.image_input import ImageRejected
+    from mtdp_ros.ros.outputs import output_topics
+    from mtdp_ros.ros.stream import CameraStream, FrameSettings
     image_connections, image_type = bag_io.topic_connections(
         reader, args.image_topic, tuple(bag_io.IMAGE_TYPES), 'image topic')
     image_class = bag_io.IMAGE_TYPES[image_type]
-    to_rgb = compressed_msg_to_rgb if image_class.__name__ == 'CompressedImage' else \
-        image_msg_to_rgb
     info_connections, infos, info_times = [], [], []
     if args.camera_info_topic:
         info_connections, _ = bag_io.topic_connections(
@@ -189,9 +209,15 @@ def _process(reader, args, namespace, options, bag_io):
         print(f'mtdp bag: warning: no points: the depth task is not among {list(tasks)}',
               file=sys.stderr)
         options = dataclasses.replace(options, publish_points=False)
-    builder = OutputBuilder()
-    focal = FocalCorrection(not args.no_focal_correction, args.rectified,
-                            args.camera_info_topic, lambda text: None)
+    settings = FrameSettings(tasks=tasks, steps=args.steps, seed=args.seed, options=options)
+    # The node's per-frame pipeline: decode, depth rescaled to this camera's focal length
+    # (camera.py), infer, build the output messages; a problem stops the command.
+    stream = CameraStream(
+        focal=FocalCorrection(not args.no_focal_correction, args.rectified,
+                              args.camera_info_topic, lambda text: None),
+        compressed=image_class.__name__ == 'CompressedImage', input_topic=args.image_topic,
+        info_topic=args.camera_info_topic or '', on_problem=_points_problem,
+        on_reject=_reject)
     copied = image_connections + info_connections if args.copy_input else []
     written = {output_topic(namespace, topic) for topic, _ in output_topics(tasks)}
     clashes = sorted(written & {connection.topic for connection in copied})
@@ -202,6 +228,7 @@ def _process(reader, args, namespace, options, bag_io):
     engine_seconds = 0.0
     progress = Progress(total, enabled=not args.no_progress)
     with bag_io.BagWriter(args.out, args.storage) as writer:
+        stream.sink = sink = BagSink(writer, namespace)
         for connection in copied:
             if connection.topic not in writer.counts:
                 definition = connection.msgdef.data if connection.msgdef else ''
@@ -218,23 +245,15 @@ def _process(reader, args, namespace, options, bag_io):
             if connection.topic != args.image_topic:
                 continue
             msg = bag_io.deserialize(raw, image_class, args.image_topic, timestamp)
-            info = camera_info_at(infos, info_times, timestamp)
+            stream.camera_info = camera_info_at(infos, info_times, timestamp)
+            sink.timestamp = timestamp
             try:
-                rgb = to_rgb(msg)
-                # As the node: depth rescaled to this camera's focal length (camera.py).
-                intrinsics = None if info is None else \
-                    focal.intrinsics(info, rgb.shape[1], rgb.shape[0])
-                engine_started = time.perf_counter()
-                outputs = engine.infer(rgb, tasks=tasks, steps=args.steps, seed=args.seed,
-                                       intrinsics=intrinsics)
-                engine_seconds += time.perf_counter() - engine_started
+                result = stream.process(engine, msg, settings)
             except (ImageRejected, ValueError) as exc:
                 raise CommandError(f'{args.image_topic}: frame {frames} (bag time {timestamp} '
                                    f'ns) cannot be processed: {bag_io.one_line(exc)}'
                                    ) from None
-            for output in builder.messages(outputs, msg.header, rgb, info, options,
-                                           on_problem=_points_problem):
-                writer.write(output_topic(namespace, output.topic), timestamp, output.msg)
+            engine_seconds += result.engine_s
             frames += 1
             progress.update(frames)
         messages = sum(writer.counts.values())

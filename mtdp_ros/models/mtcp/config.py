@@ -10,7 +10,8 @@ import json
 import math
 from typing import Dict, Optional, Tuple
 
-from ..config import CLASS_TASKS, IMAGENET_MEAN, IMAGENET_STD
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..tasks import get_task
 
 # The authors' two multi-task classes, their tasks (in order) and which module names hold
 # each task's blocks. The module names are the authors' (their checkpoints load strictly).
@@ -141,14 +142,12 @@ class MTCPConfig:
         return tuple(k for pair in self.layout['aux_keys'] for k in pair)
 
     def is_class_task(self, task: str) -> bool:
-        """True where the raw output is class logits (argmax gives the label).
+        """Whether ``task``'s targets are class ids (see the task table).
 
-        MT-CP's saliency is one logit (``255 * sigmoid`` in the authors' evaluation), not
-        two-class logits as in MLoRE's PASCAL head.
+        MT-CP's saliency head has one logit (``255 * sigmoid`` in the authors' evaluation);
+        its targets are still the classes 0/1.
         """
-        if task == 'sal':
-            return self.num_outputs.get('sal', 1) > 1
-        return task in CLASS_TASKS
+        return get_task(task).is_class_task
 
     def select_tasks(self, tasks=None):
         """Validated tuple of requested tasks in the model's order (None: all)."""
