@@ -34,6 +34,7 @@ def tiny_checkpoint(tmp_path_factory):
     return save_checkpoint(model, str(path))
 
 
+@pytest.mark.slow  # a minute-long ONNX export
 def test_onnx_runtime_matches_the_authors_outputs(tmp_path):
     import onnxruntime as ort
     reference = load_reference('mtcp_nyud_tiny.pt')
@@ -52,6 +53,7 @@ def test_onnx_runtime_matches_the_authors_outputs(tmp_path):
             assert np.abs(got - expected).max() <= 1e-4, task
 
 
+@pytest.mark.slow  # exports the tiny model into the engine's cache
 def test_torch_and_onnxruntime_engines_agree(tiny_checkpoint, tmp_path):
     rgb = pattern_image(96, 128, seed=4)
     torch_engine = create_engine('mtcp_nyud_tiny', checkpoint=tiny_checkpoint, device='cpu')
@@ -119,6 +121,7 @@ def mtcp_node(tmp_path_factory, tiny_checkpoint):
         node.close()
 
 
+@pytest.mark.slow  # a node process over DDS
 def test_node_serves_mtcp_over_dds(mtcp_node, tiny_checkpoint):
     node, client, publisher = mtcp_node
     rgb = pattern_image(120, 160, seed=9)
