@@ -204,14 +204,19 @@ class ModelConfig:
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
     def from_dict(cls, data) -> 'ModelConfig':
-        """Build from the reference schema; unknown keys are an error (typos do not pass)."""
+        """Build from the reference schema; unknown keys are an error (typos do not pass).
+
+        A config object of a registered family's own class (see ``ModelFamily.config_class``)
+        is returned as it is, as a ModelConfig is.
+        """
         if isinstance(data, ModelConfig):
             return data
-        from .registry import family_names, get_family
-        family = getattr(data, 'family', None)
-        if family in family_names() and type(data) is get_family(family).config_class:
-            return data                    # a family's own configuration object
+        from .registry import get_family
         if not isinstance(data, dict):
+            family = getattr(data, 'family', None)
+            config_class = get_family(family).config_class if isinstance(family, str) else None
+            if config_class is not None and isinstance(data, config_class):
+                return data
             raise ValueError(f'model config must be a mapping, got {type(data).__name__}')
         if cls is ModelConfig and 'family' in data:
             # A family with a schema of its own (e.g. MT-CP) parses its dictionaries itself.
