@@ -35,7 +35,9 @@ setup(
         # colcon picks its pytest step from extras_require['test'] (current setuptools drops
         # tests_require); launch_testing's pytest plugin cannot load under pytest 9.
         'test': ['pytest>=8,<9'],
-        # MT-CP (model family mtcp): its Mask2Former backbone comes from transformers 5.
+        # mtcp: the MT-CP family's Mask2Former backbone (transformers 5 names; the authors'
+        # 4.x checkpoints are renamed on load). make test installs it (the lock) so that its
+        # tests always run.
         'mtcp': ['transformers>=5.25,<6'],
         # `mtdp bag --ray`: bags processed on a Ray cluster (Ray core, no dashboard).
         'ray': ['ray>=2.60,<3'],
