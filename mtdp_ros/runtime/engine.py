@@ -7,12 +7,13 @@ metric outputs of the requested tasks at that size (see :mod:`.postprocess`).
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import namedtuple, OrderedDict
 
 import numpy as np
 import torch
 
 from mtdp_ros.models import ModelConfig, resolve_model
+from mtdp_ros.models.sampler import check_strength
 
 from .options import check_seed, check_steps, is_diffusion, MAX_STEPS
 from .postprocess import check_intrinsics, focal_correction_factor
@@ -23,6 +24,9 @@ LOGGER = logging.getLogger('mtdp_ros.runtime')
 LOGGER.propagate = True
 # Cached per-image-size state (letterbox plans, CUDA graphs) is bounded: a camera has one size.
 CACHE_LIMIT = 4
+# How a call starts the sampler when it asks for more than a plain cold start: from ``init``
+# (the previous frame's state, None: noise) at time ``strength``; its state is computed.
+SamplerStart = namedtuple('SamplerStart', 'init strength')
 
 
 def warn(message):
@@ -60,10 +64,12 @@ class Engine:
     """Base of the engines: the ``infer`` contract, argument checks and shared caches.
 
     Subclasses implement ``_infer(image, plan, tasks, steps, seed)`` returning numpy outputs
-    and filling ``self.last_timing``.
+    and filling ``self.last_timing``; an engine with ``supports_warm_start`` also takes
+    ``start`` (a :data:`SamplerStart`) and then returns ``(outputs, state)``.
     """
 
     backend = None
+    supports_warm_start = False
 
     def __init__(self, config: ModelConfig, model_name, random_weights, device, precision,
                  steps=None, seed=0):
@@ -168,12 +174,20 @@ class Engine:
         generator = torch.Generator().manual_seed(int(seed))
         return torch.randn(self.noise_shape(), generator=generator, dtype=torch.float32)
 
-    def infer(self, image, tasks=None, steps=None, seed=None, intrinsics=None):
+    def infer(self, image, tasks=None, steps=None, seed=None, intrinsics=None, init=None,
+              strength=1.0, return_state=False):
         """Metric outputs of ``tasks`` (None: all) for one uint8 H x W x 3 RGB image.
 
         ``intrinsics``: the camera's (fx, fy, cx, cy) in pixels of ``image``; when given,
         depth is rescaled from the model's training camera to this one (see
         :meth:`focal_factor`). None: depth as the network predicts it.
+
+        Video (TaskDiffusion, torch backend): ``return_state=True`` returns ``(outputs,
+        state)``, where ``state`` is the final clean cross-task map (a tensor on the
+        engine's device, 1 x C_map x h/16 x w/16 of the model input); passing it as
+        ``init`` of the next frame with ``strength`` s < 1 starts that frame's sampler at
+        t = s from it (s = 1: the cold start, bit for bit). Whether a previous state still
+        fits a frame is :class:`mtdp_ros.runtime.warm_start.WarmStartState`'s call.
         """
         from .preprocess import check_image
         image = check_image(image)
@@ -182,15 +196,46 @@ class Engine:
         seed = self.seed if seed is None else check_seed(seed)
         if intrinsics is not None:
             intrinsics = check_intrinsics(intrinsics)
+        start = self.sampler_start(init, strength, return_state)
         plan = self.plan(image.shape[:2])
-        outputs = self._infer(image, plan, tasks, steps, seed)
+        if start is None:
+            outputs, state = self._infer(image, plan, tasks, steps, seed), None
+        else:
+            outputs, state = self._infer(image, plan, tasks, steps, seed, start=start)
         factor = 1.0
         if intrinsics is not None and 'depth' in outputs:
             factor = self.focal_factor(intrinsics, plan)
             # A new array: the caller may hold (or the engine reuse) the unscaled one.
             outputs['depth'] = outputs['depth'] * np.float32(factor)
         self.last_focal_factor = factor
-        return outputs
+        return (outputs, state) if return_state else outputs
+
+    def sampler_start(self, init, strength, return_state):
+        """None for a plain cold call, else the validated :data:`SamplerStart`."""
+        if init is None and not isinstance(strength, bool) and strength == 1.0 \
+                and not return_state:
+            return None
+        if not self.diffusion:
+            raise ValueError(f'warm start (init, strength, return_state) applies to '
+                             f'TaskDiffusion models only; {self.config.family} has no sampler')
+        if not self.supports_warm_start:
+            raise ValueError(f'the {self.backend} engine serves cold starts only; warm start '
+                             f'(init, strength, return_state) needs the torch backend')
+        strength = check_strength(strength)
+        if init is None:
+            if strength != 1.0:
+                raise ValueError(f'strength {strength} < 1 needs init: the state returned '
+                                 f'for the previous frame (return_state=True)')
+            return SamplerStart(None, strength)
+        expected = self.noise_shape()
+        if not isinstance(init, torch.Tensor) or not init.is_floating_point():
+            raise ValueError(f'init must be the state tensor a previous call returned, got '
+                             f'{getattr(init, "dtype", type(init).__name__)}')
+        if tuple(init.shape) != expected:
+            raise ValueError(f'init must be {expected} (the state this engine returns), got '
+                             f'{tuple(init.shape)}')
+        # Strength 1 is the cold start: the previous map is not used.
+        return SamplerStart(init if strength < 1.0 else None, strength)
 
     def focal_factor(self, intrinsics, plan):
         """Depth factor for a camera of ``intrinsics`` seen through letterbox ``plan``.
@@ -208,7 +253,7 @@ class Engine:
             return 1.0
         return factor
 
-    def _infer(self, image, plan, tasks, steps, seed):
+    def _infer(self, image, plan, tasks, steps, seed, start=None):
         raise NotImplementedError
 
     def benchmark_network(self, iters, warmup=0, tasks=None, steps=None):
