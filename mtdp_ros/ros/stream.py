@@ -193,7 +193,8 @@ class CameraStream:
         previous = self.camera_info
         self.camera_info = msg
         if previous is None or (previous.width, previous.height) != (msg.width, msg.height):
-            self._log.info(f'camera_info: {msg.width}x{msg.height} '
+            camera = f'camera {self.name}: ' if self.name else ''
+            self._log.info(f'{camera}camera_info: {msg.width}x{msg.height} '
                            f'(frame {msg.header.frame_id!r})')
         return None
 
