@@ -16,20 +16,28 @@ several ``--image-topic``, a camera's NAME is its topic's namespace (``/cam_fron
 -> ``cam_front``).
 
 The output bag appears only when complete: it is written beside ``--out`` and renamed at
-the end, and removed on any error.
+the end, and removed on any error, SIGINT or SIGTERM. Reading is bounded (decompressed chunk
+and message sizes) and the message definitions of the topics read are checked
+(:mod:`mtdp_ros.ros.bag_guard`).
+
+:func:`process_bag` is one bag in, one bag out, with an engine it is given: several bags
+(``mtdp bag IN1 IN2 ... --out DIR``, on Ray or one after another) are
+:mod:`mtdp_ros.cli.bag_fleet`'s.
 """
 
 import bisect
 import dataclasses
-import os
 import sys
 import time
 from typing import Optional
 
 from mtdp_ros.cli import CommandError
-from mtdp_ros.cli.infer import add_engine_arguments, engine_from_args, parse_tasks
+from mtdp_ros.cli.infer import engine_from_args, parse_tasks
+from mtdp_ros.cli.options import add_engine_arguments
 
 DEFAULT_NAMESPACE = '/mtdp_perception'
+# The file in an output bag folder that says what it was made from (bag_fleet.py).
+MANIFEST = 'mtdp_manifest.json'
 PROGRESS_WIDTH = 30
 
 
@@ -39,9 +47,12 @@ def register(subparsers):
         'bag', help="write the node's outputs for every frame of a rosbag2 bag into a new bag",
         description="Run the model on every image of a rosbag2 bag (sqlite3 or mcap) and write "
                     "the node's output topics, with the frames' headers, into a new bag.")
-    parser.add_argument('input', metavar='INPUT', help='rosbag2 bag folder, .mcap or .db3')
+    parser.add_argument('input', nargs='+', metavar='INPUT',
+                        help='rosbag2 bag folder, .mcap or .db3; several, or a folder holding '
+                             'bags: one output bag each under --out')
     parser.add_argument('--out', required=True, metavar='OUTPUT',
-                        help='output bag folder (must not exist)')
+                        help='output bag folder (must not exist); with several bags the '
+                             'folder that receives OUTPUT/<input name>/ for each')
     parser.add_argument('--image-topic', action='append', metavar='TOPIC',
                         help='sensor_msgs/Image or sensor_msgs/CompressedImage topic; give it '
                              'several times for several cameras')
@@ -76,8 +87,32 @@ def register(subparsers):
                         help="keep the network's depth for its training camera (the node's "
                              'depth.focal_correction false); by default depth is rescaled to '
                              'the camera of --camera-info-topic')
+    # Defaults: mtdp_ros.ros.bag_guard.ReadLimits (not imported here: it loads rosbags).
+    parser.add_argument('--max-message-mb', type=float, metavar='MB',
+                        help='refuse a bag holding a message larger than this (MiB, default '
+                             '256)')
+    parser.add_argument('--max-chunk-mb', type=float, metavar='MB',
+                        help='refuse a bag with an mcap chunk decompressing to more than this '
+                             '(MiB, default 1024)')
     add_engine_arguments(parser)
+    from mtdp_ros.cli import bag_fleet
+    bag_fleet.add_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def read_limits(args):
+    """The ReadLimits of ``--max-message-mb`` and ``--max-chunk-mb`` (unset: defaults)."""
+    from mtdp_ros.ros.bag_guard import MIB, ReadLimits
+    given = {}
+    for option, field in (('max_message_mb', 'max_message_bytes'),
+                          ('max_chunk_mb', 'max_chunk_bytes')):
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if not value > 0:
+            raise CommandError(f'--{option.replace("_", "-")} must be > 0, got {value}')
+        given[field] = int(value * MIB)
+    return ReadLimits(**given)
 
 
 class Progress:
@@ -207,10 +242,6 @@ def _points_problem(kind, text):
     raise CommandError(text)
 
 
-def _reject(kind, exc):
-    raise exc
-
-
 class BagSink:
     """A camera stream's sink writing into the output bag at the input frame's bag time."""
 
@@ -229,29 +260,68 @@ class BagSink:
 
 
 def run(args):
-    """Process the bag; print the output path; the summary goes to stderr."""
+    """Process the bag; print the output path; the summary goes to stderr.
+
+    Several bags (or a folder of bags, or ``--ray``): :func:`mtdp_ros.cli.bag_fleet.run`.
+    """
+    from mtdp_ros.cli import bag_fleet
+    from mtdp_ros.cli.interrupts import Interrupted, raised_as_interrupted
     from mtdp_ros.ros import bag_io
-    namespace = bag_io.check_namespace(args.namespace)
+    from mtdp_ros.ros.batching import BatchStatistics
+    if bag_fleet.is_fleet(args):
+        return bag_fleet.run(args)
+    # Everything that can be refused without reading the bag, before the model loads.
+    bag_io.check_namespace(args.namespace)
     cameras = camera_specs(args)
-    options = output_options(args)
-    if os.path.lexists(args.out):
-        raise CommandError(f'output {args.out} exists already; remove it or choose another '
-                           f'--out')
-    reader = bag_io.open_bag(args.input)
+    output_options(args)
+    read_limits(args)
+    bag_io.check_output(args.out)
     try:
-        summary = _process(reader, args, cameras, namespace, options, bag_io)
-    finally:
-        reader.close()
-    frames, seconds, engine_seconds, messages, topics, batches = summary
+        with raised_as_interrupted():
+            batches = BatchStatistics()
+            summary = process_bag(args.input[0], args.out, args,
+                                  lambda: engine_from_args(args), batches=batches)
+    except Interrupted as exc:
+        print(f'mtdp bag: interrupted by {exc.name}: stopped, no partial output left',
+              file=sys.stderr)
+        return exc.exit_code
+    frames, seconds, engine_seconds, messages, topics = summary
     fps = frames / seconds if seconds > 0 else float('inf')
     share = 100.0 * engine_seconds / seconds if seconds > 0 else 0.0
     inputs = ', '.join(camera.image_topic for camera in cameras)
-    batched = f', batch sizes {batches}' if len(cameras) > 1 else ''
+    batched = f', batch sizes {batches.histogram()}' if len(cameras) > 1 else ''
     print(f'mtdp bag: {frames} frame(s) of {inputs} -> {args.out} ({args.storage}, '
           f'{messages} messages on {topics} topics) in {seconds:.1f} s: {fps:.2f} fps '
           f'(engine {share:.0f} % of the time{batched})', file=sys.stderr)
     print(args.out)
     return 0
+
+
+def process_bag(input_path, output_path, args, engine_source, progress=None, manifest=None,
+                replace=False, batches=None):
+    """Write the outputs of the bag at ``input_path`` into a new bag at ``output_path``.
+
+    ``args``: the command's options (an argparse Namespace); ``engine_source()`` returns
+    the engine (called once the bag's topics were found usable, so that a bad bag costs no
+    model load; a caller running many bags returns the same engine each time).
+    ``progress(total)``: an object whose ``update(frames done)`` is called per frame (default
+    :class:`Progress` unless ``--no-progress``). ``manifest(frames)``: text written into the
+    bag folder as :data:`MANIFEST` before it is moved into place. ``replace``: an existing
+    bag at ``output_path`` is replaced once the new one is complete. ``batches``: a
+    :class:`~mtdp_ros.ros.batching.BatchStatistics` the batches are counted in.
+    Returns (frames, seconds, engine seconds, messages, topics); errors are CommandError or
+    BagError (a ValueError) naming the problem.
+    """
+    from mtdp_ros.ros import bag_io
+    namespace = bag_io.check_namespace(args.namespace)
+    cameras = camera_specs(args)
+    options = output_options(args)
+    reader = bag_io.open_bag(input_path, read_limits(args))
+    try:
+        return _process(reader, args, output_path, cameras, namespace, options, bag_io,
+                        engine_source, progress, manifest, replace, batches)
+    finally:
+        reader.close()
 
 
 def _read_camera_infos(reader, camera, rectified, bag_io):
@@ -288,8 +358,9 @@ def one_line(exc):
     return bag_io.one_line(exc)
 
 
-def _process(reader, args, cameras, namespace, options, bag_io):
-    """Run the engine on every frame; (frames, s, engine s, messages, topics, batches)."""
+def _process(reader, args, output_path, cameras, namespace, options, bag_io, engine_source,
+             progress, manifest, replace, batches):
+    """Run the engine on every frame; returns (frames, s, engine s, messages, topics)."""
     from mtdp_ros.ros.batching import BatchStatistics, run_batch
     from mtdp_ros.ros.camera import FocalCorrection
     from mtdp_ros.ros.outputs import output_topics
@@ -307,7 +378,7 @@ def _process(reader, args, cameras, namespace, options, bag_io):
             raise CommandError(f'image topic {camera.image_topic} has no messages')
         total += count
     tasks = parse_tasks(args.tasks)
-    engine = engine_from_args(args)
+    engine = engine_source()
     tasks = engine.select_tasks(tasks)
     if options.publish_points and 'depth' not in tasks:
         print(f'mtdp bag: warning: no points: the depth task is not among {list(tasks)}',
@@ -338,9 +409,9 @@ def _process(reader, args, cameras, namespace, options, bag_io):
         raise CommandError(f'--copy-input would write {", ".join(clashes)} twice (an input '
                            f'topic among the outputs): choose another --namespace')
     by_topic = {camera.image_topic: camera for camera in cameras}
-    statistics = BatchStatistics()
+    statistics = batches if batches is not None else BatchStatistics()
     done = [0, 0.0]                # frames, engine seconds
-    progress = Progress(total, enabled=not args.no_progress)
+    progress = progress(total) if progress else Progress(total, enabled=not args.no_progress)
     pending = {}                   # camera name -> (camera, msg), in bag-time order
 
     def flush():
@@ -355,7 +426,7 @@ def _process(reader, args, cameras, namespace, options, bag_io):
         done[0] += len(results)
         progress.update(done[0])
 
-    with bag_io.BagWriter(args.out, args.storage) as writer:
+    with bag_io.BagWriter(output_path, args.storage, replace=replace) as writer:
         for camera in cameras:
             camera.stream.sink = camera.sink = BagSink(
                 writer, output_topic(namespace, camera.name) if camera.name else namespace)
@@ -388,6 +459,8 @@ def _process(reader, args, cameras, namespace, options, bag_io):
         flush()
         messages = sum(writer.counts.values())
         topics = len(writer.counts)
+        if manifest is not None:
+            writer.extra_files[MANIFEST] = manifest(done[0])
     # Leaving the block closed the bag (index, metadata) and moved it into place.
     seconds = time.perf_counter() - started
-    return done[0], seconds, done[1], messages, topics, statistics.histogram()
+    return done[0], seconds, done[1], messages, topics
