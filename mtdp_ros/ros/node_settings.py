@@ -31,15 +31,20 @@ class Settings:
     max_pixels: int
     watchdog_timeout: float
 
-    def for_frames(self, rectified):
-        """The FrameSettings of a camera stream (``rectified``: its camera.rectified)."""
+    def for_frames(self, rectified, camera_index=0):
+        """The FrameSettings of a camera stream (``rectified``: its camera.rectified).
+
+        Camera ``camera_index`` (its place in the ``cameras`` parameter) draws its
+        TaskDiffusion noise from ``diffusion.seed + camera_index``: one draw per camera.
+        """
         options = OutputOptions(
             publish_color=self.publish_color, publish_points=self.publish_points,
             points_stride=self.points_stride, points_color=self.points_color,
             depth_color_min=self.depth_color_min, depth_color_max=self.depth_color_max,
             camera_rectified=rectified)
         # diffusion.steps 0 means the trained count: every call passes its own.
-        return FrameSettings(tasks=self.tasks, steps=self.steps or None, seed=self.seed,
+        return FrameSettings(tasks=self.tasks, steps=self.steps or None,
+                             seed=(self.seed + camera_index) % (parameters.INT32_MAX + 1),
                              max_pixels=self.max_pixels, options=options)
 
 
