@@ -31,9 +31,17 @@ setup(
     maintainer_email='mtdp-ros@example.com',
     description='Multi-task dense prediction (MLoRE, TaskDiffusion) as a ROS 2 perception node.',
     license='Apache-2.0',
-    # colcon picks its pytest step from extras_require['test'] (current setuptools drops
-    # tests_require); launch_testing's pytest plugin cannot load under pytest 9.
-    extras_require={'test': ['pytest>=8,<9']},
+    extras_require={
+        # colcon picks its pytest step from extras_require['test'] (current setuptools drops
+        # tests_require); launch_testing's pytest plugin cannot load under pytest 9.
+        'test': ['pytest>=8,<9'],
+        # mtcp: the MT-CP family's Mask2Former backbone (transformers 5 names; the authors'
+        # 4.x checkpoints are renamed on load). make test installs it (the lock) so that its
+        # tests always run.
+        'mtcp': ['transformers>=5.25,<6'],
+        # `mtdp bag --ray`: bags processed on a Ray cluster (Ray core, no dashboard).
+        'ray': ['ray>=2.60,<3'],
+    },
     entry_points={
         'console_scripts': [
             'perception_node = mtdp_ros.perception_node:main',

@@ -5,6 +5,10 @@ Example::
     ros2 launch mtdp_ros perception.launch.py image_topic:=/camera/color/image_raw
         camera_info_topic:=/camera/color/camera_info device:=cuda use_rviz:=true
 
+Several cameras on one engine (topics ``front/image``, ``front/depth``...)::
+
+    ros2 launch mtdp_ros perception.launch.py cameras:=[front,left]
+
 Arguments left empty keep the value of ``params_file`` (or the node's default).
 """
 
@@ -18,7 +22,7 @@ from launch_ros.actions import Node
 
 from mtdp_ros.ros.launch_support import (fastdds_transports, find_rviz2,
                                          node_parameters_from_arguments, parse_bool,
-                                         rviz_arguments)
+                                         rviz_arguments, rviz_namespace)
 
 PACKAGE = 'mtdp_ros'
 # (name, default, description): the launch arguments of this file.
@@ -27,6 +31,10 @@ ARGUMENTS = (
      'Camera image topic (sensor_msgs/Image); <image_topic>/compressed is used with '
      'input.transport compressed.'),
     ('camera_info_topic', '/camera/camera_info', 'CameraInfo topic of that camera.'),
+    ('cameras', '',
+     'Several cameras on one engine, e.g. [front,left]: each subscribes <name>/image and '
+     '<name>/camera_info and publishes under <name>/ (remap those per camera); RViz shows '
+     'the first (empty: one camera on image_topic).'),
     ('namespace', '', 'Namespace of the node and its output topics.'),
     ('node_name', 'mtdp_perception', 'Name of the node.'),
     ('params_file', '',
@@ -97,7 +105,8 @@ def launch_setup(context, *args, **kwargs):
         else:
             rviz_args, rviz_remappings = rviz_arguments(
                 os.path.join(package_share(), 'rviz', 'perception.rviz'),
-                values['namespace'], values['fixed_frame'].strip())
+                rviz_namespace(values['namespace'], overrides.get('cameras')),
+                values['fixed_frame'].strip())
             actions.append(Node(package='rviz2', executable='rviz2', name='rviz2',
                                 arguments=rviz_args, remappings=rviz_remappings,
                                 output='log'))

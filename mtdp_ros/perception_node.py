@@ -19,8 +19,14 @@ So a slow model never builds a backlog, and memory stays bounded at any input ra
 Everything of one camera (the slot, camera_info and focal correction, the output messages
 and publishers, statistics, the per-frame pipeline) is a
 :class:`~mtdp_ros.ros.stream.CameraStream` (``mtdp bag`` runs the same one); the node
-keeps a list of them (one today) and owns the lifecycle, the parameters, the engine they
-share, the inference thread and diagnostics.
+keeps a list of them and owns the lifecycle, the parameters, the engine they share, the
+inference thread and diagnostics.
+
+Several cameras (parameter ``cameras``, e.g. ``[front,left]``): one stream per name, its
+topics under ``<name>/``; the inference thread takes the newest waiting frame of every
+camera (at most ``cameras.max_batch``, round-robin beyond) and runs them as one batch
+through the one engine (:mod:`mtdp_ros.ros.batching`); /diagnostics has a status per
+camera plus the engine's.
 
 Stops: SIGINT and SIGTERM only set an event (later signals do nothing), the main thread
 leaves the executor loop and shuts down once; see :mod:`mtdp_ros.ros.stops`.
@@ -42,7 +48,8 @@ from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
 from mtdp_ros.ros import engine_setup, node_settings, parameters
-from mtdp_ros.ros.diagnostics import build_status
+from mtdp_ros.ros.batching import BatchScheduler, BatchStatistics, run_batch
+from mtdp_ros.ros.diagnostics import build_engine_status, build_status
 from mtdp_ros.ros.monitoring import STAGES, seconds_since_program_start
 from mtdp_ros.ros.engine_setup import StartupError
 from mtdp_ros.ros.outputs import OUTPUT_TOPICS
@@ -86,7 +93,7 @@ class PerceptionNode(LifecycleNode):
     Constructing it declares the parameters and creates only the diagnostics, the camera
     stream with its camera_info subscription, and the inference thread; the engine comes
     with configure. Everything of one camera lives in its
-    :class:`~mtdp_ros.ros.stream.CameraStream` (``streams``: one today); the node keeps the
+    :class:`~mtdp_ros.ros.stream.CameraStream` (``streams``: one per camera); the node keeps the
     lifecycle, the parameters, the shared engine, the inference thread and diagnostics.
     """
 
@@ -112,7 +119,13 @@ class PerceptionNode(LifecycleNode):
         self._stopped = None            # set by stop(): whether the engine was released
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
-        self.streams = [camera_stream(self, '')]
+        # Invalid camera names: one unnamed stream, and configure fails saying why.
+        values = parameters.current_values(self)
+        self.camera_names = [n for n in parameters.camera_names(values) if n]
+        self.streams = [camera_stream(self, name) for name in self.camera_names or ['']]
+        self._max_batch = int(values['cameras.max_batch'])
+        self._scheduler = BatchScheduler(self.streams, self._max_batch)
+        self.batch_statistics = BatchStatistics()
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics',
                                                             10)
         # A steady clock: under use_sim_time without /clock, ROS-time timers never fire.
@@ -221,10 +234,14 @@ class PerceptionNode(LifecycleNode):
             stream.compressed = values['input.transport'] == 'compressed'
             stream.input_topic = self.resolve_topic_name(stream.image_topic)
             stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos)
-        info = self.streams[0].camera_info
-        if info is not None and info.width > 0 and info.height > 0:
-            engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
-                                 self._log)
+        sizes = []
+        for stream in self.streams:
+            info = stream.camera_info
+            if info is not None and info.width > 0 and info.height > 0 and \
+                    (info.height, info.width) not in sizes:
+                sizes.append((info.height, info.width))
+        for height, width in sizes:
+            engine_setup.warm_up(self.engine, self._settings, height, width, self._log)
 
     def _deactivate(self, timeout):
         self._active = False
@@ -279,28 +296,41 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------ inference thread
     def _run_inference(self):
         while not self._stopping.is_set():
-            stream = self.streams[0]
-            item = stream.slot.take(timeout=0.5)
-            if item is None:
+            batch = self._scheduler.take(timeout=0.5)
+            if not batch:
                 continue
             with self._frame_lock:
                 if not self._active or self.engine is None or self._stopping.is_set():
                     continue
                 try:
-                    self._process(stream, *item)
+                    self._process(batch)
                 except Exception as exc:  # noqa: B902 - the node must keep serving
                     if self._stopping.is_set() or not self.context.ok():
                         return
-                    stream.statistics.counters.add('errors')
-                    stream.warn('error', f'frame failed: {type(exc).__name__}: {exc}')
+                    for stream, _ in batch:
+                        self._frame_failed(stream, exc)
 
-    def _process(self, stream, msg, received_ns):
-        """One frame of ``stream`` through the engine; logs the first output."""
-        settings = self._settings.for_frames(stream.focal.rectified)
-        result = stream.process(self.engine, msg, settings, received_ns)
-        if result is None or not result.first:
-            return
+    def _frame_failed(self, stream, exc):
+        stream.statistics.counters.add('errors')
+        stream.warn('error', f'frame from {stream.input_topic} failed: '
+                             f'{type(exc).__name__}: {exc}')
+
+    def _process(self, batch):
+        """The frames of ``batch`` ([(stream, item)]) through the engine; logs first outputs."""
+        settings = self._settings
+        entries = [(stream, settings.for_frames(stream.focal.rectified,
+                                                self.streams.index(stream)), *item)
+                   for stream, item in batch]
+        results = run_batch(self.engine, entries, on_error=self._frame_failed,
+                            statistics=self.batch_statistics)
+        for stream, result in results:
+            if result.first:
+                self._first_output(stream)
+
+    def _first_output(self, stream):
         text = f'first output {stream.statistics.first_output_s:.2f} s after activation'
+        if stream.name:
+            text = f'camera {stream.name}: {text}'
         if self._startup_to_first_output_s is None:
             self._startup_to_first_output_s = seconds_since_program_start()
             text += f' ({self._startup_to_first_output_s:.2f} s after the program start)'
@@ -308,16 +338,25 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------ monitoring
     def _publish_diagnostics(self):
-        """Publish one DiagnosticStatus: lifecycle state, rates, latencies, the engine."""
-        stream = self.streams[0]
-        status = build_status(f'{self.get_name()}: perception', self.state, stream.statistics,
-                              engine=self.engine, settings=self._settings,
-                              input_topic=stream.input_topic, input_qos=self._input_qos_name,
-                              startup_to_first_output_s=self._startup_to_first_output_s,
-                              engine_state=stream.engine_state)
+        """Publish the DiagnosticStatus of each camera (and of the engine, with several)."""
+        statuses = []
+        for stream in self.streams:
+            name = f'{self.get_name()}: perception'
+            if stream.name:
+                name += f' {stream.name}'
+            statuses.append(build_status(
+                name, self.state, stream.statistics, engine=self.engine,
+                settings=self._settings, input_topic=stream.input_topic,
+                input_qos=self._input_qos_name,
+                startup_to_first_output_s=self._startup_to_first_output_s,
+                engine_state=stream.engine_state))
+        if self.camera_names:
+            statuses.append(build_engine_status(
+                f'{self.get_name()}: engine', self.state, self.engine,
+                self.batch_statistics, self.camera_names, self._max_batch))
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
+        array.status = statuses
         self._diagnostics_publisher.publish(array)
 
     def _watchdog(self):
@@ -346,6 +385,7 @@ class PerceptionNode(LifecycleNode):
         self._deactivate(STOP_TIMEOUT)
         for stream in self.streams:
             stream.slot.close()
+        self._scheduler.close()
         self._worker.join(max(0.0, deadline - time.monotonic()))
         self._stopped = not self._worker.is_alive() and self._release_engine(0.0)
         return self._stopped

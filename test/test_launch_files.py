@@ -302,3 +302,41 @@ def test_package_xml_is_format_3_with_the_runtime_dependencies():
             'rviz2'} <= exec_depends
     assert root.find('export/build_type').text == 'ament_python'
     assert os.path.isfile(os.path.join(REPO, 'resource', 'mtdp_ros'))
+
+
+@pytest.mark.parametrize('text, names', [
+    ('', []), ('[]', []), ('[front,left]', ['front', 'left']),
+    (" [ 'front' , rear/wide ] ", ['front', 'rear/wide']), ('front,left', ['front', 'left']),
+])
+def test_the_cameras_argument_becomes_the_cameras_parameter(text, names):
+    overrides = launch_support.node_parameters_from_arguments(
+        dict(ARGUMENT_DEFAULTS, cameras=text))
+    assert overrides.get('cameras', []) == names
+    # RViz shows the first camera's outputs (in the node's namespace).
+    expected = {'': 'robot', '[]': 'robot'}.get(text, f'robot/{names[0]}' if names else '')
+    assert launch_support.rviz_namespace('/robot/', names) == expected
+
+
+@pytest.mark.parametrize('text, words', [
+    ('[front,front]', 'twice'), ('[1cam]', "'1cam'"), ('[/abs]', "'/abs'"),
+    ('[a b]', "'a b'"),
+])
+def test_a_bad_cameras_argument_is_named(text, words):
+    with pytest.raises(LaunchArgumentError, match="'cameras'") as error:
+        launch_support.node_parameters_from_arguments(dict(ARGUMENT_DEFAULTS, cameras=text))
+    assert words in str(error.value)
+
+
+def test_the_launch_file_points_rviz_at_the_first_camera(tmp_path, monkeypatch):
+    require_launch_api()
+    monkeypatch.setenv('AMENT_PREFIX_PATH', fake_rviz2_prefix(tmp_path / 'prefix'))
+    actions = evaluate_launch_setup(PERCEPTION_LAUNCH, {
+        'use_rviz': 'true', 'namespace': 'robot', 'cameras': '[front,left]'})
+    from launch_ros.actions import Node
+    nodes = [a for a in actions if isinstance(a, Node)]
+    assert [(n.node_package, n.node_executable) for n in nodes] == [
+        ('mtdp_ros', 'perception_node'), ('rviz2', 'rviz2')]
+    # launch_ros keeps each remapping as (substitutions, substitutions): plain text here.
+    remappings = {''.join(part.text for part in source): ''.join(part.text for part in target)
+                  for source, target in nodes[1]._Node__remappings}
+    assert remappings['/points'] == '/robot/front/points'

@@ -151,6 +151,22 @@ def run_demo(tmp_path, domain, *extra):
                           text=True, timeout=150)
 
 
+def test_points_view_draws_only_points_with_finite_coordinates():
+    from std_msgs.msg import Header
+
+    from mtdp_ros.demo import points_view
+    from mtdp_ros.ros.pointcloud import pack_rgb, points_to_msg
+    magenta = pack_rgb(np.array([[[255, 0, 255]]], np.uint8))[0, 0]
+    points = np.array([[[0.0, 0.0, 1.0, magenta], [0.0, 0.0, 2.0, magenta],
+                        [np.nan, 0.0, 1.0, magenta], [np.inf, 0.0, 1.0, magenta],
+                        [0.5, 0.0, np.nan, magenta]]], np.float32)
+    view = points_view(points_to_msg(points, Header()))
+    drawn = np.argwhere((view == [255, 0, 255]).all(axis=-1))
+    # The two valid points, on the centre column (x = 0); nothing at the left edge, where
+    # the integer value of a NaN x used to be clipped to.
+    assert len(drawn) == 2 and (drawn[:, 1] == view.shape[1] // 2).all()
+
+
 def test_mtdp_demo_writes_a_mosaic_per_output_and_prints_rate_and_latency(tmp_path, domain):
     config = write_config(tmp_path, TINY_MLORE)
     result = run_demo(tmp_path, domain, '--model', config, '--source', 'pattern',

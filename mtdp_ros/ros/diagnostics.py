@@ -93,6 +93,35 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
     return status
 
 
+def build_engine_status(name, state, engine, batches, cameras, max_batch):
+    """The engine's DiagnosticStatus of a node with several cameras.
+
+    ``batches``: the node's :class:`~mtdp_ros.ros.batching.BatchStatistics` (batch-size
+    histogram, model and engine milliseconds per batch); ``cameras``: their names.
+    """
+    status = DiagnosticStatus()
+    status.name = name
+    values = {'lifecycle_state': state, 'cameras': ','.join(cameras),
+              'max_batch': str(max_batch)}
+    if engine is None:
+        status.level, status.message = DiagnosticStatus.OK, f'{state}: no engine'
+    else:
+        status.hardware_id = engine.device
+        status.level, status.message = DiagnosticStatus.OK, (
+            f'one engine, {len(cameras)} cameras')
+        values.update({
+            'batches': str(batches.batches()),
+            'batch_size_histogram': batches.histogram(),
+            'model_per_batch_p50_ms': _fmt(batches.model_ms.percentile(50)),
+            'model_per_batch_p95_ms': _fmt(batches.model_ms.percentile(95)),
+            'engine_per_batch_p50_ms': _fmt(batches.engine_ms.percentile(50)),
+            'device': engine.device, 'backend': engine.backend,
+            'precision': engine.precision, 'model': engine.model_name,
+        })
+    status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+    return status
+
+
 class InputWatchdog:
     """Words a warning when no frame arrives: topic, QoS, and who publishes there."""
 

@@ -66,6 +66,32 @@ def parse_number(name, text, kind, low, high):
     return number
 
 
+def parse_cameras(text):
+    """Camera names from launch argument ``cameras``: ``[front,left]`` or ``front,left``.
+
+    Empty (or ``[]``): no names, the single-camera topics. LaunchArgumentError naming the
+    first unusable name.
+    """
+    from mtdp_ros.ros.parameters import check_cameras
+    body = text.strip()
+    if body.startswith('[') and body.endswith(']'):
+        body = body[1:-1]
+    names = [name.strip().strip('\'"').strip() for name in body.split(',')]
+    names = [name for name in names if name]
+    reason = check_cameras(names)
+    if reason:
+        raise LaunchArgumentError(f"launch argument 'cameras' (e.g. [front,left]): {reason}")
+    return names
+
+
+def rviz_namespace(namespace, cameras):
+    """The namespace RViz shows: the node's, or its first camera's when there are several."""
+    namespace = namespace.strip().strip('/')
+    if not cameras:
+        return namespace
+    return f'{namespace}/{cameras[0]}' if namespace else cameras[0]
+
+
 def check_params_file(path):
     """Raise LaunchArgumentError unless ``path`` names a readable file."""
     if not os.path.isfile(path):
@@ -108,6 +134,9 @@ def node_parameters_from_arguments(values):
         overrides['tasks'] = tasks
     if value('steps'):
         overrides['diffusion.steps'] = parse_steps(value('steps'))
+    cameras = parse_cameras(value('cameras'))
+    if cameras:
+        overrides['cameras'] = cameras
     if value('autostart'):
         overrides['autostart'] = parse_bool('autostart', value('autostart'))
     if value('use_rviz'):

@@ -36,8 +36,12 @@ class Settings:
     warm_max_gap_s: float = WarmStartSettings.max_gap_s
     warm_cut_threshold: float = WarmStartSettings.cut_threshold
 
-    def for_frames(self, rectified):
-        """The FrameSettings of a camera stream (``rectified``: its camera.rectified)."""
+    def for_frames(self, rectified, camera_index=0):
+        """The FrameSettings of a camera stream (``rectified``: its camera.rectified).
+
+        Camera ``camera_index`` (its place in the ``cameras`` parameter) draws its
+        TaskDiffusion noise from ``diffusion.seed + camera_index``: one draw per camera.
+        """
         options = OutputOptions(
             publish_color=self.publish_color, publish_points=self.publish_points,
             points_stride=self.points_stride, points_color=self.points_color,
@@ -47,7 +51,8 @@ class Settings:
         # Checked by the parameter callbacks (ranges, the engine) before they got here.
         warm = WarmStartSettings(self.warm_start, self.warm_strength, self.warm_max_gap_s,
                                  self.warm_cut_threshold)
-        return FrameSettings(tasks=self.tasks, steps=self.steps or None, seed=self.seed,
+        return FrameSettings(tasks=self.tasks, steps=self.steps or None,
+                             seed=(self.seed + camera_index) % (parameters.INT32_MAX + 1),
                              max_pixels=self.max_pixels, options=options, warm=warm)
 
 

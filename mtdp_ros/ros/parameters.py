@@ -8,6 +8,7 @@ node declares them with :func:`declare_all` and validates the start-up values wi
 The engine options' choices and the step limit come from ``mtdp_ros.runtime.options``.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -88,6 +89,13 @@ SPECS = (
     Spec('depth.focal_correction', True,
          "Rescale metric depth from the model's training focal length to the camera's "
          '(K, or P when camera.rectified; needs camera_info, else uncorrected).'),
+    Spec('cameras', Parameter.Type.STRING_ARRAY,
+         'Names of several cameras served by one engine (e.g. [front,left]): each '
+         'subscribes <name>/image and <name>/camera_info and publishes every output under '
+         '<name>/. Unset or empty: one camera on image and camera_info.'),
+    Spec('cameras.max_batch', 8,
+         'Most frames (one per camera) run as one batch; with more cameras, they take '
+         'turns (round-robin).', int_range=(1, 64)),
     # Take effect while running.
     Spec('tasks', Parameter.Type.STRING_ARRAY,
          "Tasks to compute and publish (a subset of the model's: "
@@ -235,6 +243,28 @@ def check_warm_start(enabled, engine):
     return f'diffusion.warm_start: {problem} (keep it false)' if problem else None
 
 
+CAMERA_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*')
+
+
+def check_cameras(names):
+    """None when ``names`` are usable camera names (relative topic prefixes), else why not."""
+    names = list(names or [])
+    for name in names:
+        if not isinstance(name, str) or not CAMERA_NAME.fullmatch(name):
+            return (f'cameras: {name!r} is not a camera name (letters, digits and _, '
+                    f'starting with a letter; / between parts; relative, so namespaces '
+                    f'and remapping apply)')
+    if len(set(names)) != len(names):
+        return f'cameras lists a camera twice: {names}'
+    return None
+
+
+def camera_names(values):
+    """The camera names of the parameter ``values`` ([''] : the single camera)."""
+    names = list(values.get('cameras') or [])
+    return names if names and not check_cameras(names) else ['']
+
+
 def check_depth_range(minimum, maximum):
     """None when the depth colour range is valid (max 0 = automatic), else the reason."""
     if maximum and maximum <= minimum:
@@ -254,6 +284,9 @@ def validate_startup(values):
                 problems.append(reason)
     reason = check_depth_range(values.get('depth.color_min', 0.0),
                                values.get('depth.color_max', 0.0))
+    if reason:
+        problems.append(reason)
+    reason = check_cameras(values.get('cameras'))
     if reason:
         problems.append(reason)
     return problems

@@ -33,6 +33,9 @@ class LatestFrame:
         self._condition = threading.Condition()
         self._item = None
         self._closed = False
+        # Called (no argument) after every put: the node's batch scheduler of several
+        # cameras waits on all slots at once through it.
+        self.listener = None
 
     def put(self, item):
         """Store ``item``; True when it replaced (dropped) an unprocessed one."""
@@ -40,7 +43,15 @@ class LatestFrame:
             dropped = self._item is not None
             self._item = item
             self._condition.notify()
-            return dropped
+        if self.listener is not None:
+            self.listener()
+        return dropped
+
+    @property
+    def waiting(self):
+        """Whether an item waits."""
+        with self._condition:
+            return self._item is not None
 
     def take(self, timeout):
         """The waiting item (removing it), or None after ``timeout`` s or once closed."""
@@ -186,7 +197,8 @@ class CameraStream:
         previous = self.camera_info
         self.camera_info = msg
         if previous is None or (previous.width, previous.height) != (msg.width, msg.height):
-            self._log.info(f'camera_info: {msg.width}x{msg.height} '
+            camera = f'camera {self.name}: ' if self.name else ''
+            self._log.info(f'{camera}camera_info: {msg.width}x{msg.height} '
                            f'(frame {msg.header.frame_id!r})')
         return None
 
@@ -255,9 +267,9 @@ class CameraStream:
         camera_info) when the focal correction is on. With ``settings.warm`` enabled (or a
         warm start to switch off) the stream's WarmStartRunner decides warm or cold.
         """
+        if not self.set_intrinsics(frame):
+            return None
         try:
-            frame.intrinsics = self.focal.intrinsics(self.camera_info, frame.rgb.shape[1],
-                                                     frame.rgb.shape[0])
             if settings.warm.enabled and self.engine_state is None:
                 self.engine_state = WarmStartRunner()
             if isinstance(self.engine_state, WarmStartRunner):
@@ -269,6 +281,26 @@ class CameraStream:
         except ValueError as exc:
             self.reject('engine', exc)
             return None
+
+    def runs_alone(self, settings: FrameSettings):
+        """Whether this camera's frame must go through :meth:`infer`, not a batched call.
+
+        So it must under warm start, and once more after it was switched off while this
+        camera held a map (which that frame drops).
+        """
+        state = self.engine_state
+        return settings.warm.enabled or (isinstance(state, WarmStartRunner)
+                                         and state.state.has_state)
+
+    def set_intrinsics(self, frame: Frame):
+        """Fill ``frame.intrinsics`` from camera_info; False when refused (counted, said)."""
+        try:
+            frame.intrinsics = self.focal.intrinsics(self.camera_info, frame.rgb.shape[1],
+                                                     frame.rgb.shape[0])
+        except ValueError as exc:
+            self.reject('engine', exc)
+            return False
+        return True
 
     def reject(self, kind, exc):
         """Count a frame that cannot be used, then tell ``on_reject`` (or warn)."""

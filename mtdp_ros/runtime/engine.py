@@ -88,6 +88,7 @@ class Engine:
         self._plans = OrderedDict()
         # Depth factor of the last infer call (1.0 without intrinsics, see focal_factor).
         self.last_focal_factor = 1.0
+        self.last_focal_factors = [1.0]
         self._warned_no_train_focal = False
 
     @property
@@ -208,6 +209,7 @@ class Engine:
             # A new array: the caller may hold (or the engine reuse) the unscaled one.
             outputs['depth'] = outputs['depth'] * np.float32(factor)
         self.last_focal_factor = factor
+        self.last_focal_factors = [factor]
         return (outputs, state) if return_state else outputs
 
     def sampler_start(self, init, strength, return_state):
@@ -236,6 +238,71 @@ class Engine:
                              f'{tuple(init.shape)}')
         # Strength 1 is the cold start: the previous map is not used.
         return SamplerStart(init if strength < 1.0 else None, strength)
+
+    def infer_batch(self, images, tasks=None, steps=None, seeds=None, intrinsics=None):
+        """Metric outputs of several images (one per camera) from one batched network pass.
+
+        ``images``: a sequence of uint8 H x W x 3 RGB images, each of its own size (each is
+        letterboxed by its own plan). ``seeds``: one sampler seed per image (None, or a
+        None entry: the engine's seed); every image draws its own initial noise, so an
+        image's outputs equal ``infer(image, seed=its seed)`` whatever it is batched with.
+        ``intrinsics``: one (fx, fy, cx, cy) or None per image (per-frame focal
+        correction). Returns one ``{task: array}`` per image, in order; ``last_timing`` is
+        the batch's (``model_ms``: the one network pass) and ``last_focal_factors`` one
+        depth factor per image. ValueError (naming the image's index) for a bad argument.
+        """
+        from .preprocess import check_image
+        images = list(images)
+        if not images:
+            raise ValueError('infer_batch needs at least one image')
+        count = len(images)
+        checked = []
+        for index, image in enumerate(images):
+            try:
+                checked.append(check_image(image))
+            except ValueError as exc:
+                raise ValueError(f'image {index}: {exc}') from None
+        tasks = self.select_tasks(tasks)
+        steps = self.resolve_steps(steps)
+        seeds = self._per_image('seeds', seeds, count)
+        seeds = [self.seed if seed is None else check_seed(seed) for seed in seeds]
+        intrinsics = self._per_image('intrinsics', intrinsics, count)
+        intrinsics = [None if k is None else check_intrinsics(k) for k in intrinsics]
+        plans = [self.plan(image.shape[:2]) for image in checked]
+        if count == 1:
+            outputs = [self._infer(checked[0], plans[0], tasks, steps, seeds[0])]
+        else:
+            outputs = self._infer_batch(checked, plans, tasks, steps, seeds)
+        factors = []
+        for result, plan, camera in zip(outputs, plans, intrinsics):
+            factor = 1.0
+            if camera is not None and 'depth' in result:
+                factor = self.focal_factor(camera, plan)
+                result['depth'] = result['depth'] * np.float32(factor)
+            factors.append(factor)
+        self.last_focal_factors = factors
+        self.last_focal_factor = factors[-1]
+        return outputs
+
+    @staticmethod
+    def _per_image(name, values, count):
+        if values is None:
+            return [None] * count
+        values = list(values)
+        if len(values) != count:
+            raise ValueError(f'{name} must have one entry per image ({count}), '
+                             f'got {len(values)}')
+        return values
+
+    def _infer_batch(self, images, plans, tasks, steps, seeds):
+        """Outputs of several images; the base runs them one by one (timings summed)."""
+        outputs, total = [], {}
+        for image, plan, seed in zip(images, plans, seeds):
+            outputs.append(self._infer(image, plan, tasks, steps, seed))
+            for stage, ms in self.last_timing.items():
+                total[stage] = total.get(stage, 0.0) + ms
+        self.last_timing = total
+        return outputs
 
     def focal_factor(self, intrinsics, plan):
         """Depth factor for a camera of ``intrinsics`` seen through letterbox ``plan``.

@@ -27,6 +27,8 @@ from .preprocess import letterbox, normalisation
 
 # Eager runs before a capture: cuDNN picks its algorithms and allocations settle.
 CAPTURE_WARMUP = 3
+# Initial maps kept per seed: one per camera of a batch (seeded per camera).
+NOISE_CACHE_LIMIT = 16
 
 
 class _Graphs:
@@ -110,7 +112,7 @@ class TorchEngine(Engine):
         if noise is None:
             noise = self.initial_noise(seed).to(self.torch_device, self.dtype)
             self._noise[seed] = noise
-            while len(self._noise) > CACHE_LIMIT:
+            while len(self._noise) > NOISE_CACHE_LIMIT:
                 self._noise.popitem(last=False)
         return noise
 
@@ -169,6 +171,49 @@ class TorchEngine(Engine):
                     self._graphs.move_to_end(key)
                     return self._replay(graphs, image, seed, tasks, start)
             return self._infer_cuda_eager(image, plan, tasks, steps, seed, start)
+
+    def _infer_batch(self, images, plans, tasks, steps, seeds):
+        """One network pass over several letterboxed images (eager, also on CUDA).
+
+        Each image is letterboxed by its own plan into one row of a B x 3 x h x w batch;
+        TaskDiffusion gets each image's own noise draw stacked the same way; each row of
+        the raw outputs is post-processed with its image's plan.
+        """
+        with self._lock:
+            if self.cuda:
+                events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+                mark = [event.record for event in events]
+            else:
+                timer = StageTimer()
+                mark = [lambda: None] + [timer.mark] * 3
+            with torch.no_grad():
+                mark[0]()
+                rows = []
+                for image, plan in zip(images, plans):
+                    pixels = torch.from_numpy(image)
+                    if self.cuda:
+                        # Own pinned buffers: a shared staging buffer would be overwritten
+                        # before its non-blocking copy ran.
+                        pixels = pixels.pin_memory().to(self.torch_device, non_blocking=True)
+                    rows.append(letterbox(pixels, plan, self.gain, self.offset,
+                                          dtype=self.dtype))
+                x = torch.cat(rows)
+                noise = None
+                if self.diffusion:
+                    noise = torch.cat([self.device_noise(seed) for seed in seeds])
+                mark[1]()
+                raw = self.run_network(x, tasks, steps, noise)
+                mark[2]()
+                hosts = [to_host_async(postprocess({t: raw[t][i:i + 1] for t in tasks},
+                                                   plan, tasks))
+                         for i, plan in enumerate(plans)]
+                mark[3]()
+            if self.cuda:
+                events[3].synchronize()
+                self._record_events(events)
+            else:
+                self.last_timing = timer.timing()
+            return [host_to_numpy(host) for host in hosts]
 
     def graph_key(self, image_size, steps, tasks, start=None):
         """Key of the CUDA graphs of a call: (image size, steps, tasks, sampler start).
