@@ -1,5 +1,7 @@
 """A TaskDiffusion node on video: diffusion.warm_start switched on and off while frames flow.
 
+Also a node with two cameras: each keeps its own previous map.
+
 Over real DDS, in its own domain and namespace. Frames are published one at a time with
 stamps 50 ms apart (a synthetic camera clock, so that the machine's load cannot make a
 time gap) and each output is awaited by its stamp. A cold frame must equal the cold
@@ -32,25 +34,30 @@ CUT = SCENE[::-1, ::-1].copy()          # another picture: a scene cut
 class Camera:
     """Publishes frames with stamps on its own clock and returns the node's edge maps."""
 
-    def __init__(self, node, client):
-        self.node, self.client = node, client
-        self.publisher = client.publisher(Image, IMAGE, reliable=True)
+    def __init__(self, node, client, prefix=NAMESPACE, node_name=NODE, status=None):
+        self.node, self.client, self.node_name = node, client, node_name
+        self.edges_topic = f'{prefix}/edges'
+        self.publisher = client.publisher(Image, f'{prefix}/image', reliable=True)
         self.stamp_ns = 1_000 * 1_000_000_000
+        self.status = status        # the name of this camera's /diagnostics status
 
     def edges(self, rgb, timeout=60.0):
         self.stamp_ns += PERIOD_NS
         stamp = Time(sec=self.stamp_ns // 1_000_000_000, nanosec=self.stamp_ns % 1_000_000_000)
         self.publisher.publish(image_msg(rgb, stamp=stamp))
-        assert self.client.wait_for_stamp([EDGES], stamp, timeout), self.node.log()
-        return image_msg_to_numpy(self.client.messages_with_stamp(EDGES, stamp)[0])
+        assert self.client.wait_for_stamp([self.edges_topic], stamp, timeout), self.node.log()
+        return image_msg_to_numpy(self.client.messages_with_stamp(self.edges_topic, stamp)[0])
 
     def set(self, **values):
-        results = self.client.set_parameters(NODE, {k.replace('__', '.'): v
-                                                    for k, v in values.items()})
+        results = self.client.set_parameters(self.node_name, {k.replace('__', '.'): v
+                                                              for k, v in values.items()})
         return [r.reason for r in results if not r.successful]
 
     def diagnostics(self, predicate, timeout=30.0):
-        """The values of the first /diagnostics status from now on satisfying ``predicate``."""
+        """The values of the first /diagnostics status from now on satisfying ``predicate``.
+
+        (Of this camera's status when ``status`` names it.)
+        """
         received = self.client.received['/diagnostics']
         received.clear()
         found = []
@@ -58,6 +65,8 @@ class Camera:
         def check():
             for array in received:
                 for status in array.status:
+                    if self.status is not None and status.name != self.status:
+                        continue
                     values = {kv.key: kv.value for kv in status.values}
                     if values.get('lifecycle_state') == 'active' and predicate(values):
                         found.append(values)
@@ -142,3 +151,48 @@ def test_bad_warm_start_values_are_refused_with_a_reason(camera):
     assert 'diffusion.warm_max_gap_s must be above 0.0' in camera.set(
         diffusion__warm_max_gap_s=0.0)[0]
     assert camera.set(diffusion__warm_cut_threshold=-1.0)
+
+
+TWO = '/warm_two_cameras'
+
+
+@pytest.fixture(scope='module')
+def two_cameras(tmp_path_factory):
+    directory = tmp_path_factory.mktemp('node_warm_two')
+    params = {'model.preset': write_config(directory, TINY_TASKDIFFUSION, 'tiny_td.json'),
+              'cameras': ['front', 'rear'], 'input.qos': 'reliable', 'tasks': ['edge'],
+              'diffusion.steps': 1, 'diffusion.warm_start': True,
+              'diffusion.warm_strength': 0.05, 'diagnostics.period': 0.2,
+              'watchdog.timeout': 600.0}
+    topics = {name: f'{TWO}/{name}' for name in ('front', 'rear')}
+    with serving_node(domain_id(__name__), directory, params, namespace=TWO,
+                      subscriptions=[(Image, f'{t}/edges') for t in topics.values()]
+                      + [(DiagnosticArray, '/diagnostics')],
+                      publishers=[(Image, f'{t}/image') for t in topics.values()],
+                      inputs=[f'{t}/image' for t in topics.values()],
+                      outputs=[f'{t}/edges' for t in topics.values()],
+                      ready_timeout=120) as (node, client):
+        yield {name: Camera(node, client, prefix, f'{TWO}/mtdp_perception',
+                            f'mtdp_perception: perception {name}')
+               for name, prefix in topics.items()}
+
+
+def test_two_cameras_keep_separate_state(two_cameras):
+    front, rear = two_cameras['front'], two_cameras['rear']
+    # Frames alternate between the cameras, each showing its own scene: one shared map
+    # would see a scene cut at every frame and never start warm.
+    front_cold, rear_cold = front.edges(SCENE), rear.edges(CUT)
+    front_warm, rear_warm = front.edges(SCENE), rear.edges(CUT)
+    assert differs(front_warm, front_cold) and differs(rear_warm, rear_cold)
+    for camera in (front, rear):
+        values = camera.diagnostics(lambda v: v.get('warm_start_warm_frames') == '1')
+        assert values['warm_start_last'] == 'warm'
+        assert values['warm_start_cold_frames'] == '1'
+        assert values['warm_start_last_cold_reason'] == 'no previous map (start)'
+    # A scene cut on the rear camera leaves the front camera warm.
+    rear.edges(SCENE)
+    values = rear.diagnostics(lambda v: v.get('warm_start_cold_frames') == '2')
+    assert values['warm_start_last_cold_reason'].startswith('scene cut')
+    assert differs(front.edges(SCENE), front_cold)
+    values = front.diagnostics(lambda v: v.get('warm_start_warm_frames') == '2')
+    assert values['warm_start_cold_frames'] == '1'
