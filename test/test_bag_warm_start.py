@@ -40,13 +40,18 @@ def scene(kind, shift):
     return np.roll(rgb, shift, axis=1)
 
 
-def write_bag(path, frames, first_ns=START_NS, stamped=True):
-    """A bag of ``frames`` on TOPIC, PERIOD_NS apart (header stamps = bag times, or 0)."""
+def write_bag(path, frames, first_ns=START_NS, stamped=True, topics=(TOPIC,)):
+    """A bag of ``frames`` PERIOD_NS apart (header stamps = bag times, or 0).
+
+    With several ``topics`` the frames go to them in turn, each topic's PERIOD_NS apart.
+    """
     msgtype = 'sensor_msgs/msg/Image'
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        connection = writer.add_connection(TOPIC, msgtype, typestore=TYPESTORE)
+        connections = [writer.add_connection(topic, msgtype, typestore=TYPESTORE)
+                       for topic in topics]
         for index, rgb in enumerate(frames):
-            bag_ns = first_ns + index * PERIOD_NS
+            connection = connections[index % len(topics)]
+            bag_ns = first_ns + index * PERIOD_NS // len(topics)
             stamp_ns = bag_ns if stamped else 0
             time = TYPESTORE.types['builtin_interfaces/msg/Time'](
                 sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
@@ -58,11 +63,11 @@ def write_bag(path, frames, first_ns=START_NS, stamped=True):
     return path
 
 
-def edges(path):
+def edges(path, topic=EDGES):
     """The edge maps of an output bag, in order."""
     with Reader(path) as reader:
         return [image_msg_to_numpy(deserialize_message(bytes(raw), Image))
-                for connection, _, raw in reader.messages() if connection.topic == EDGES]
+                for connection, _, raw in reader.messages() if connection.topic == topic]
 
 
 @pytest.fixture(scope='module')
@@ -84,15 +89,16 @@ def run_bag(model, *args):
                  '--no-progress'])
 
 
-def chain(engine, frames, warm):
+def chain(engine, frames, warm, seed=0):
     """Edge maps of ``frames`` run by hand: cold where ``warm[i]`` is False, else warm."""
     maps, state = [], None
     for rgb, is_warm in zip(frames, warm):
         if is_warm:
-            out, state = engine.infer(rgb, tasks=['edge'], steps=1, init=state,
+            out, state = engine.infer(rgb, tasks=['edge'], steps=1, seed=seed, init=state,
                                       strength=STRENGTH, return_state=True)
         else:
-            out, state = engine.infer(rgb, tasks=['edge'], steps=1, return_state=True)
+            out, state = engine.infer(rgb, tasks=['edge'], steps=1, seed=seed,
+                                      return_state=True)
         maps.append(out['edge'])
     return maps
 
@@ -133,6 +139,29 @@ def test_frames_without_stamps_are_timed_by_the_bag(tmp_path, model, capsys):
                    '--warm-max-gap', '0.05') == 0
     assert 'warm start: 0 warm, 3 cold frame(s) (last cold: time gap 0.100 s' in \
         capsys.readouterr().err
+
+
+def test_each_camera_of_a_bag_keeps_its_own_map(tmp_path, model, capsys):
+    """Two cameras, frames interleaved, each its own scene: one shared map would cut."""
+    front = [scene(0, 0), scene(0, 1), scene(0, 2)]
+    rear = [scene(1, 0), scene(1, 1), scene(1, 2)]
+    bag = write_bag(str(tmp_path / 'in'), [f for pair in zip(front, rear) for f in pair],
+                    topics=('/front/image_raw', '/rear/image_raw'))
+    out = str(tmp_path / 'out')
+    assert main(['bag', bag, '--out', out, '--cameras', 'front=/front/image_raw',
+                 'rear=/rear/image_raw', '--model', model[0], '--checkpoint', model[1],
+                 '--device', 'cpu', '--steps', '1', '--tasks', 'edge', '--no-progress',
+                 '--warm-start', '--warm-strength', str(STRENGTH)]) == 0
+    err = capsys.readouterr().err
+    for name in ('front', 'rear'):
+        assert f'warm start of camera {name}: 2 warm, 1 cold frame(s)' in err
+    engine = model[2]
+    # Camera i draws its noise from --seed + i, as in the node.
+    for seed, (name, frames) in enumerate((('front', front), ('rear', rear))):
+        got = edges(out, f'/mtdp_perception/{name}/edges')
+        for index, (a, b) in enumerate(zip(got, chain(engine, frames, [False, True, True],
+                                                      seed=seed))):
+            np.testing.assert_array_equal(a, b, err_msg=f'{name} frame {index}')
 
 
 def test_every_bag_starts_cold_on_a_shared_engine(tmp_path, model):
