@@ -35,6 +35,8 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
+from mtdp_ros.ros.decode_work import decode_work_problem
+
 # Bytes per pixel of each supported input encoding.
 BYTES_PER_PIXEL = {
     'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1, 'mono16': 2,
@@ -176,6 +178,7 @@ def compressed_msg_to_rgb(msg: CompressedImage, max_pixels=DEFAULT_MAX_PIXELS):
         raise ImageRejected('empty', 'compressed image has no data')
     width, height = compressed_dimensions(buffer)
     check_size(width, height, max_pixels)
+    _check_decode_work(buffer, max_pixels)
     image = DECODER_MESSAGES.decode(buffer)
     if image is None:
         raise ImageRejected('decode', f'compressed image ({msg.format or "no format"}, '
@@ -187,6 +190,13 @@ def compressed_msg_to_rgb(msg: CompressedImage, max_pixels=DEFAULT_MAX_PIXELS):
         raise ImageRejected('decode', f'decoded {image.shape[1]} x {image.shape[0]} pixels '
                                       f'but the header declares {width} x {height}')
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+
+
+def _check_decode_work(buffer, max_pixels):
+    """Raise ImageRejected (kind 'decode_work') for a bomb: see mtdp_ros/ros/decode_work.py."""
+    problem = decode_work_problem(buffer, max_pixels)
+    if problem:
+        raise ImageRejected('decode_work', problem)
 
 
 # Signatures of formats OpenCV can decode but this module refuses, for a clear message.
