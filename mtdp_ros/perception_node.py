@@ -42,7 +42,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from mtdp_ros.ros import parameters
-from mtdp_ros.ros.camera import camera_info_problem, FocalCorrection
+from mtdp_ros.ros.camera import CameraInfoCheck, FocalCorrection
 from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb, image_msg_to_rgb
 from mtdp_ros.ros.diagnostics import (MS_PER_NS, STAGES, FrameStatistics,
                                       InputWatchdog, build_status)
@@ -212,6 +212,7 @@ class PerceptionNode(LifecycleNode):
         self._focal = FocalCorrection(bool(self.get_parameter('depth.focal_correction').value),
                                       bool(self.get_parameter('camera.rectified').value),
                                       self.resolve_topic_name('camera_info'), self._log.info)
+        self._camera_check = CameraInfoCheck(self._focal.rectified)
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics',
                                                             10)
         # A steady clock: under use_sim_time without /clock, ROS-time timers never fire.
@@ -504,7 +505,7 @@ class PerceptionNode(LifecycleNode):
             self.statistics.counters.add('dropped')
 
     def _on_camera_info(self, msg):
-        problem = camera_info_problem(msg, self._focal.rectified)
+        problem = self._camera_check.problem(msg)
         if problem:        # e.g. NaN in D: the cloud would be all NaN
             self._warn('camera_info', f'ignoring camera_info from '
                                       f'{self._info_subscription.topic_name}: {problem}')
@@ -628,7 +629,8 @@ class PerceptionNode(LifecycleNode):
         status = build_status(f'{self.get_name()}: perception', self.state, self.statistics,
                               engine=self.engine, settings=self._settings,
                               input_topic=self._input_topic, input_qos=self._input_qos_name,
-                              startup_to_first_output_s=self._startup_to_first_output_s)
+                              startup_to_first_output_s=self._startup_to_first_output_s,
+                              camera_info_problem=self._camera_check.last_problem)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]
