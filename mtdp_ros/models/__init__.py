@@ -2,7 +2,8 @@
 
 from .checkpoint import load_checkpoint, read_checkpoint_config, read_state_dict, save_checkpoint
 from .config import CLASS_TASKS, ModelConfig, TASK_ORDER
-from .factory import build_model, default_checkpoint_path, load_config_file, resolve_model
+from .factory import (build_model, check_checkpoint_fits, default_checkpoint_path,
+                      load_config_file, resolve_model)
 from .presets import DEFAULT_MODELS, PRESETS
 from .registry import family_names, get_family, ModelFamily, register_family
 from .reparam import reparameterize
@@ -10,7 +11,7 @@ from . import families  # noqa: F401  (registers the built-in families)
 
 __all__ = [
     'CLASS_TASKS', 'DEFAULT_MODELS', 'ModelConfig', 'ModelFamily', 'PRESETS', 'TASK_ORDER',
-    'build_model', 'default_checkpoint_path', 'family_names', 'get_family', 'load_checkpoint',
-    'load_config_file', 'read_checkpoint_config', 'read_state_dict', 'register_family',
-    'reparameterize', 'resolve_model', 'save_checkpoint',
+    'build_model', 'check_checkpoint_fits', 'default_checkpoint_path', 'family_names',
+    'get_family', 'load_checkpoint', 'load_config_file', 'read_checkpoint_config',
+    'read_state_dict', 'register_family', 'reparameterize', 'resolve_model', 'save_checkpoint',
 ]

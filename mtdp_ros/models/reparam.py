@@ -15,7 +15,6 @@ any weights (the model is built on PyTorch's ``meta`` device).
 
 import copy
 
-import torch
 from torch import nn
 
 from .mlore_block import MLoREBlock
@@ -111,9 +110,8 @@ def model_memory(config, model=None):
     (None without MLoRE blocks), 'train_mb'/'fused_mb': {'fp32': MiB, 'fp16': MiB}}``.
     """
     if model is None:
-        from .factory import build_model
-        with torch.device('meta'):
-            model = build_model(config)
+        from .factory import build_meta_model
+        model = build_meta_model(config)
     parameters = sum(p.numel() for p in model.parameters())
     train_elements, _ = _state_bytes(model, 4)
     info = {'parameters': parameters, 'train_elements': train_elements,

@@ -151,7 +151,14 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
         'input_qos': input_qos,
     })
     if engine.config.is_diffusion:
-        values['diffusion_steps'] = str(settings.steps or engine.config.trained_steps)
+        # What runs, which is not what was asked while ONNX Runtime exports a new count in
+        # the background or after that export failed: both are said.
+        requested = settings.steps or engine.config.trained_steps
+        running = engine.running_steps(settings.steps or None)
+        values['diffusion_steps'] = str(running)
+        if running != requested:
+            values['diffusion_steps_requested'] = str(requested)
+            values['diffusion_steps_status'] = engine.steps_status(requested)
     if camera_info_problem:
         values['camera_info_problem'] = camera_info_problem
     for key in sorted(counters):

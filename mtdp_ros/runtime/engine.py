@@ -181,6 +181,15 @@ class Engine:
             raise ValueError(reason)
         return True
 
+    def steps_status(self, steps):
+        """'ready' when ``steps`` runs now, else 'unavailable: <reason>' (see OrtEngine)."""
+        reason = self.check_steps(steps)
+        return f'unavailable: {reason}' if reason else 'ready'
+
+    def running_steps(self, steps):
+        """The step count an ``infer`` call asking for ``steps`` runs (None: no diffusion)."""
+        return self.resolve_steps(steps) if self.config.is_diffusion else None
+
     def wait_for_steps(self, steps, timeout=None):
         """Block until ``steps`` is ready (or ``timeout`` s pass); True when it is ready."""
         return self.check_steps(steps) is None

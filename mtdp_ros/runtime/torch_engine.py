@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from mtdp_ros.models import build_model, load_checkpoint, reparameterize
+from mtdp_ros.models import build_model, check_checkpoint_fits, load_checkpoint, reparameterize
 
 from .engine import CACHE_LIMIT, Engine, LOGGER, StageTimer, warn
 from . import memory
@@ -59,6 +59,7 @@ class TorchEngine(Engine):
         # Built, loaded and fused on the CPU in fp32, block by block in place (each train
         # block is freed as its fused form is made), then moved and cast once: the device
         # only ever holds the final form, in the final dtype.
+        check_checkpoint_fits(config, checkpoint)          # before allocating the model
         model = build_model(config)
         fuse, self.reparameterize_reason = memory.decide(config, reparameterize_mlore, device,
                                                          self.precision, model=model)
