@@ -209,7 +209,7 @@ class PerceptionNode(LifecycleNode):
         self._create_camera_info_subscription()
         # Camera geometry (mtdp_ros/ros/camera.py): K + D or P, and depth's focal correction;
         # read-only parameters, needed by camera_info in every state.
-        self._focal = FocalCorrection(bool(self.get_parameter('depth.focal_correction').value),
+        self._focal = FocalCorrection(self.get_parameter('depth.focal_correction').value,
                                       bool(self.get_parameter('camera.rectified').value),
                                       self.resolve_topic_name('camera_info'), self._log.info)
         self._camera_check = CameraInfoCheck(self._focal.rectified)
@@ -539,7 +539,10 @@ class PerceptionNode(LifecycleNode):
         settings = self._settings
         try:
             self.engine.infer(np.zeros((height, width, 3), np.uint8), tasks=settings.tasks,
-                              steps=settings.steps or None, seed=settings.seed)
+                              steps=settings.steps or None, seed=settings.seed,
+                              focal_correction=self._focal.mode,
+                              intrinsics=self._focal.intrinsics(self._camera_info, width,
+                                                                height))
         except Exception as exc:  # noqa: B902 - a real frame will report the problem
             self._log.warning(f'warm-up inference failed: {type(exc).__name__}: {exc}')
             return
@@ -574,7 +577,7 @@ class PerceptionNode(LifecycleNode):
             intrinsics = self._focal.intrinsics(self._camera_info, rgb.shape[1], rgb.shape[0])
             outputs = self.engine.infer(rgb, tasks=settings.tasks,
                                         steps=settings.steps or None, seed=settings.seed,
-                                        intrinsics=intrinsics)
+                                        intrinsics=intrinsics, focal_correction=self._focal.mode)
         except ValueError as exc:
             self._reject('engine', str(exc))
             return

@@ -52,7 +52,7 @@ def geometry(tmp_path_factory):
     domain = domain_id(__name__)
     node = NodeProcess(domain, directory / 'node.log', params={
         'model.preset': checkpoint, 'camera.rectified': True, 'input.qos': 'reliable',
-        'watchdog.timeout': 600.0})
+        'watchdog.timeout': 600.0, 'depth.focal_correction': 'scale'})
     client = RosClient(domain)
     engine = create_engine(checkpoint, device='cpu')
     try:

@@ -21,6 +21,8 @@ import math
 import numpy as np
 from sensor_msgs.msg import CameraInfo
 
+from mtdp_ros.runtime.postprocess import check_focal_correction
+
 # Distortion models and their number of coefficients D (sensor_msgs/distortion_models.hpp):
 # plumb_bob k1 k2 p1 p2 k3 and rational_polynomial k1 k2 p1 p2 k3 k4 k5 k6 are OpenCV's
 # pinhole model (cv2.undistortPoints); equidistant k1..k4 is OpenCV's fisheye model
@@ -216,13 +218,16 @@ class CameraInfoCheck:
 class FocalCorrection:
     """The intrinsics the node hands to ``engine.infer`` for camera-aware metric depth.
 
-    ``enabled`` (parameter ``depth.focal_correction``): without it, or before any
-    camera_info has arrived, depth stays as the network predicts it; ``say`` (a log
-    function) is told that once, naming ``info_topic``. ``rectified``: K (false) or P.
+    ``mode`` (parameter ``depth.focal_correction``): ``'canonical'``, ``'scale'`` or
+    ``'off'`` (true and false: the default and off; see ``Engine.infer``), handed to
+    ``engine.infer`` as ``focal_correction``. Off, or before any camera_info has arrived,
+    depth stays as the network predicts it; ``say`` (a log function) is told that once,
+    naming ``info_topic``. ``rectified``: K (false) or P.
     """
 
-    def __init__(self, enabled, rectified, info_topic, say):
-        self.enabled = bool(enabled)
+    def __init__(self, mode, rectified, info_topic, say):
+        self.mode = check_focal_correction(mode)
+        self.enabled = self.mode != 'off'
         self.rectified = bool(rectified)
         self._info_topic = info_topic
         self._say = say

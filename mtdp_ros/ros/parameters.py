@@ -15,6 +15,7 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
 from mtdp_ros.ros.conversions import DEFAULT_MAX_PIXELS
+from mtdp_ros.runtime.postprocess import DEFAULT_FOCAL_CORRECTION, FOCAL_CORRECTIONS
 
 # The most DDIM steps a user may ask for (the published TaskDiffusion models use 3).
 MAX_DIFFUSION_STEPS = 100
@@ -78,9 +79,11 @@ SPECS = (
     Spec('camera.rectified', False,
          'True: the input image is rectified (image_rect): the point cloud uses P from '
          'camera_info and ignores D. False: the raw image: K and D (undistorted).'),
-    Spec('depth.focal_correction', True,
-         "Rescale metric depth from the model's training focal length to the camera's "
-         '(K, or P when camera.rectified; needs camera_info, else uncorrected).'),
+    Spec('depth.focal_correction', DEFAULT_FOCAL_CORRECTION,
+         "Metric depth for the camera's focal length (K, or P when camera.rectified; needs "
+         "camera_info, else uncorrected): 'canonical' (a zoomed camera's image shrunk to the "
+         "training focal length, the rest rescaled), 'scale' (depth rescaled) or 'off'; "
+         'true/false: canonical/off.', choices=FOCAL_CORRECTIONS + (True, False)),
     # Take effect while running.
     Spec('tasks', Parameter.Type.STRING_ARRAY,
          "Tasks to compute and publish (a subset of the model's: semseg, depth, "
@@ -120,7 +123,11 @@ def descriptor(spec: Spec) -> ParameterDescriptor:
     text = ParameterDescriptor(name=spec.name, description=spec.description,
                                read_only=not spec.dynamic)
     if spec.choices:
-        text.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+        text.additional_constraints = 'one of: ' + ', '.join(
+            str(choice).lower() if isinstance(choice, bool) else choice
+            for choice in spec.choices)
+        # A string parameter that also takes true/false (depth.focal_correction's aliases).
+        text.dynamic_typing = any(isinstance(choice, bool) for choice in spec.choices)
     if spec.int_range is not None:
         text.integer_range = [IntegerRange(from_value=spec.int_range[0],
                                            to_value=spec.int_range[1], step=1)]

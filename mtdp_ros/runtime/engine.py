@@ -14,7 +14,8 @@ import torch
 
 from mtdp_ros.models import ModelConfig, resolve_model
 
-from .postprocess import check_intrinsics, focal_correction_factor
+from .postprocess import (canonical_scale, check_focal_correction, check_intrinsics,
+                          DEFAULT_FOCAL_CORRECTION, focal_correction_factor)
 from .preprocess import plan_letterbox
 
 LOGGER = logging.getLogger('mtdp_ros.runtime')
@@ -130,6 +131,8 @@ class Engine:
         self._plans = OrderedDict()
         # Depth factor of the last infer call (1.0 without intrinsics, see focal_factor).
         self.last_focal_factor = 1.0
+        # How infer makes depth metric for a camera's intrinsics (see infer).
+        self.focal_correction = DEFAULT_FOCAL_CORRECTION
         self._warned_no_train_focal = False
 
     @property
@@ -194,12 +197,12 @@ class Engine:
         """Block until ``steps`` is ready (or ``timeout`` s pass); True when it is ready."""
         return self.check_steps(steps) is None
 
-    def plan(self, image_size):
-        """Return the (cached) letterbox plan for an image size."""
-        key = tuple(int(v) for v in image_size)
+    def plan(self, image_size, max_scale=None):
+        """Return the (cached) letterbox plan for an image size (``max_scale``: see infer)."""
+        key = (*(int(v) for v in image_size), max_scale)
         plan = self._plans.get(key)
         if plan is None:
-            plan = plan_letterbox(key, self.config.image_size)
+            plan = plan_letterbox(key[:2], self.config.image_size, max_scale)
             self._plans[key] = plan
             while len(self._plans) > CACHE_LIMIT:
                 self._plans.popitem(last=False)
@@ -217,21 +220,32 @@ class Engine:
         generator = torch.Generator().manual_seed(int(seed))
         return torch.randn(self.noise_shape(), generator=generator, dtype=torch.float32)
 
-    def infer(self, image, tasks=None, steps=None, seed=None, intrinsics=None):
+    def infer(self, image, tasks=None, steps=None, seed=None, intrinsics=None,
+              focal_correction=None):
         """Metric outputs of ``tasks`` (None: all) for one uint8 H x W x 3 RGB image.
 
         ``intrinsics``: the camera's (fx, fy, cx, cy) in pixels of ``image``; when given,
-        depth is rescaled from the model's training camera to this one (see
-        :meth:`focal_factor`). None: depth as the network predicts it.
+        depth is made metric for this camera, as ``focal_correction`` says (None: the
+        engine's ``focal_correction``, :data:`DEFAULT_FOCAL_CORRECTION`): ``'canonical'``
+        letterboxes a zoomed camera's image to the training focal length (shrunk, padded;
+        ``postprocess.canonical_scale``) and rescales what is left (:meth:`focal_factor`);
+        ``'scale'`` only rescales depth. None intrinsics: depth as the network predicts it.
         """
         from .preprocess import check_image
         image = check_image(image)
         tasks = self.select_tasks(tasks)
         steps = self.resolve_steps(steps)
         seed = self.seed if seed is None else check_seed(seed)
+        max_scale = None
         if intrinsics is not None:
             intrinsics = check_intrinsics(intrinsics)
-        plan = self.plan(image.shape[:2])
+            correction = check_focal_correction(
+                self.focal_correction if focal_correction is None else focal_correction)
+            if correction == 'canonical':
+                max_scale = canonical_scale(intrinsics, self.config.train_focal_px)
+            elif correction == 'off':
+                intrinsics = None
+        plan = self.plan(image.shape[:2], max_scale)
         outputs = self._infer(image, plan, tasks, steps, seed)
         factor = 1.0
         if intrinsics is not None and 'depth' in outputs:

@@ -147,7 +147,9 @@ class TorchEngine(Engine):
         with self._lock:
             if not self.cuda:
                 return self._infer_cpu(image, plan, tasks, steps, seed)
-            key = self.graph_key(plan.image_size, steps, tasks)
+            # The letterbox, not only the image size: the canonical camera shrinks a
+            # zoomed camera's image further (engine.infer).
+            key = self.graph_key((plan.image_size, plan.resized_size), steps, tasks)
             if self.cuda_graphs and key not in self._failed_keys:
                 graphs = self._graphs.get(key)
                 if graphs is None:
@@ -158,7 +160,7 @@ class TorchEngine(Engine):
             return self._infer_cuda_eager(image, plan, tasks, steps, seed)
 
     def graph_key(self, image_size, steps, tasks):
-        """Key of the CUDA graphs of a call: (image size, steps, tasks the graph computes).
+        """Key of the CUDA graphs of a call: (letterbox sizes, steps, tasks the graph computes).
 
         TaskDiffusion denoises every task jointly whatever is asked, so its graphs compute
         all tasks and the requested ones are picked after the replay: one capture serves
