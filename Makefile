@@ -23,6 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q test
 
+# The unit layer: everything but the tests marked slow (node processes, bags, DDP).
+.PHONY: test-fast
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" test
+
 lint: $(STAMP)
 	$(PY) -m flake8 mtdp_ros test launch setup.py
 

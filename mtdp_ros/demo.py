@@ -18,13 +18,13 @@ from collections import OrderedDict, deque
 import cv2
 import numpy as np
 
+from mtdp_ros.models.tasks import display_order, get_task
+
 NAMESPACE = '/mtdp_demo'
-# Colour topics (relative to the namespace) and the file each mosaic goes to.
-COLOR_OUTPUTS = OrderedDict([
-    ('semantic/color', 'semantic.png'), ('depth/color', 'depth.png'),
-    ('normals/color', 'normals.png'), ('edges/color', 'edges.png'),
-    ('human_parts/color', 'human_parts.png'), ('saliency/color', 'saliency.png'),
-])
+# Colour topics (relative to the namespace, in the task table's display order) and the
+# file each mosaic goes to (<topic stem>.png).
+COLOR_OUTPUTS = OrderedDict((get_task(name).color_topic, f'{get_task(name).topic_stem}.png')
+                            for name in display_order())
 MOSAIC_ROWS = 4
 TILE_WIDTH = 320
 # Frames kept per topic while running (for the mosaics); bounded memory.
@@ -161,7 +161,7 @@ class Recorder:
 
 def to_rgb(msg):
     """An rgb8 Image as an H x W x 3 array."""
-    from mtdp_ros.ros.conversions import image_msg_to_rgb
+    from mtdp_ros.ros.image_input import image_msg_to_rgb
     return image_msg_to_rgb(msg)
 
 

@@ -33,7 +33,8 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
-from mtdp_ros.ros.conversions import SUPPORTED_ENCODINGS, rgb_to_image_msg
+from mtdp_ros.ros.image_input import SUPPORTED_ENCODINGS
+from mtdp_ros.ros.image_output import rgb_to_image_msg
 from mtdp_ros.ros.qos import qos_profile
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')

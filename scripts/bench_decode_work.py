@@ -32,7 +32,7 @@ sys.path[:0] = [str(ROOT / 'test'), str(ROOT)]
 from image_bombs import png16_zero, progressive_scan_bomb  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
-from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb  # noqa: E402
+from mtdp_ros.ros.image_input import ImageRejected, compressed_msg_to_rgb  # noqa: E402
 from mtdp_ros.ros.decode_work import MAX_JPEG_SCANS  # noqa: E402
 
 WIDTH, HEIGHT = 4096, 3072

@@ -44,7 +44,7 @@ def run_bombs():
     import array
     from image_bombs import bombs
     from sensor_msgs.msg import CompressedImage
-    from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb
+    from mtdp_ros.ros.image_input import ImageRejected, compressed_msg_to_rgb
     messages = []
     for _, data in bombs():
         msg = CompressedImage()
@@ -67,7 +67,8 @@ def run_frame(height, width, model):
     """Peak and resident growth of one frame of height x width through the node's path."""
     import numpy as np
     from mtdp_ros.ros import colormaps
-    from mtdp_ros.ros.conversions import image_msg_to_rgb, numpy_to_image_msg, rgb_to_image_msg
+    from mtdp_ros.ros.image_input import image_msg_to_rgb
+    from mtdp_ros.ros.image_output import numpy_to_image_msg, rgb_to_image_msg
     from mtdp_ros.runtime import create_engine
     engine = create_engine(model, device='cpu')
     engine.infer(np.zeros((48, 64, 3), np.uint8))        # the network's own peak, small image

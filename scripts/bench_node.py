@@ -50,7 +50,7 @@ def build_parser():
 
 def camera_frame(width, height, encoding):
     """A structured test image as a camera message."""
-    from mtdp_ros.ros.conversions import rgb_to_image_msg
+    from mtdp_ros.ros.image_output import rgb_to_image_msg
     ys, xs = np.mgrid[0:height, 0:width]
     rgb = np.stack([(xs * 255 // max(1, width - 1)), (ys * 255 // max(1, height - 1)),
                     ((xs // 32 + ys // 32) % 2) * 200], axis=-1).astype(np.uint8)
@@ -120,7 +120,7 @@ def main(argv=None):
     tasks = node.engine.tasks
     raw_topics = [OUTPUT_TOPICS[t][0] for t in tasks]
     color_topics = [OUTPUT_TOPICS[t][1] for t in tasks]
-    publishers = node._output_publishers
+    publishers = node.streams[0].sink.publishers
     listeners = []
 
     def start_listener(topics):
@@ -139,7 +139,7 @@ def main(argv=None):
         raise RuntimeError(f'subscriptions to exactly {topics} were not matched')
 
     frame = camera_frame(args.width, args.height, args.encoding)
-    node._on_camera_info(camera_info(args.width, args.height))
+    node.streams[0].on_camera_info(camera_info(args.width, args.height))
     results = []
     cases = (('raw only (colour off)', raw_topics), ('colour only', color_topics),
              ('raw + colour', raw_topics + color_topics),
@@ -154,7 +154,7 @@ def main(argv=None):
             if index == args.warmup:
                 reset_statistics(node)
             frame.header.stamp = node.get_clock().now().to_msg()
-            node._process(frame, node.get_clock().now().nanoseconds)
+            node._process(node.streams[0], frame, node.get_clock().now().nanoseconds)
         row = {'case': name}
         for stage in STAGES:
             row[stage] = node.statistics.stage_ms[stage].percentile(50)

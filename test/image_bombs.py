@@ -1,6 +1,6 @@
 """Hostile compressed images: small messages declaring huge pictures or costly decoding.
 
-Shared by test/test_ros_conversions.py and scripts/bench_input_memory.py.
+Shared by test/test_ros_image_io.py and scripts/bench_input_memory.py.
 """
 
 import struct

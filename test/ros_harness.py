@@ -4,6 +4,7 @@ Every test module gets its own ROS domain (derived from the pid and the module n
 discovery stays on this host, so parallel runs do not see each other.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,8 @@ from sensor_msgs.msg import CameraInfo, Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE_NAME = 'mtdp_perception'
+# The test client's QoS for the node's outputs: every message of a test arrives.
+RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
 # The reference tiny configurations (../shared/reference/*_tiny.pt 'config'): ~0.3 M
 # parameters, 64 x 96 input, fast enough on 2 CPU cores for many frames per second.
 TINY_MLORE = {
@@ -99,7 +102,7 @@ class NodeProcess:
     """``python -m mtdp_ros.perception_node`` with parameters, its log in a file."""
 
     def __init__(self, domain, log_path, params=None, remaps=None, namespace=None,
-                 new_session=False):
+                 new_session=False, env=None):
         command = [sys.executable, '-m', 'mtdp_ros.perception_node', '--ros-args']
         for name, value in (params or {}).items():
             command += ['-p', f'{name}:={format_value(value)}']
@@ -111,7 +114,9 @@ class NodeProcess:
         self._log = open(self.log_path, 'w', encoding='utf-8')
         # new_session: its own process group, which a test can signal as a terminal does
         # (Ctrl-C reaches the whole group) without hitting pytest.
-        self.process = subprocess.Popen(command, env=ros_env(domain), cwd=REPO,
+        # env: more environment variables (e.g. MTDP_CACHE_DIR) for this process only.
+        self.process = subprocess.Popen(command, env={**ros_env(domain), **(env or {})},
+                                        cwd=REPO,
                                         stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=new_session)
 
@@ -317,6 +322,57 @@ class RosClient:
         rclpy.try_shutdown(context=self.context)
 
 
+@contextlib.contextmanager
+def node_processes(domain, directory, specs, subscriptions=()):
+    """Start a perception node per ``specs`` entry and one test client; stop them all after.
+
+    ``specs``: name -> NodeProcess keyword arguments (params, remaps, namespace,
+    new_session); each node logs to ``directory/<name>.log``. ``subscriptions``:
+    (message type, topic) pairs the client records with RELIABLE QoS. Every process starts
+    at once, so their start-ups overlap. Yields ({name: NodeProcess}, RosClient).
+    """
+    started = {}
+    client = None
+    try:
+        for name, kwargs in specs.items():
+            started[name] = NodeProcess(domain, os.path.join(str(directory), f'{name}.log'),
+                                        **kwargs)
+        client = RosClient(domain)
+        for msg_type, topic in subscriptions:
+            client.subscribe(msg_type, topic, RELIABLE)
+        yield started, client
+    finally:
+        if client is not None:
+            client.close()
+        for process in started.values():
+            process.close()
+
+
+@contextlib.contextmanager
+def serving_node(domain, directory, params, subscriptions=(), publishers=((Image, 'image'),),
+                 ready_timeout=60.0, inputs=('image',), outputs=(), **node_kwargs):
+    """One perception node (log ``directory/node.log``) and a client, ready to serve.
+
+    The client records ``subscriptions`` and makes reliable ``publishers`` ((message type,
+    topic) pairs; ``client.publisher(type, topic, reliable=True)`` returns them) before
+    anything waits, so discovery matches them meanwhile. Then waits for the node's 'ready'
+    line, for its subscriptions of the ``inputs`` topics and, for the ``outputs`` topics,
+    for its publishers. ``node_kwargs``: more NodeProcess arguments. Yields (NodeProcess,
+    RosClient).
+    """
+    with node_processes(domain, directory, {'node': {'params': params, **node_kwargs}},
+                        subscriptions) as (started, client):
+        node = started['node']
+        for msg_type, topic in publishers:
+            client.publisher(msg_type, topic, reliable=True)
+        assert node.wait_for_log('ready', ready_timeout), node.log()
+        for topic in inputs:
+            assert client.wait_for_subscribers(topic), node.log()
+        for topic in outputs:
+            assert client.wait_for_publishers(topic), node.log()
+        yield node, client
+
+
 _last_stamp_ns = [0]
 
 
@@ -357,7 +413,7 @@ def pattern_image(height, width, seed=0):
 
 def image_msg(rgb, encoding='rgb8', stamp=None, frame_id='camera_optical_frame'):
     """A camera Image of ``rgb`` in ``encoding`` with the given stamp and frame."""
-    from mtdp_ros.ros.conversions import rgb_to_image_msg
+    from mtdp_ros.ros.image_output import rgb_to_image_msg
     msg = rgb_to_image_msg(rgb, encoding)
     if stamp is not None:
         msg.header.stamp = stamp

@@ -20,9 +20,12 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from mtdp_ros.cli import main
 from mtdp_ros.cli.bag import Progress
-from mtdp_ros.ros.conversions import image_msg_to_numpy
+from mtdp_ros.ros.image_output import image_msg_to_numpy
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
 from ros_harness import TINY_MLORE, pattern_image, write_checkpoint, write_config
+
+# Slow (mtdp bag on whole bags, console commands): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}

@@ -26,6 +26,7 @@ def test_debug_flag_prints_the_traceback_and_the_hidden_cause(tmp_path, capsys, 
     assert err.strip().splitlines()[-1].startswith('mtdp train: error: training config not')
 
 
+@pytest.mark.slow  # console commands in processes: `make test-fast` leaves it out
 @pytest.mark.parametrize('value, shown', [('1', True), ('0', False), ('', False)])
 def test_mtdp_debug_environment_variable(tmp_path, value, shown):
     config = tmp_path / 'bad.yaml'

@@ -34,12 +34,15 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from mtdp_ros.ros.conversions import rgb_to_image_msg
+from mtdp_ros.ros.image_output import rgb_to_image_msg
 
 # ``launch_test`` loads this file without pytest's conftest: put the harness beside it on
 # the path itself.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ros_harness import REPO, TINY_MLORE as TINY_CONFIG, domain_id  # noqa: E402,I100
+
+# Slow (a launch file starting node processes): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 # Its own ROS domain, host-local discovery: parallel runs do not see each other.
 DOMAIN = domain_id(__name__)

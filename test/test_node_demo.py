@@ -10,9 +10,12 @@ import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from mtdp_ros.ros.conversions import image_msg_to_rgb
+from mtdp_ros.ros.image_input import image_msg_to_rgb
 
 from ros_harness import REPO, RosClient, TINY_MLORE, domain_id, ros_env, write_config
+
+# Slow (demo camera and node processes over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]

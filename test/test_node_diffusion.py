@@ -5,36 +5,27 @@ import time
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from mtdp_ros.ros.conversions import image_msg_to_numpy
+from mtdp_ros.ros.image_output import image_msg_to_numpy
 
-from ros_harness import (NODE_NAME, NodeProcess, RosClient, TINY_TASKDIFFUSION, domain_id,
-                         image_msg, make_stamp, pattern_image, write_config)
+from ros_harness import (NODE_NAME, TINY_TASKDIFFUSION, domain_id, image_msg, make_stamp,
+                         pattern_image, serving_node, write_config)
 
-RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+
+# Slow (a node process over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope='module')
 def diffusion_node(tmp_path_factory):
     directory = tmp_path_factory.mktemp('node_diffusion')
-    domain = domain_id(__name__)
-    node = NodeProcess(domain, directory / 'node.log', params={
-        'model.preset': write_config(directory, TINY_TASKDIFFUSION, 'tiny_td.json'),
-        'input.qos': 'reliable', 'tasks': ['edge', 'normals'], 'diffusion.steps': 1})
-    client = RosClient(domain)
-    try:
-        client.subscribe(Image, 'edges', RELIABLE)
-        client.subscribe(DiagnosticArray, '/diagnostics', RELIABLE)
-        publisher = client.publisher(Image, 'image', reliable=True)
-        assert node.wait_for_log('ready', 90), node.log()
-        assert client.wait_for_subscribers('image'), node.log()
-        assert client.wait_for_publishers('edges')
-        yield node, client, publisher
-    finally:
-        client.close()
-        node.close()
+    params = {'model.preset': write_config(directory, TINY_TASKDIFFUSION, 'tiny_td.json'),
+              'input.qos': 'reliable', 'tasks': ['edge', 'normals'], 'diffusion.steps': 1}
+    with serving_node(domain_id(__name__), directory, params,
+                      subscriptions=[(Image, 'edges'), (DiagnosticArray, '/diagnostics')],
+                      ready_timeout=90, outputs=['edges']) as (node, client):
+        yield node, client, client.publisher(Image, 'image', reliable=True)
 
 
 def edges_for(diffusion_node, rgb, timeout=20.0):

@@ -11,23 +11,25 @@ import time
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from mtdp_ros.ros.conversions import image_msg_to_numpy
+from mtdp_ros.ros.image_output import image_msg_to_numpy
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
 from mtdp_ros.runtime import create_engine
 
-from ros_harness import (NodeProcess, RosClient, TINY_MLORE, domain_id, image_msg, make_stamp,
-                         pattern_image, write_checkpoint)
+from ros_harness import (TINY_MLORE, domain_id, image_msg, make_stamp, pattern_image,
+                         serving_node, write_checkpoint)
 
 WIDTH, HEIGHT = 64, 48
+
+# Slow (a node process over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 # 48 x 64 letterboxed into the tiny model's 64 x 96: 64 x 85 pixels, scale (sy, sx) =
 # (64 / 48, 85 / 64). With P's fx = 50 and fy = 52 the focal length seen by the model is
 # about 68 px, against 40 px in "training".
 TRAIN_FOCAL_PX = 40.0
 EXPECTED_FACTOR = 0.5 * (50.0 * 85 / 64 + 52.0 * 64 / 48) / TRAIN_FOCAL_PX
-RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
 TOPICS = ('depth', 'depth/camera_info', 'points')
 
 
@@ -49,26 +51,19 @@ def geometry(tmp_path_factory):
     directory = tmp_path_factory.mktemp('node_geometry')
     config = {**TINY_MLORE, 'train_focal_px': TRAIN_FOCAL_PX}
     checkpoint = write_checkpoint(directory, config, name='tiny_focal.safetensors')
-    domain = domain_id(__name__)
-    node = NodeProcess(domain, directory / 'node.log', params={
-        'model.preset': checkpoint, 'camera.rectified': True, 'input.qos': 'reliable',
-        'watchdog.timeout': 600.0, 'depth.focal_correction': 'scale'})
-    client = RosClient(domain)
+    params = {'model.preset': checkpoint, 'camera.rectified': True, 'input.qos': 'reliable',
+              'watchdog.timeout': 600.0, 'depth.focal_correction': 'scale'}
     engine = create_engine(checkpoint, device='cpu')
     try:
-        client.subscribe(Image, 'depth', RELIABLE)
-        client.subscribe(CameraInfo, 'depth/camera_info', RELIABLE)
-        client.subscribe(PointCloud2, 'points', RELIABLE)
-        image_pub = client.publisher(Image, 'image', reliable=True)
-        info_pub = client.publisher(CameraInfo, 'camera_info', reliable=True)
-        assert node.wait_for_log('ready', 60), node.log()
-        assert client.wait_for_subscribers('image'), node.log()
-        assert client.wait_for_subscribers('camera_info'), node.log()
-        yield node, client, image_pub, info_pub, engine
+        with serving_node(domain_id(__name__), directory, params,
+                          subscriptions=[(Image, 'depth'), (CameraInfo, 'depth/camera_info'),
+                                         (PointCloud2, 'points')],
+                          publishers=[(Image, 'image'), (CameraInfo, 'camera_info')],
+                          inputs=['image', 'camera_info']) as (node, client):
+            yield (node, client, client.publisher(Image, 'image', reliable=True),
+                   client.publisher(CameraInfo, 'camera_info', reliable=True), engine)
     finally:
         engine.close()
-        client.close()
-        node.close()
 
 
 def _serve_until(geometry, rgb, topics, info=None, timeout=60.0):

@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from ros_harness import (NodeProcess, RosClient, TINY_MLORE, domain_id, image_msg,
-                         make_stamp, pattern_image, write_config)
+from ros_harness import (RELIABLE, TINY_MLORE, domain_id, image_msg, make_stamp,
+                         node_processes, pattern_image, write_config)
 
-RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+# Slow (node processes over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 STARTUP_ERRORS = {
     'unknown_preset': ({'model.preset': 'no_such_model'}, "unknown model 'no_such_model'"),
@@ -38,37 +38,32 @@ def processes(tmp_path_factory):
     directory = tmp_path_factory.mktemp('node_lifecycle')
     domain = domain_id(__name__)
     config = write_config(directory, TINY_MLORE)
-    started = {}
-    try:
-        started['default_qos'] = NodeProcess(
-            domain, directory / 'default_qos.log', namespace='/robot1',
-            remaps={'image': '/cam/image_raw', 'camera_info': '/cam/camera_info'},
-            params={'model.preset': config, 'watchdog.timeout': 1.0})
-        started['reliable'] = NodeProcess(
-            domain, directory / 'reliable.log', namespace='/strict',
-            params={'model.preset': config, 'input.qos': 'reliable',
-                    'watchdog.timeout': 1.0})
-        started['compressed'] = NodeProcess(
-            domain, directory / 'compressed.log', namespace='/jpeg',
-            params={'model.preset': config, 'input.transport': 'compressed',
-                    'input.qos': 'reliable'})
-        for name, (params, _) in STARTUP_ERRORS.items():
-            if name == 'cuda_absent' and torch.cuda.is_available():
-                continue
-            values = {'model.preset': config}
-            values.update(params)
-            if values.get('model.checkpoint') == 'JUNK':
-                junk = directory / 'junk_weights.pt'
-                junk.write_bytes(b'these bytes are not a checkpoint')
-                values['model.checkpoint'] = str(junk)
-            started[name] = NodeProcess(domain, directory / f'{name}.log', params=values,
-                                        namespace=f'/failing_{name}')
-        client = RosClient(domain)
+    specs = {
+        'default_qos': {
+            'namespace': '/robot1',
+            'remaps': {'image': '/cam/image_raw', 'camera_info': '/cam/camera_info'},
+            'params': {'model.preset': config, 'watchdog.timeout': 1.0}},
+        'reliable': {
+            'namespace': '/strict',
+            'params': {'model.preset': config, 'input.qos': 'reliable',
+                       'watchdog.timeout': 1.0}},
+        'compressed': {
+            'namespace': '/jpeg',
+            'params': {'model.preset': config, 'input.transport': 'compressed',
+                       'input.qos': 'reliable'}},
+    }
+    for name, (params, _) in STARTUP_ERRORS.items():
+        if name == 'cuda_absent' and torch.cuda.is_available():
+            continue
+        values = {'model.preset': config}
+        values.update(params)
+        if values.get('model.checkpoint') == 'JUNK':
+            junk = directory / 'junk_weights.pt'
+            junk.write_bytes(b'these bytes are not a checkpoint')
+            values['model.checkpoint'] = str(junk)
+        specs[name] = {'params': values, 'namespace': f'/failing_{name}'}
+    with node_processes(domain, directory, specs) as (started, client):
         yield started, client
-        client.close()
-    finally:
-        for process in started.values():
-            process.close()
 
 
 @pytest.mark.parametrize('name', sorted(STARTUP_ERRORS))

@@ -13,13 +13,14 @@ import signal
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from ros_harness import (NodeProcess, RosClient, TINY_MLORE, camera_info, domain_id,
-                         image_msg, make_stamp, pattern_image, write_config)
+from ros_harness import (RELIABLE, TINY_MLORE, camera_info, domain_id, image_msg,
+                         make_stamp, node_processes, pattern_image, write_config)
 
-RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+# Slow (node processes over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 # name -> (namespace, node name, parameters beyond the model)
 NODES = {
     'managed': ('/managed', 'managed_node', {'autostart': False, 'input.qos': 'reliable'}),
@@ -37,23 +38,15 @@ def nodes(tmp_path_factory):
     no_depth = dict(TINY_MLORE, tasks=['semseg', 'normals', 'edge'],
                     num_outputs={'semseg': 40, 'normals': 3, 'edge': 1})
     no_depth_config = write_config(directory, no_depth, name='tiny_no_depth.json')
-    started = {}
-    client = None
-    try:
-        for name, (namespace, node_name, params) in NODES.items():
-            values = {'model.preset': no_depth_config if name == 'no_depth' else config}
-            values.update(params)
-            started[name] = NodeProcess(domain, directory / f'{name}.log', params=values,
-                                        namespace=namespace, new_session=True,
-                                        remaps={'__node': node_name})
-        client = RosClient(domain)
-        client.subscribe(DiagnosticArray, '/diagnostics', RELIABLE)
+    specs = {}
+    for name, (namespace, node_name, params) in NODES.items():
+        values = {'model.preset': no_depth_config if name == 'no_depth' else config}
+        values.update(params)
+        specs[name] = {'params': values, 'namespace': namespace, 'new_session': True,
+                       'remaps': {'__node': node_name}}
+    with node_processes(domain, directory, specs,
+                        [(DiagnosticArray, '/diagnostics')]) as (started, client):
         yield started, client
-    finally:
-        if client is not None:
-            client.close()
-        for process in started.values():
-            process.close()
 
 
 def service_name(name):

@@ -6,57 +6,41 @@ answered with the old count meanwhile, then the new count takes over. A node giv
 ``.onnx`` file refuses step counts that file was not exported for, with the reason.
 """
 
-import os
-
 import numpy as np
 import pytest
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from mtdp_ros.ros.conversions import image_msg_to_numpy
+from mtdp_ros.ros.image_output import image_msg_to_numpy
 
-from ros_harness import (NODE_NAME, NodeProcess, RosClient, TINY_TASKDIFFUSION, domain_id,
-                         image_msg, make_stamp, pattern_image, write_config)
+from ros_harness import (NODE_NAME, TINY_TASKDIFFUSION, domain_id, image_msg, make_stamp,
+                         node_processes, pattern_image, serving_node, write_config)
 
-RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+# Slow (node processes over real DDS, ONNX exports): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 # One trained step: the start-up export is the shortest one.
 TINY_ONE_STEP = {**TINY_TASKDIFFUSION, 'trained_steps': 1}
 STEPS_READY = '2 steps ready'
 
 
-def _start(directory, domain, preset, cache_dir, log_name):
-    env_before = os.environ.get('MTDP_CACHE_DIR')
-    os.environ['MTDP_CACHE_DIR'] = str(cache_dir)
-    try:
-        node = NodeProcess(domain, directory / log_name, params={
-            'model.preset': preset, 'engine.backend': 'onnxruntime', 'engine.device': 'cpu',
-            'input.qos': 'reliable', 'tasks': ['edge']})
-    finally:
-        if env_before is None:
-            del os.environ['MTDP_CACHE_DIR']
-        else:
-            os.environ['MTDP_CACHE_DIR'] = env_before
-    return node
+def _node(preset, cache_dir):
+    """NodeProcess arguments of an ONNX Runtime node exporting into ``cache_dir``."""
+    return {'params': {'model.preset': preset, 'engine.backend': 'onnxruntime',
+                       'engine.device': 'cpu', 'input.qos': 'reliable', 'tasks': ['edge']},
+            'env': {'MTDP_CACHE_DIR': str(cache_dir)}}
 
 
 @pytest.fixture(scope='module')
 def ort_node(tmp_path_factory):
     directory = tmp_path_factory.mktemp('node_ort')
     cache_dir = directory / 'cache'
-    domain = domain_id(__name__)
     preset = write_config(directory, TINY_ONE_STEP, 'tiny_td_ort.json')
-    node = _start(directory, domain, preset, cache_dir, 'node.log')
-    client = RosClient(domain)
-    try:
-        client.subscribe(Image, 'edges', RELIABLE)
-        publisher = client.publisher(Image, 'image', reliable=True)
-        assert node.wait_for_log('ready', 180), node.log()
-        assert client.wait_for_subscribers('image'), node.log()
-        assert client.wait_for_publishers('edges')
-        yield node, client, publisher, directory, cache_dir
-    finally:
-        client.close()
-        node.close()
+    arguments = _node(preset, cache_dir)
+    with serving_node(domain_id(__name__), directory, arguments['params'],
+                      subscriptions=[(Image, 'edges')], ready_timeout=180, outputs=['edges'],
+                      env=arguments['env']) as (node, client):
+        yield node, client, client.publisher(Image, 'image', reliable=True), directory, \
+            cache_dir
 
 
 def _answer(client, publisher, node, rgb, timeout=30.0):
@@ -98,9 +82,9 @@ def test_fixed_onnx_file_refuses_other_step_counts(ort_node):
     exported = sorted((cache_dir / 'onnx').glob('*-s1.onnx'))
     assert len(exported) == 1, list((cache_dir / 'onnx').iterdir())
     domain = domain_id(__name__ + '.fixed')
-    fixed = _start(directory, domain, str(exported[0]), directory / 'unused_cache', 'fixed.log')
-    fixed_client = RosClient(domain)
-    try:
+    specs = {'fixed': _node(str(exported[0]), directory / 'unused_cache')}
+    with node_processes(domain, directory, specs) as (started, fixed_client):
+        fixed = started['fixed']
         assert fixed.wait_for_log('ready', 120), fixed.log()
         (result,) = fixed_client.set_parameters(NODE_NAME, {'diffusion.steps': 5})
         assert not result.successful
@@ -109,6 +93,3 @@ def test_fixed_onnx_file_refuses_other_step_counts(ort_node):
         assert result.successful, result.reason
         # Nothing was exported for the refused count.
         assert not (directory / 'unused_cache').exists()
-    finally:
-        fixed_client.close()
-        fixed.close()

@@ -10,21 +10,22 @@ import time
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from mtdp_ros.ros.colormaps import label_palette
-from mtdp_ros.ros.conversions import SUPPORTED_ENCODINGS, image_msg_to_numpy
+from mtdp_ros.ros.image_input import SUPPORTED_ENCODINGS
+from mtdp_ros.ros.image_output import image_msg_to_numpy
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
 
-from ros_harness import (NODE_NAME, NodeProcess, RosClient, TINY_MLORE, camera_info,
-                         domain_id, image_msg, make_stamp, pattern_image, raw_image,
-                         write_checkpoint)
+from ros_harness import (NODE_NAME, TINY_MLORE, camera_info, domain_id, image_msg,
+                         make_stamp, pattern_image, raw_image, serving_node, write_checkpoint)
+
+# Slow (a node process over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 IMAGE_TOPICS = ['semantic/labels', 'semantic/color', 'depth', 'depth/color', 'normals',
                 'normals/color', 'edges', 'edges/color']
 ALL_TOPICS = IMAGE_TOPICS + ['points']
-RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class Frames:
@@ -38,23 +39,19 @@ class Frames:
 @pytest.fixture(scope='module')
 def perception(tmp_path_factory):
     directory = tmp_path_factory.mktemp('node_outputs')
-    domain = domain_id(__name__)
-    node = NodeProcess(domain, directory / 'node.log', params={
+    params = {
         'model.preset': write_checkpoint(directory, TINY_MLORE),
         'input.qos': 'reliable', 'watchdog.timeout': 600.0,
         # The flood test bounds the input side; the writers' own history (output.qos_depth
         # frames of every output, 10 by default: about +86 MB at 640x480) is pinned small.
-        'output.qos_depth': 2})
-    client = RosClient(domain)
-    try:
-        for topic in IMAGE_TOPICS:
-            client.subscribe(Image, topic, RELIABLE)
-        client.subscribe(PointCloud2, 'points', RELIABLE)
-        client.subscribe(DiagnosticArray, '/diagnostics', RELIABLE)
+        'output.qos_depth': 2}
+    subscriptions = [(Image, topic) for topic in IMAGE_TOPICS] + [
+        (PointCloud2, 'points'), (DiagnosticArray, '/diagnostics')]
+    with serving_node(domain_id(__name__), directory, params, subscriptions,
+                      publishers=[(Image, 'image'), (CameraInfo, 'camera_info')]
+                      ) as (node, client):
         image_pub = client.publisher(Image, 'image', reliable=True)
         info_pub = client.publisher(CameraInfo, 'camera_info', reliable=True)
-        assert node.wait_for_log('ready', 60), node.log()
-        assert client.wait_for_subscribers('image'), node.log()
         frames = Frames()
         # Until every output has answered once, the node may not have discovered all of
         # our subscriptions yet (it publishes only to topics with subscribers).
@@ -69,9 +66,6 @@ def perception(tmp_path_factory):
         assert answered, node.log()
         client.clear()
         yield node, client, image_pub, info_pub, frames
-    finally:
-        client.close()
-        node.close()
 
 
 def send(perception, msg, info=None):

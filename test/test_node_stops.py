@@ -10,13 +10,14 @@ start-ups overlap) in one ROS domain.
 import signal
 
 import pytest
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from ros_harness import (NodeProcess, RosClient, TINY_MLORE, domain_id, image_msg,
-                         make_stamp, pattern_image, write_config)
+from ros_harness import (RELIABLE, TINY_MLORE, domain_id, image_msg, make_stamp,
+                         node_processes, pattern_image, write_config)
 
-RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+# Slow (node processes over real DDS): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 STOPS = {
     'two_sigints': [signal.SIGINT, signal.SIGINT],
     'sigterm': [signal.SIGTERM],
@@ -34,24 +35,14 @@ def nodes(tmp_path_factory):
     directory = tmp_path_factory.mktemp('node_stops')
     domain = domain_id(__name__)
     config = write_config(directory, TINY_MLORE)
-    started = {}
-    client = None
-    try:
-        # Signalled during its start-up (the engine exists, the node may not be ready).
-        started['startup'] = NodeProcess(
-            domain, directory / 'startup.log', namespace='/startup', new_session=True,
-            params={'model.preset': config})
-        for name in STOPS:
-            started[name] = NodeProcess(
-                domain, directory / f'{name}.log', namespace=f'/{name}', new_session=True,
-                params={'model.preset': config, 'input.qos': 'reliable'})
-        client = RosClient(domain)
+    # 'startup' is signalled during its start-up (the engine exists, it may not be ready).
+    specs = {'startup': {'namespace': '/startup', 'new_session': True,
+                         'params': {'model.preset': config}}}
+    for name in STOPS:
+        specs[name] = {'namespace': f'/{name}', 'new_session': True,
+                       'params': {'model.preset': config, 'input.qos': 'reliable'}}
+    with node_processes(domain, directory, specs) as (started, client):
         yield started, client
-    finally:
-        if client is not None:
-            client.close()
-        for process in started.values():
-            process.close()
 
 
 def test_two_sigints_during_start_up_end_the_node_cleanly(nodes):

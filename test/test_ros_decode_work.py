@@ -8,8 +8,8 @@ import pytest
 from sensor_msgs.msg import CompressedImage
 
 from image_bombs import png16_zero, progressive_scan_bomb, small_jpeg
-from mtdp_ros.ros import conversions
-from mtdp_ros.ros.conversions import DEFAULT_MAX_PIXELS, ImageRejected, compressed_msg_to_rgb
+from mtdp_ros.ros import image_input
+from mtdp_ros.ros.image_input import DEFAULT_MAX_PIXELS, ImageRejected, compressed_msg_to_rgb
 from mtdp_ros.ros.decode_work import (decode_work_problem, jpeg_scan_count, MAX_JPEG_SCANS,
                                       png_decoded_bytes)
 
@@ -25,7 +25,7 @@ def compressed(data, fmt='jpeg'):
 def decoder_not_reached(monkeypatch):
     """Fails the test if OpenCV's decoder is called."""
     calls = []
-    monkeypatch.setattr(conversions.cv2, 'imdecode', lambda *args: calls.append(args))
+    monkeypatch.setattr(image_input.cv2, 'imdecode', lambda *args: calls.append(args))
     yield calls
     assert not calls, 'the decoder was reached'
 

@@ -4,9 +4,9 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
-from mtdp_ros.ros.conversions import image_msg_to_numpy
-from mtdp_ros.ros.outputs import (OutputBuilder, OutputOptions, colorize, output_topics,
-                                  raw_encoding)
+from mtdp_ros.ros.colormaps import colorize
+from mtdp_ros.ros.image_output import image_msg_to_numpy
+from mtdp_ros.ros.outputs import OutputBuilder, OutputOptions, output_topics, raw_encoding
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy, unpack_rgb
 
 HEIGHT, WIDTH = 6, 8
@@ -74,7 +74,7 @@ def test_every_message_carries_the_header_and_the_values():
     np.testing.assert_array_equal(image_msg_to_numpy(by_topic['semantic/labels'].msg),
                                   outputs['semseg'])
     np.testing.assert_array_equal(image_msg_to_numpy(by_topic['semantic/color'].msg),
-                                  colorize('semseg', outputs['semseg'], OutputOptions()))
+                                  colorize('semseg', outputs['semseg']))
     cloud = cloud_msg_to_numpy(by_topic['points'].msg)
     np.testing.assert_allclose(cloud[..., 2], outputs['depth'])
     # Pixel (u=0, v=0) lies at ((0 - cx) / fx, (0 - cy) / fy) * z.
@@ -128,7 +128,7 @@ def test_semantic_point_colours():
         wanted=lambda t: t == 'points')}
     cloud = cloud_msg_to_numpy(messages['points'])
     np.testing.assert_array_equal(unpack_rgb(cloud[..., 3]),
-                                  colorize('semseg', outputs['semseg'], options))
+                                  colorize('semseg', outputs['semseg']))
 
 
 def test_rectified_input_uses_p_for_the_cloud_and_depth_camera_info():

@@ -20,6 +20,8 @@ from mtdp_ros.models import build_model, load_checkpoint, reparameterize, save_c
 from mtdp_ros.runtime import create_engine, read_onnx_metadata, select_providers
 from mtdp_ros.runtime.ort_engine import CPU, CUDA, TENSORRT
 
+# Slow (ONNX exports of every family): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 GPU_PROVIDER = any(p in ort.get_available_providers() for p in (CUDA, TENSORRT))
 # Fraction of elements within the element tolerance for TaskDiffusion (README of the
 # reference vectors: an argmax inside the sampler may flip on a near-tie).

@@ -20,6 +20,9 @@ from mtdp_ros.models import build_model
 from mtdp_ros.training.train import convert_sync_batchnorm, model_config_from, \
     use_sync_batchnorm
 
+# Slow (distributed training in worker processes): `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = {'image_size': [32, 48], 'embed_dim': 32, 'depth': 3, 'num_heads': 2,
         'select_layers': [1, 2, 3], 'decoder_dim': 16}

@@ -387,6 +387,7 @@ def test_training_on_a_bag_distills_semseg_and_keeps_frozen_parameters(tmp_path)
     assert 0.0 <= validation['semseg_agreement']['with_start'] <= 1.0
 
 
+@pytest.mark.slow  # fine-tunes for a minute: `make test-fast` leaves it out
 def test_finetuning_on_zoomed_tum_scenes_lowers_held_out_depth_error(tmp_path):
     """The shipped model, a camera with twice its focal length (synthetic rooms exported
     as TUM folders), 12 steps of batch 4: held-out abs_rel must fall by at least 0.04.

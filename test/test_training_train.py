@@ -39,6 +39,7 @@ def last_json_line(text):
     return json.loads(lines[-1])
 
 
+@pytest.mark.slow  # trains the shipped models: `make test-fast` leaves it out
 @pytest.mark.parametrize('family', ['default_mlore', 'default_taskdiffusion'])
 def test_training_on_a_fixed_batch_lowers_the_loss_by_at_least_30_percent(tmp_path, family):
     config = tiny_config(tmp_path, family, steps=30, grad_clip=10.0)
@@ -57,6 +58,7 @@ def test_poly_schedule_with_warm_up(tmp_path):
     assert trainer.lr_at(100) == 0.0
 
 
+@pytest.mark.slow  # trains, resumes: `make test-fast` leaves it out
 def test_mtdp_train_saves_resumes_and_reports(tmp_path, capsys):
     config_path = tmp_path / 'train.yaml'
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path)))
@@ -95,6 +97,7 @@ def test_training_config_mistakes_are_reported(tmp_path, capsys):
     assert 'train.optimizer' in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains: `make test-fast` leaves it out
 def test_init_from_a_checkpoint(tmp_path):
     config, _ = model_config_from(tiny_model('default_mlore'))
     model = build_model(config)
@@ -166,6 +169,7 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 FLOOR_SCENES = 32
 
 
+@pytest.mark.slow  # evaluates the shipped models: `make test-fast` leaves it out
 @pytest.mark.parametrize('name', ['default_mlore', 'default_taskdiffusion'])
 def test_shipped_default_models_meet_the_quality_floors(name):
     from mtdp_ros.training.evaluate import check_floors, evaluate_model, summarize

@@ -68,18 +68,6 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
-def colorize(task, output):
-    """RGB uint8 picture of one engine output."""
-    from mtdp_ros.ros import colormaps
-    if task in ('semseg', 'human_parts'):
-        return colormaps.labels_to_color(output)
-    if task == 'depth':
-        return colormaps.depth_to_color(output)
-    if task == 'normals':
-        return colormaps.normals_to_color(output)
-    return colormaps.probability_to_color(output)
-
-
 def caption(tile, text):
     """The tile with a dark caption band underneath."""
     band = np.zeros((max(18, tile.shape[0] // 14), tile.shape[1], 3), np.uint8)
@@ -109,6 +97,7 @@ def _write_rgb(path, rgb):
 def process(engine, image, name, out_dir, tasks=None, steps=None):
     """Run ``engine`` on one RGB image; write the pictures; return the mosaic path."""
     outputs = engine.infer(image, tasks=tasks, steps=steps)
+    from mtdp_ros.ros.colormaps import colorize
     pictures = {task: colorize(task, value) for task, value in outputs.items()}
     _write_rgb(os.path.join(out_dir, f'{name}_input.png'), image)
     for task, picture in pictures.items():

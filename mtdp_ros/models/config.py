@@ -8,14 +8,16 @@ from dataclasses import asdict, dataclass, field, fields, MISSING
 import math
 from typing import Dict, Optional, Tuple
 
+from . import tasks as _tasks
+
 # The families with MLoRE blocks in this configuration's schema (the others are registered
 # in mtdp_ros.models.registry; MLoRE fields are validated for these).
 MLORE_FAMILIES = ('mlore', 'taskdiffusion_mlore')
 DATASETS = ('NYUD', 'PASCALContext')
-# Task order of the authors' code; every model lists its tasks in this order.
-TASK_ORDER = ('semseg', 'depth', 'human_parts', 'sal', 'normals', 'edge')
-# Tasks whose raw output is class logits (argmax gives the label).
-CLASS_TASKS = ('semseg', 'human_parts', 'sal')
+# The task table (mtdp_ros.models.tasks) defines the tasks and their order (the authors').
+TASK_ORDER = _tasks.TASK_ORDER
+# Built-in tasks whose raw output is class logits (argmax gives the label).
+CLASS_TASKS = tuple(spec.name for spec in _tasks.BUILT_IN_TASKS if spec.is_class_task)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The decoder always reads four levels: three tapped transformer blocks and the final output.
@@ -103,10 +105,12 @@ class ModelConfig:
     def noise_channels(self) -> int:
         """Channels of the cross-task map the sampler denoises (the initial noise's C)."""
         # Saliency keeps its own embedding beside the fused map (the authors' PASCAL layout).
-        return self.decoder_dim + (self.label_dim if 'sal' in self.tasks else 0)
+        separate = [t for t in self.tasks if _tasks.get_task(t).separate_label_embedding]
+        return self.decoder_dim + self.label_dim * len(separate)
 
     def is_class_task(self, task: str) -> bool:
-        return task in CLASS_TASKS
+        """Whether ``task``'s raw output is class logits (see the task table)."""
+        return _tasks.get_task(task).is_class_task
 
     def select_tasks(self, tasks=None):
         """Validated tuple of requested tasks in the model's order (None: all)."""
@@ -139,13 +143,14 @@ class ModelConfig:
             fail(f'dataset {self.dataset!r} is not one of {DATASETS}')
         if not self.tasks:
             fail('tasks is empty')
-        unknown = [t for t in self.tasks if t not in TASK_ORDER]
+        order = _tasks.task_names()
+        unknown = [t for t in self.tasks if t not in order]
         if unknown:
-            fail(f'unknown tasks {unknown}; known: {TASK_ORDER}')
+            fail(f'unknown tasks {unknown}; known: {order}')
         if len(set(self.tasks)) != len(self.tasks):
             fail(f'tasks {self.tasks} has duplicates')
-        if list(self.tasks) != sorted(self.tasks, key=TASK_ORDER.index):
-            fail(f'tasks {self.tasks} must follow the order {TASK_ORDER}')
+        if list(self.tasks) != sorted(self.tasks, key=order.index):
+            fail(f'tasks {self.tasks} must follow the order {order}')
         missing = [t for t in self.tasks if t not in self.num_outputs]
         if missing:
             fail(f'num_outputs lacks {missing}')

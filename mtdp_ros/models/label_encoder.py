@@ -11,6 +11,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .tasks import get_task
+
 IGNORE_INDEX = 255
 SALIENCY_THRESHOLD = 0.85
 MAX_DEPTH_M = 80.0
@@ -22,6 +24,9 @@ class CrossTaskLabelEncoder(nn.Module):
         self.tasks = config.tasks
         self.num_outputs = config.num_outputs
         self.class_tasks = tuple(t for t in self.tasks if config.is_class_task(t))
+        # Tasks whose embedding stays beside the fused map (saliency, the authors' layout).
+        self.separate_tasks = tuple(t for t in self.tasks
+                                    if get_task(t).separate_label_embedding)
         self.scale = config.scale
         dim = config.label_dim
         self.label_embed = nn.ModuleDict()
@@ -32,12 +37,13 @@ class CrossTaskLabelEncoder(nn.Module):
             else:
                 self.label_embed[task] = nn.Conv2d(config.num_outputs[task], dim, 1)
                 self.invalid_embed[task] = nn.Embedding(1, dim)
-        fused_tasks = [t for t in self.tasks if t != 'sal']
+        fused_tasks = [t for t in self.tasks if t not in self.separate_tasks]
         self.label_fuse = nn.Conv2d(dim * len(fused_tasks), config.decoder_dim, 1)
 
     def _combine(self, embeddings):
-        fused = self.label_fuse(torch.cat([embeddings[t] for t in self.tasks if t != 'sal'], 1))
-        parts = ([embeddings['sal']] if 'sal' in embeddings else []) + [fused]
+        fused = self.label_fuse(torch.cat([embeddings[t] for t in self.tasks
+                                           if t not in self.separate_tasks], 1))
+        parts = [embeddings[t] for t in self.separate_tasks if t in embeddings] + [fused]
         return (torch.sigmoid(torch.cat(parts, dim=1)) * 2 - 1) * self.scale
 
     def _embed_classes(self, task, labels):
@@ -48,7 +54,8 @@ class CrossTaskLabelEncoder(nn.Module):
         embeddings = {}
         for task in self.tasks:
             raw = logits[task]
-            if task == 'sal':
+            if task in self.class_tasks and get_task(task).activation == 'softmax':
+                # Two-class probability (saliency): the class is "probability > threshold".
                 labels = (torch.softmax(raw, dim=1)[:, 1] > SALIENCY_THRESHOLD).long()
                 embeddings[task] = self._embed_classes(task, labels)
             elif task in self.class_tasks:
@@ -80,11 +87,12 @@ class CrossTaskLabelEncoder(nn.Module):
 
 
 def _regression_value(task, raw):
-    if task == 'depth':
+    spec = get_task(task)
+    if spec.kind == 'depth':
         return raw.clamp(0, MAX_DEPTH_M)
-    if task == 'edge':
+    if spec.activation == 'sigmoid':
         return torch.sigmoid(raw)
-    if task == 'normals':
+    if spec.activation == 'l2_normalize':
         return F.normalize(raw, p=2, dim=1)
     return raw
 
@@ -97,7 +105,7 @@ def authors_ignore_regions(task, target):
     all three channels there before the label encoder runs. Depth keeps 0 (no
     measurement) as a value: the authors neither mark nor mask it in the encoder.
     """
-    if task == 'normals':
+    if get_task(task).target == 'vector':
         zero = (target == 0).all(dim=1, keepdim=True)
         return torch.where(zero, torch.full_like(target, IGNORE_INDEX), target)
     return target

@@ -9,6 +9,9 @@ import math
 
 import torch
 
+from .label_encoder import MAX_DEPTH_M
+from .tasks import get_task
+
 
 def cosine_log_snr(t, ns=0.0002, ds=0.00025):
     """Cosine schedule: log SNR(t) = -log(cos((t + ns) / (1 + ds) * pi/2)^-2 - 1), clamped."""
@@ -63,8 +66,9 @@ def ddim_sample(decoder, features, steps, noise, time_difference):
         eps = (x_t - alpha * x_0) / sigma.clamp(min=1e-8)          # predicted noise
         x_t = alpha_next * x_0 + sigma_next * eps                   # DDIM update
     # The authors clamp depth in place while re-encoding it, so their outputs carry it.
-    if 'depth' in logits:
-        logits['depth'] = logits['depth'].clamp(0, 80)
+    for task in logits:
+        if get_task(task).kind == 'depth':
+            logits[task] = logits[task].clamp(0, MAX_DEPTH_M)
     return logits
 
 

@@ -1,11 +1,10 @@
 """Statistics, /diagnostics status and the input watchdog of the perception node.
 
-:class:`FrameStatistics` collects what the node measures per frame (thread-safe: the
-executor thread counts frames in, the inference thread frames out). :func:`build_status`
-turns it, with the engine and the current settings, into one DiagnosticStatus, and
-:class:`InputWatchdog` words the warning when no frame arrives. Both are driven by
-steady-clock timers of the node, so they keep running under ``use_sim_time`` without a
-/clock.
+:class:`~mtdp_ros.ros.monitoring.FrameStatistics` (a camera stream's) collects what is
+measured per frame. :func:`build_status` turns it, with the engine and the current
+settings, into one DiagnosticStatus, and :class:`InputWatchdog` words the warning when
+no frame arrives. Both are driven by steady-clock timers of the node, so they keep
+running under ``use_sim_time`` without a /clock.
 """
 
 import time
@@ -13,74 +12,9 @@ import time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy.qos import ReliabilityPolicy
 
-from mtdp_ros.ros.monitoring import Counters, RateMeter, Samples
+from mtdp_ros.ros.monitoring import (MS_PER_NS, STAGES, FrameStatistics,  # noqa: F401
+                                     seconds_since_program_start)
 from mtdp_ros.ros.qos import describe_qos
-
-# Stages of a frame whose times the node keeps (reported in /diagnostics as <stage>_p50_ms):
-# message -> RGB, the engine's letterbox + resizing back, and building and publishing the
-# raw outputs, the colour images and the point cloud.
-# node_own is their sum without the engine: the cost of the node itself.
-STAGES = ('convert', 'engine_pre_post', 'publish_raw', 'publish_color', 'publish_points',
-          'node_own')
-# Milliseconds per nanosecond.
-MS_PER_NS = 1e-6
-
-
-class FrameStatistics:
-    """Rates, latencies, per-stage times, counters and the time to the first output."""
-
-    def __init__(self, clock=time.monotonic):
-        self._clock = clock
-        self.counters = Counters()
-        self.input_rate = RateMeter(clock=clock)
-        self.output_rate = RateMeter(clock=clock)
-        self.latency_ms = Samples()
-        self.processing_ms = Samples()
-        self.model_ms = Samples()
-        self.overhead_ms = Samples()
-        self.stage_ms = {name: Samples() for name in STAGES}
-        self.last_frame_time = None
-        self.idle_since = clock()
-        self.activated_at = None
-        self.first_output_s = None
-
-    def reset_samples(self):
-        """Forget the latency and stage samples (counters and rates stay)."""
-        self.latency_ms = Samples()
-        self.processing_ms = Samples()
-        self.model_ms = Samples()
-        self.overhead_ms = Samples()
-        self.stage_ms = {name: Samples() for name in STAGES}
-
-    def activated(self):
-        """Start the clocks of the watchdog and of the time to first output."""
-        now = self._clock()
-        self.activated_at = now
-        self.idle_since = now
-        self.last_frame_time = None
-        self.first_output_s = None
-
-    def frame_in(self):
-        """Count one frame received."""
-        self.last_frame_time = self._clock()
-        self.input_rate.tick()
-
-    def seconds_without_frames(self):
-        """Seconds since the last frame (or since activation when none came)."""
-        last = self.last_frame_time if self.last_frame_time is not None else self.idle_since
-        return self._clock() - last
-
-    def frame_out(self, latency_ms, processing_ms, model_ms):
-        """Record one published frame; True when it is the first since activation."""
-        self.latency_ms.add(latency_ms)
-        self.processing_ms.add(processing_ms)
-        self.model_ms.add(model_ms)
-        self.overhead_ms.add(processing_ms - model_ms)
-        self.output_rate.tick()
-        if self.first_output_s is None and self.activated_at is not None:
-            self.first_output_s = self._clock() - self.activated_at
-            return True
-        return False
 
 
 def _fmt(value):

@@ -14,9 +14,16 @@ TRUE_WORDS = ('true', '1', 'yes', 'on')
 FALSE_WORDS = ('false', '0', 'no', 'off')
 DEVICE_CHOICES = ('auto', 'cuda', 'cpu')
 MAX_DIFFUSION_STEPS = 100
-# The absolute topics rviz/perception.rviz displays (relative to the node's namespace).
-RVIZ_TOPICS = ('semantic/color', 'depth/color', 'normals/color', 'edges/color',
-               'human_parts/color', 'saliency/color', 'points')
+
+
+def rviz_topics():
+    """The absolute topics rviz/perception.rviz displays (relative to the node's namespace).
+
+    Every task's colour picture (the task table, in display order) and the point cloud.
+    Imported here, not at the top: launch files import this module and need no PyTorch.
+    """
+    from mtdp_ros.models.tasks import color_topics
+    return color_topics() + ('points',)
 
 
 class LaunchArgumentError(ValueError):
@@ -158,5 +165,5 @@ def rviz_arguments(config_path, namespace, fixed_frame):
     namespace = namespace.strip().strip('/')
     remappings = []
     if namespace:
-        remappings = [(f'/{topic}', f'/{namespace}/{topic}') for topic in RVIZ_TOPICS]
+        remappings = [(f'/{topic}', f'/{namespace}/{topic}') for topic in rviz_topics()]
     return arguments, remappings

@@ -1,9 +1,13 @@
-"""Counters, rates, latency percentiles and throttled warnings of the perception node.
+"""Counters, rates, latency percentiles, throttled warnings and per-frame statistics.
+
+No ROS here: camera streams (:mod:`mtdp_ros.ros.stream`) keep their FrameStatistics
+without rclpy; :mod:`mtdp_ros.ros.diagnostics` turns them into /diagnostics.
 
 Thread-safe: the executor thread (frames arriving) and the inference thread (frames
 published) update them while the diagnostics timer reads them.
 """
 
+import os
 import threading
 import time
 from collections import deque
@@ -114,3 +118,86 @@ class WarningThrottle:
         if held_back:
             return f'{message} ({held_back} similar message(s) suppressed)'
         return message
+
+
+# Stages of a frame whose times the node keeps (reported in /diagnostics as <stage>_p50_ms):
+# message -> RGB, the engine's letterbox + resizing back, and building and publishing the
+# raw outputs, the colour images and the point cloud.
+# node_own is their sum without the engine: the cost of the node itself.
+STAGES = ('convert', 'engine_pre_post', 'publish_raw', 'publish_color', 'publish_points',
+          'node_own')
+# Milliseconds per nanosecond.
+MS_PER_NS = 1e-6
+# When this module was loaded: the program's start where /proc cannot say it.
+MODULE_LOADED = time.monotonic()
+
+
+def seconds_since_program_start():
+    """Seconds since this process started (from /proc; else since this module loaded)."""
+    try:
+        with open('/proc/self/stat', encoding='ascii') as handle:
+            # Field 22 (start time in clock ticks after boot) counts from after the
+            # command name, which may hold spaces and parentheses.
+            start_ticks = int(handle.read().rsplit(')', 1)[1].split()[19])
+        with open('/proc/uptime', encoding='ascii') as handle:
+            uptime = float(handle.read().split()[0])
+        return uptime - start_ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - MODULE_LOADED
+
+
+class FrameStatistics:
+    """Rates, latencies, per-stage times, counters and the time to the first output."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self.counters = Counters()
+        self.input_rate = RateMeter(clock=clock)
+        self.output_rate = RateMeter(clock=clock)
+        self.latency_ms = Samples()
+        self.processing_ms = Samples()
+        self.model_ms = Samples()
+        self.overhead_ms = Samples()
+        self.stage_ms = {name: Samples() for name in STAGES}
+        self.last_frame_time = None
+        self.idle_since = clock()
+        self.activated_at = None
+        self.first_output_s = None
+
+    def reset_samples(self):
+        """Forget the latency and stage samples (counters and rates stay)."""
+        self.latency_ms = Samples()
+        self.processing_ms = Samples()
+        self.model_ms = Samples()
+        self.overhead_ms = Samples()
+        self.stage_ms = {name: Samples() for name in STAGES}
+
+    def activated(self):
+        """Start the clocks of the watchdog and of the time to first output."""
+        now = self._clock()
+        self.activated_at = now
+        self.idle_since = now
+        self.last_frame_time = None
+        self.first_output_s = None
+
+    def frame_in(self):
+        """Count one frame received."""
+        self.last_frame_time = self._clock()
+        self.input_rate.tick()
+
+    def seconds_without_frames(self):
+        """Seconds since the last frame (or since activation when none came)."""
+        last = self.last_frame_time if self.last_frame_time is not None else self.idle_since
+        return self._clock() - last
+
+    def frame_out(self, latency_ms, processing_ms, model_ms):
+        """Record one published frame; True when it is the first since activation."""
+        self.latency_ms.add(latency_ms)
+        self.processing_ms.add(processing_ms)
+        self.model_ms.add(model_ms)
+        self.overhead_ms.add(processing_ms - model_ms)
+        self.output_rate.tick()
+        if self.first_output_s is None and self.activated_at is not None:
+            self.first_output_s = self._clock() - self.activated_at
+            return True
+        return False

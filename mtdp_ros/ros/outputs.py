@@ -12,21 +12,16 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
+from mtdp_ros.models.tasks import get_task, task_names
 from mtdp_ros.ros import colormaps
 from mtdp_ros.ros.camera import depth_camera_info
-from mtdp_ros.ros.conversions import numpy_to_image_msg
+from mtdp_ros.ros.image_output import numpy_to_image_msg
 from mtdp_ros.ros.pointcloud import RayCache, depth_to_points, points_to_msg
 
-# task -> (raw topic, colour topic).
-OUTPUT_TOPICS = {
-    'semseg': ('semantic/labels', 'semantic/color'),
-    'depth': ('depth', 'depth/color'),
-    'human_parts': ('human_parts/labels', 'human_parts/color'),
-    'sal': ('saliency', 'saliency/color'),
-    'normals': ('normals', 'normals/color'),
-    'edge': ('edges', 'edges/color'),
-}
-LABEL_TASKS = ('semseg', 'human_parts')
+# task -> (raw topic, colour topic) of the built-in tasks (the task table has them all:
+# use task_topics for tasks registered later).
+OUTPUT_TOPICS = {name: (get_task(name).raw_topic, get_task(name).color_topic)
+                 for name in task_names()}
 POINTS_TOPIC = 'points'
 # The calibration of the depth image (same header and size), for depth_image_proc & co.
 DEPTH_INFO_TOPIC = 'depth/camera_info'
@@ -56,6 +51,12 @@ class OutputMessage(NamedTuple):
     msg: object
 
 
+def task_topics(task):
+    """(raw topic, colour topic) of ``task``, from the task table."""
+    spec = get_task(task)
+    return spec.raw_topic, spec.color_topic
+
+
 def output_topics(tasks):
     """(relative topic, message type) of every output a model with ``tasks`` can publish.
 
@@ -63,7 +64,7 @@ def output_topics(tasks):
     """
     topics = []
     for task in tasks:
-        raw_topic, color_topic = OUTPUT_TOPICS[task]
+        raw_topic, color_topic = task_topics(task)
         topics += [(raw_topic, Image), (color_topic, Image)]
     if 'depth' in tasks:
         topics += [(DEPTH_INFO_TOPIC, CameraInfo), (POINTS_TOPIC, PointCloud2)]
@@ -77,18 +78,6 @@ def raw_encoding(values):
     if values.dtype == np.uint16:
         return 'mono16'
     return '32FC3' if values.ndim == 3 else '32FC1'
-
-
-def colorize(task, values, options: OutputOptions):
-    """The rgb8 picture of one task's output."""
-    if task in LABEL_TASKS:
-        return colormaps.labels_to_color(values)
-    if task == 'depth':
-        return colormaps.depth_to_color(values, options.depth_color_min,
-                                        options.depth_color_max)
-    if task == 'normals':
-        return colormaps.normals_to_color(values)
-    return colormaps.probability_to_color(values)
 
 
 def _everything(topic):
@@ -119,7 +108,7 @@ class OutputBuilder:
         """
         semantic_rgb = None
         for task, values in outputs.items():
-            raw_topic, color_topic = OUTPUT_TOPICS[task]
+            raw_topic, color_topic = task_topics(task)
             if wanted(raw_topic):
                 yield OutputMessage('raw', raw_topic,
                                     numpy_to_image_msg(values, raw_encoding(values), header))
@@ -128,7 +117,8 @@ class OutputBuilder:
                 if info is not None:
                     yield OutputMessage('raw', DEPTH_INFO_TOPIC, info)
             if options.publish_color and wanted(color_topic):
-                colored = colorize(task, values, options)
+                colored = colormaps.colorize(task, values, options.depth_color_min,
+                                             options.depth_color_max)
                 if task == 'semseg':
                     semantic_rgb = colored
                 yield OutputMessage('color', color_topic,

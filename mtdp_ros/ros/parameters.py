@@ -14,7 +14,8 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
-from mtdp_ros.ros.conversions import DEFAULT_MAX_PIXELS
+from mtdp_ros.models.tasks import task_names
+from mtdp_ros.ros.image_input import DEFAULT_MAX_PIXELS
 from mtdp_ros.runtime.postprocess import DEFAULT_FOCAL_CORRECTION, FOCAL_CORRECTIONS
 
 # The most DDIM steps a user may ask for (the published TaskDiffusion models use 3).
@@ -86,8 +87,8 @@ SPECS = (
          'true/false: canonical/off.', choices=FOCAL_CORRECTIONS + (True, False)),
     # Take effect while running.
     Spec('tasks', Parameter.Type.STRING_ARRAY,
-         "Tasks to compute and publish (a subset of the model's: semseg, depth, "
-         "human_parts, sal, normals, edge); unset = all of the model's.", dynamic=True),
+         "Tasks to compute and publish (a subset of the model's: "
+         f"{', '.join(task_names())}); unset = all of the model's.", dynamic=True),
     Spec('diffusion.steps', 0,
          'DDIM steps of a TaskDiffusion model (0 = the steps it was trained with); '
          'must stay 0 for MLoRE models.', dynamic=True, int_range=(0, MAX_DIFFUSION_STEPS)),

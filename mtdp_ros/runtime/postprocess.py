@@ -1,15 +1,16 @@
 """Raw model outputs -> metric outputs at the camera image's size, in PyTorch on the device.
 
-Per task (raw outputs as the models return them, 1 x C x h x w at the model input size):
+Per task kind (``mtdp_ros.models.tasks``; raw outputs as the models return them,
+1 x C x h x w at the model input size):
 
-- ``semseg`` / ``human_parts``: argmax over the logits at model resolution, then the label
+- labels (``semseg`` / ``human_parts``): argmax over the logits at model resolution, then the label
   map is cropped and resized with nearest-neighbour sampling, so only predicted labels
   appear (no blends at class boundaries). uint8, or uint16 with more than 255 classes.
-- ``depth``: metres, bilinear; non-positive or non-finite values become NaN (invalid).
-- ``normals``: bilinear, then renormalised to unit length (H x W x 3); a vanishing vector
+- depth: metres, bilinear; non-positive or non-finite values become NaN (invalid).
+- normals: bilinear, then renormalised to unit length (H x W x 3); a vanishing vector
   (no direction to recover) becomes NaN.
-- ``edge``: sigmoid of the logit, bilinear: a probability in [0, 1].
-- ``sal``: softmax over the two logits, channel 1, bilinear: a probability in [0, 1].
+- probability, by the task's activation: sigmoid of the logit (``edge``) or softmax over
+  the two logits, channel 1 (``sal``); bilinear: a probability in [0, 1].
 
 On the GPU this runs in PyTorch on the device (:func:`postprocess_task_reference`). On the
 CPU, when the image is at least as large as the model's view of it (the usual camera case),
@@ -34,10 +35,9 @@ import cv2
 import numpy as np
 import torch
 
+from ..models.tasks import find_task, get_task
 from .preprocess import Letterbox, unletterbox
 
-LABEL_TASKS = ('semseg', 'human_parts')
-CONTINUOUS_TASKS = ('depth', 'normals', 'edge', 'sal')
 # 1 x 3 matrix of cv2.transform: the sum of a pixel's three channels.
 _SUM_OF_CHANNELS = np.ones((1, 3), np.float32)
 # Below this length a normal carries no usable direction.
@@ -70,10 +70,11 @@ def cpu_path_applies(task, raw, plan: Letterbox):
     """
     if raw.dim() != 4 or raw.shape[0] != 1 or tuple(raw.shape[-2:]) != tuple(plan.model_size):
         return False                              # the reference path raises the error
-    if task in LABEL_TASKS:
+    spec = find_task(task)
+    if spec is None:
+        return False                              # the reference path raises the error
+    if spec.kind == 'labels':
         return raw.shape[1] <= 65535
-    if task not in CONTINUOUS_TASKS:
-        return False
     return all(i >= r for i, r in zip(plan.image_size, plan.resized_size))
 
 
@@ -85,20 +86,21 @@ def postprocess_task_cpu(task, raw, plan: Letterbox):
     """
     rows, cols = plan.content_slices
     content = raw[0, :, rows, cols].detach().to(torch.float32).numpy()   # C x rh x rw
-    if task in LABEL_TASKS:
+    spec = get_task(task)
+    if spec.kind == 'labels':
         return nearest_resize(argmax_channels(content), plan.image_size)
-    if task == 'depth':
+    if spec.kind == 'depth':
         depth = _resize(content[0], plan, cv2.INTER_LINEAR)
         # NaN fails both comparisons, so it stays invalid.
         depth[~((depth > 0) & (depth < np.inf))] = np.nan
         return depth
-    if task == 'normals':
+    if spec.kind == 'normals':
         return _unit_normals(_resize(np.ascontiguousarray(content[:3].transpose(1, 2, 0)),
                                      plan, cv2.INTER_LINEAR))
     # At model resolution, with PyTorch's own functions (as the reference path).
-    if task == 'edge':
+    if spec.activation == 'sigmoid':
         probability = torch.sigmoid(torch.from_numpy(content[0])).numpy()
-    else:                                          # sal
+    else:                                          # softmax: probability of class 1
         probability = torch.softmax(torch.from_numpy(content), dim=0)[1].numpy()
     probability = _resize(probability, plan, cv2.INTER_LINEAR)
     return np.clip(probability, 0.0, 1.0, out=probability)
@@ -208,30 +210,31 @@ def postprocess_task_reference(task, raw, plan: Letterbox):
     """
     if raw.dim() != 4 or raw.shape[0] != 1:
         raise ValueError(f'{task}: expected a 1 x C x h x w output, got {tuple(raw.shape)}')
-    if task in LABEL_TASKS:
+    spec = find_task(task)
+    if spec is None:
+        raise ValueError(f'no post-processing defined for task {task!r}')
+    if spec.kind == 'labels':
         num_classes = raw.shape[1]
         # Class ids < 2**24 are exact in float32, the dtype nearest-exact resizing needs.
         labels = raw.argmax(dim=1, keepdim=True).to(torch.float32)
         labels = unletterbox(labels, plan, mode='nearest')[0, 0]
         return labels.to(torch.uint8 if num_classes <= 255 else torch.int32)
     raw = raw.to(torch.float32)
-    if task == 'depth':
+    if spec.kind == 'depth':
         depth = unletterbox(raw[:, :1], plan)[0, 0]
         valid = torch.isfinite(depth) & (depth > 0)
         return torch.where(valid, depth, torch.full_like(depth, float('nan')))
-    if task == 'normals':
+    if spec.kind == 'normals':
         normals = unletterbox(raw[:, :3], plan)[0]                      # 3 x H x W
         # Written out: linalg.vector_norm over dim 0 was ~70x slower on the CPU (measured).
         length = (normals * normals).sum(dim=0, keepdim=True).sqrt()
         unit = normals / length.clamp(min=MIN_NORMAL_LENGTH)
         unit = torch.where(length >= MIN_NORMAL_LENGTH, unit, torch.full_like(unit, float('nan')))
         return unit.permute(1, 2, 0).contiguous()
-    if task == 'edge':
+    if spec.activation == 'sigmoid':
         return unletterbox(torch.sigmoid(raw[:, :1]), plan)[0, 0].clamp(0.0, 1.0)
-    if task == 'sal':
-        probability = torch.softmax(raw, dim=1)[:, 1:2]
-        return unletterbox(probability, plan)[0, 0].clamp(0.0, 1.0)
-    raise ValueError(f'no post-processing defined for task {task!r}')
+    probability = torch.softmax(raw, dim=1)[:, 1:2]             # softmax: class 1
+    return unletterbox(probability, plan)[0, 0].clamp(0.0, 1.0)
 
 
 def check_intrinsics(intrinsics):
@@ -341,7 +344,7 @@ def host_to_numpy(host):
     result = {}
     for task, tensor in host.items():
         array = tensor.numpy()
-        if task in LABEL_TASKS:
+        if get_task(task).kind == 'labels':
             if array.dtype != np.uint8:
                 array = array.astype(np.uint16, copy=False)
         elif array.dtype != np.float32:

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..models.tasks import get_task
 from .matfile import loadmat
 
 IGNORE_INDEX = 255
@@ -320,14 +321,12 @@ def _resize_labels_to_image(sample):
     for key, value in list(sample.items()):
         if key in ('name', 'image') or value.shape[:2] == (height, width):
             continue
-        mode = cv2.INTER_CUBIC if key == 'normals' else cv2.INTER_NEAREST
+        mode = cv2.INTER_CUBIC if get_task(key).target == 'vector' else cv2.INTER_NEAREST
         sample[key] = cv2.resize(value, (width, height), interpolation=mode)
     return sample
 
 
 # ----------------------------------------------------------------------------- augmentation
-FILL = {'image': None, 'semseg': IGNORE_INDEX, 'human_parts': IGNORE_INDEX, 'sal': IGNORE_INDEX,
-        'edge': IGNORE_INDEX, 'depth': 0.0, 'normals': 0.0}
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 
 
@@ -356,9 +355,11 @@ class TrainTransform:
             if self.rng.random() < 0.5:
                 sample = {k: (v if k == 'name' else np.ascontiguousarray(v[:, ::-1]))
                           for k, v in sample.items()}
-                if 'normals' in sample:
-                    sample['normals'] = sample['normals'].copy()
-                    sample['normals'][..., 0] *= -1
+                for key in sample:
+                    if key not in ('name', 'image') and get_task(key).kind == 'normals':
+                        # A mirrored surface faces the other way along x.
+                        sample[key] = sample[key].copy()
+                        sample[key][..., 0] *= -1
             sample['image'] = photometric_distortion(sample['image'], self.rng)
         else:
             height, width = sample['image'].shape[:2]
@@ -380,7 +381,9 @@ class TrainTransform:
                 continue
             mode = cv2.INTER_LINEAR if key == 'image' else cv2.INTER_NEAREST
             resized = cv2.resize(value, new, interpolation=mode)
-            out[key] = resized / scale if key == 'depth' else resized
+            # A nearer camera: depth shrinks by the scale.
+            is_depth = key != 'image' and get_task(key).kind == 'depth'
+            out[key] = resized / scale if is_depth else resized
         return out
 
     def _crop(self, sample):
@@ -413,7 +416,7 @@ class TrainTransform:
             if key == 'name':
                 out[key] = value
                 continue
-            fill = IMAGENET_MEAN_255 if key == 'image' else FILL[key]
+            fill = IMAGENET_MEAN_255 if key == 'image' else get_task(key).target_fill
             shape = (target_h, target_w) + value.shape[2:]
             canvas = np.empty(shape, dtype=value.dtype)
             canvas[...] = np.asarray(fill, dtype=np.float64).astype(value.dtype)
@@ -456,18 +459,18 @@ def to_tensors(sample):
         if key == 'image':
             out[key] = torch.from_numpy(np.ascontiguousarray(value)).permute(2, 0, 1).float() \
                 / 255.0
-        elif key == 'normals':
+        elif get_task(key).target == 'vector':
             out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) \
                 .permute(2, 0, 1)
-        elif key in ('depth', 'edge'):
+        elif get_task(key).target == 'scalar':
             out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))[None]
-        else:
+        else:                                                  # classes
             out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.int64))[None]
     return out
 
 
 def collate(samples):
-    """Stack tensor samples; names as a list."""
+    """Stack tensor samples (any keys: tasks, image, intrinsics...); names as a list."""
     batch = {'name': [s['name'] for s in samples]}
     for key in samples[0]:
         if key != 'name':

@@ -22,22 +22,14 @@ import torch.nn.functional as F
 
 from ..runtime.preprocess import check_image, letterbox, normalisation, plan_letterbox, \
     unletterbox
+from ..models.tasks import find_task
 from .metrics import MultiTaskMeter
 
 # Tolerance of the edge benchmark (fraction of the image diagonal) per data set.
 EDGE_MAX_DIST = {'synthetic': 0.011, 'nyud': 0.011, 'pascal': 0.0075}
-# Metrics kept in the one-line JSON summary, per task.
 # The 'partial' focal correction (evaluation only): depth times the factor to this power,
 # halfway (in log scale) between no correction and the full one.
 PARTIAL_POWER = 0.5
-SUMMARY_KEYS = {
-    'semseg': ('mIoU', 'mIoU_all', 'pixel_acc'),
-    'human_parts': ('mIoU',),
-    'sal': ('maxF',),
-    'depth': ('rmse', 'abs_rel', 'log_rmse', 'delta1'),
-    'normals': ('mean_angle', 'median_angle', 'within_11.25', 'within_22.5', 'within_30'),
-    'edge': ('odsF', 'threshold', 'precision', 'recall'),
-}
 
 
 def parse_data_spec(spec):
@@ -180,9 +172,9 @@ def _canonical_run(run, x, intrinsics, config):
 
 def _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress,
                         focal_scale=1.0, focal_correction=True):
-    from .synthetic import render_batch
+    from .synthetic import render_batch, SCENE_TASKS
     config = model.config
-    missing = [t for t in config.tasks if t in ('human_parts', 'sal')]
+    missing = [t for t in config.tasks if t not in SCENE_TASKS]
     if missing:
         raise ValueError(f'synthetic scenes have no labels for {missing}; evaluate this model '
                          f'on pascal:DIR')
@@ -222,12 +214,10 @@ def _evaluate_dataset(model, run, meter, kind, root, num, batch_size, device, pr
             outputs = {t: unletterbox(raw[t][index:index + 1].float(), geometry[index])
                        for t in config.tasks}
             targets = {t: torch.as_tensor(sample[t])[None] for t in config.tasks}
-            for task in ('normals',):
-                if task in targets:
-                    targets[task] = targets[task].permute(0, 3, 1, 2)
-            for task in ('semseg', 'human_parts', 'sal', 'depth', 'edge'):
-                if task in targets:
-                    targets[task] = targets[task][:, None]
+            for task, target in targets.items():
+                # H x W x 3 vectors -> 3 x H x W; H x W maps -> 1 x H x W.
+                targets[task] = target.permute(0, 3, 1, 2) \
+                    if find_task(task).target == 'vector' else target[:, None]
             meter.update(outputs, targets)
         if progress:
             progress(min(first + batch_size, total), total)
@@ -237,7 +227,8 @@ def summarize(results):
     """The compact form printed by ``mtdp eval --json`` (fractions, metres, degrees)."""
     summary = {}
     for task, values in results.items():
-        keys = SUMMARY_KEYS.get(task, tuple(values))
+        spec = find_task(task)                # the metrics the task table keeps
+        keys = spec.summary_metrics if spec is not None else tuple(values)
         summary[task] = {k: _round(values[k]) for k in keys if k in values}
     return summary
 

@@ -1,14 +1,17 @@
 """Losses of MLoRE / TaskDiffusion training and the loss balancing schemes.
 
-Per task (targets in the model's target format, see ``mtdp_ros.models``):
+Per loss kind of the task table (``mtdp_ros.models.tasks``; targets in the model's target
+format, see ``mtdp_ros.models``):
 
-* ``semseg`` / ``human_parts``: cross-entropy, label 255 ignored, mean over valid pixels;
-* ``sal``: class-balanced 2-way cross-entropy (weights from the batch's label frequency);
-* ``depth``: L1 over pixels whose target is not 0 (invalid);
-* ``normals``: L1 between the L2-normalised prediction and the target, summed over the
+* ``cross_entropy`` (``semseg`` / ``human_parts``): cross-entropy, label 255 ignored, mean
+  over valid pixels;
+* ``balanced_cross_entropy`` (``sal``): class-balanced 2-way cross-entropy (weights from
+  the batch's label frequency);
+* ``depth_l1``: L1 over pixels whose target is not 0 (invalid);
+* ``normals_l1``: L1 between the L2-normalised prediction and the target, summed over the
   three channels and averaged over pixels whose target is not the zero vector (nor 255);
-* ``edge``: weighted binary cross-entropy, positives weighted ``edge_w`` and negatives
-  ``1 - edge_w`` (the authors' ``BalancedBinaryCrossEntropyLoss`` with a fixed weight),
+* ``edge_bce`` (``edge``): weighted binary cross-entropy, positives weighted ``edge_w`` and
+  negatives ``1 - edge_w`` (the authors' ``BalancedBinaryCrossEntropyLoss`` with a fixed weight),
   255 ignored.
 
 ``MultiTaskLoss`` sums them with per-task weights, adds the MoE load-balancing term of
@@ -20,10 +23,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..models.tasks import find_task, get_task, task_names
+
 IGNORE_INDEX = 255
-# The authors' NYUD settings (MLoRE YAML): weights and the edge positive weight.
-DEFAULT_WEIGHTS = {'semseg': 1.0, 'human_parts': 2.0, 'sal': 5.0, 'depth': 1.0,
-                   'normals': 10.0, 'edge': 50.0}
 
 
 def _valid_count(mask):
@@ -127,13 +129,13 @@ def distillation_loss(student_logits, teacher_logits, temperature=1.0, mask=None
     return (per_pixel * mask).sum() / _valid_count(mask) * temperature ** 2
 
 
-TASK_LOSSES = {
-    'semseg': lambda p, t, cfg: cross_entropy_loss(p, t),
-    'human_parts': lambda p, t, cfg: cross_entropy_loss(p, t),
-    'sal': lambda p, t, cfg: balanced_cross_entropy_loss(p, t),
-    'depth': lambda p, t, cfg: depth_loss(p, t),
-    'normals': lambda p, t, cfg: normals_loss(p, t),
-    'edge': lambda p, t, cfg: edge_loss(p, t, cfg.edge_w),
+# Loss kind of the task table -> loss(prediction, target, MultiTaskLoss).
+LOSS_FUNCTIONS = {
+    'cross_entropy': lambda p, t, cfg: cross_entropy_loss(p, t),
+    'balanced_cross_entropy': lambda p, t, cfg: balanced_cross_entropy_loss(p, t),
+    'depth_l1': lambda p, t, cfg: depth_loss(p, t),
+    'normals_l1': lambda p, t, cfg: normals_loss(p, t),
+    'edge_bce': lambda p, t, cfg: edge_loss(p, t, cfg.edge_w),
 }
 
 
@@ -235,14 +237,14 @@ class MultiTaskLoss(nn.Module):
                  balancing='fixed', lps=None):
         super().__init__()
         self.tasks = tuple(tasks)
-        unknown = [t for t in self.tasks if t not in TASK_LOSSES]
+        unknown = [t for t in self.tasks if find_task(t) is None]
         if unknown:
-            raise ValueError(f'no loss for tasks {unknown}; known: {sorted(TASK_LOSSES)}')
+            raise ValueError(f'no loss for tasks {unknown}; known: {sorted(task_names())}')
         weights = dict(weights or {})
         extra = sorted(set(weights) - set(self.tasks))
         if extra:
             raise ValueError(f'loss weights given for tasks the model lacks: {extra}')
-        self.weights = {t: float(weights.get(t, DEFAULT_WEIGHTS[t])) for t in self.tasks}
+        self.weights = {t: float(weights.get(t, find_task(t).loss_weight)) for t in self.tasks}
         self.edge_w = float(edge_w)
         self.load_balancing = float(load_balancing)
         self.aux_weight = float(aux_weight)
@@ -257,7 +259,8 @@ class MultiTaskLoss(nn.Module):
         missing = [t for t in self.tasks if t not in pred or t not in targets]
         if missing:
             raise ValueError(f'predictions or targets missing for tasks {missing}')
-        return {t: TASK_LOSSES[t](pred[t], targets[t], self) for t in self.tasks}
+        return {t: LOSS_FUNCTIONS[get_task(t).loss](pred[t], targets[t], self)
+                for t in self.tasks}
 
     def _combine(self, losses):
         if self.prioritizer is None:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.tasks import get_task, task_names
+
 IGNORE_INDEX = 255
 
 
@@ -345,18 +347,33 @@ class SaliencyMeter:
         return {'maxF': float(f.max())}
 
 
-# Direction of each reported metric: +1 higher is better, -1 lower is better.
-METRIC_DIRECTIONS = {
-    ('semseg', 'mIoU'): 1, ('human_parts', 'mIoU'): 1, ('sal', 'maxF'): 1,
-    ('depth', 'rmse'): -1, ('depth', 'abs_rel'): -1, ('normals', 'mean_angle'): -1,
-    ('edge', 'odsF'): 1,
+# Meter kind of the task table -> (meter class, its metrics' directions: +1 higher is
+# better, -1 lower is better; only metrics with a direction enter Delta_m).
+METERS = {
+    'miou': (lambda task, num_outputs, options: SemsegMeter(num_outputs[task]), {'mIoU': 1}),
+    'depth': (lambda task, num_outputs, options: DepthMeter(*options['depth_range']),
+              {'rmse': -1, 'abs_rel': -1}),
+    'normals': (lambda task, num_outputs, options: NormalsMeter(), {'mean_angle': -1}),
+    'edge': (lambda task, num_outputs, options: EdgeMeter(max_dist=options['edge_max_dist']),
+             {'odsF': 1}),
+    'maxf': (lambda task, num_outputs, options: SaliencyMeter(), {'maxF': 1}),
 }
-# The one metric per task of Delta_m as the multi-task literature reports it (Maninis et
-# al. 2019; Vandenhende et al. 2021, and the MLoRE / TaskDiffusion tables): NYUD semseg
-# mIoU, depth RMSE, normals mean angle, edge odsF; PASCAL adds human parts mIoU and
-# saliency maxF.
-PRIMARY_METRICS = {'semseg': 'mIoU', 'human_parts': 'mIoU', 'sal': 'maxF', 'depth': 'rmse',
-                   'normals': 'mean_angle', 'edge': 'odsF'}
+
+
+def metric_directions(tasks=None):
+    """(task, metric) -> direction of every metric with one (default: every task)."""
+    return {(task, name): direction for task in (tasks or task_names())
+            for name, direction in METERS[get_task(task).meter][1].items()}
+
+
+def primary_metrics(tasks=None):
+    """Task -> its one metric of Delta_m (the task table's first summary metric).
+
+    The metric the multi-task literature reports (Maninis et al. 2019; Vandenhende et al.
+    2021, and the MLoRE / TaskDiffusion tables): NYUD semseg mIoU, depth RMSE, normals mean
+    angle, edge odsF; PASCAL adds human parts mIoU and saliency maxF.
+    """
+    return {task: get_task(task).primary_metric for task in (tasks or task_names())}
 
 
 def multi_task_gain(results, baselines, metrics=None):
@@ -364,21 +381,23 @@ def multi_task_gain(results, baselines, metrics=None):
 
     ``Delta_m = 100 / T * sum_t d_t (M_t - B_t) / B_t`` over the T tasks present in both
     ``results`` and ``baselines`` (nested dicts task -> metric -> value), with ONE metric
-    per task (``metrics``: task -> metric name, default ``PRIMARY_METRICS``) and ``d_t`` =
+    per task (``metrics``: task -> metric name, default each task's primary metric in the
+    task table) and ``d_t`` =
     +1 where higher is better, -1 where lower is better. A task counts once however many
     metrics it reports (averaging depth RMSE and abs-rel would weigh depth twice). Also
     returns the per-task relative gains, keyed ``task.metric``.
     """
-    metrics = dict(PRIMARY_METRICS if metrics is None else metrics)
+    metrics = dict(primary_metrics() if metrics is None else metrics)
+    directions = metric_directions()
     gains = {}
     for task, name in metrics.items():
         if not isinstance(name, str):
             raise ValueError(f'multi_task_gain takes one metric name per task, got {name!r} '
                              f'for {task}')
-        direction = METRIC_DIRECTIONS.get((task, name))
+        direction = directions.get((task, name))
         if direction is None:
             raise ValueError(f'no known direction for metric {task}.{name}; known: '
-                             f'{sorted(f"{t}.{m}" for t, m in METRIC_DIRECTIONS)}')
+                             f'{sorted(f"{t}.{m}" for t, m in directions)}')
         if task in results and task in baselines and name in results[task] \
                 and name in baselines[task]:
             base = float(baselines[task][name])
@@ -393,17 +412,16 @@ def multi_task_gain(results, baselines, metrics=None):
 
 def predictions_from_raw(task, raw):
     """Model raw outputs (B x C x H x W) -> what the meters take for ``task``."""
-    if task in ('semseg', 'human_parts'):
+    activation = get_task(task).activation
+    if activation == 'argmax':
         return raw.argmax(dim=1)
-    if task == 'sal':
+    if activation == 'softmax':
         return torch.softmax(raw.float(), dim=1)[:, 1]
-    if task == 'edge':
+    if activation == 'sigmoid':
         return torch.sigmoid(raw.float())
-    if task == 'depth':
-        return raw.float().clamp(min=0)
-    if task == 'normals':
+    if activation == 'l2_normalize':
         return F.normalize(raw.float(), dim=1)
-    raise ValueError(f'unknown task {task!r}')
+    return raw.float().clamp(min=0)                               # depth (metres)
 
 
 class MultiTaskMeter:
@@ -411,20 +429,14 @@ class MultiTaskMeter:
 
     def __init__(self, tasks, num_outputs, edge_max_dist=0.011, depth_range=(0.0, 80.0)):
         self.tasks = tuple(tasks)
+        options = {'depth_range': depth_range, 'edge_max_dist': edge_max_dist}
         self.meters = {}
         for task in self.tasks:
-            if task in ('semseg', 'human_parts'):
-                self.meters[task] = SemsegMeter(num_outputs[task])
-            elif task == 'depth':
-                self.meters[task] = DepthMeter(*depth_range)
-            elif task == 'normals':
-                self.meters[task] = NormalsMeter()
-            elif task == 'edge':
-                self.meters[task] = EdgeMeter(max_dist=edge_max_dist)
-            elif task == 'sal':
-                self.meters[task] = SaliencyMeter()
-            else:
-                raise ValueError(f'no metric for task {task!r}')
+            try:
+                make = METERS[get_task(task).meter][0]
+            except ValueError:
+                raise ValueError(f'no metric for task {task!r}') from None
+            self.meters[task] = make(task, num_outputs, options)
 
     def update(self, raw, targets):
         """Add a batch of raw model outputs and targets (task -> tensor)."""

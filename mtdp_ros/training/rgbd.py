@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 import torch
 
-from .datasets import IMAGENET_MEAN_255, photometric_distortion, to_tensors
+from .datasets import collate, IMAGENET_MEAN_255, photometric_distortion, to_tensors
 
 IGNORE_INDEX = 255
 TUM_DEPTH_FACTOR = 5000.0
@@ -493,26 +493,13 @@ def _stamp(header):
 def image_from_msg(msg, msgtype):
     """RGB uint8 H x W x 3 of a sensor_msgs Image or CompressedImage.
 
-    Image encodings: rgb8, bgr8, rgba8, bgra8, mono8.
+    The node's decoder (:mod:`mtdp_ros.ros.image_input`): the same encodings, checks and
+    errors (:class:`~mtdp_ros.ros.image_input.ImageRejected`, a ValueError).
     """
+    from mtdp_ros.ros.image_input import compressed_msg_to_rgb, image_msg_to_rgb
     if msgtype.endswith('CompressedImage'):
-        image = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f'cannot decode a CompressedImage ({msg.format})')
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    encoding = msg.encoding.lower()
-    channels = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}.get(encoding)
-    if channels is None:
-        raise ValueError(f'image encoding {msg.encoding!r} is not supported (rgb8, bgr8, '
-                         f'rgba8, bgra8, mono8)')
-    data = np.frombuffer(bytes(msg.data), np.uint8)
-    rows = data[:msg.height * msg.step].reshape(msg.height, msg.step)
-    pixels = rows[:, :msg.width * channels].reshape(msg.height, msg.width, channels)
-    if encoding == 'mono8':
-        return np.repeat(pixels, 3, axis=2)
-    if encoding.startswith('bgr'):
-        pixels = pixels[..., 2::-1]
-    return np.ascontiguousarray(pixels[..., :3])
+        return compressed_msg_to_rgb(msg)
+    return image_msg_to_rgb(msg)
 
 
 def depth_from_msg(msg):
@@ -721,13 +708,8 @@ def build_rgbd_dataset(data, image_size, roots=None, augment=None, seed=0):
     raise ValueError(f'not an RGB-D source: {data["source"]!r}')
 
 
-def collate_rgbd(samples):
-    """Stack samples of ``make_sample``; names as a list."""
-    batch = {'name': [s['name'] for s in samples]}
-    for key in samples[0]:
-        if key != 'name':
-            batch[key] = torch.stack([s[key] for s in samples])
-    return batch
+# Samples of ``make_sample`` stack like any others (intrinsics included).
+collate_rgbd = collate
 
 
 # ----------------------------------------------------------------------------- fine-tuning

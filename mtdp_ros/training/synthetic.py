@@ -42,6 +42,8 @@ SCENE_CLASSES = {
     OTHERPROP: 'otherprop (spheres: balls, globes)',
 }
 IGNORE_INDEX = 255
+# The tasks a rendered scene has labels for (render_params' keys).
+SCENE_TASKS = ('semseg', 'depth', 'normals', 'edge')
 
 # Kinect of NYUD-v2: fx = 518.86 px at 640 px width (about 63 degrees horizontally).
 FOCAL_PER_WIDTH = 518.8579 / 640.0

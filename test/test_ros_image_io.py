@@ -1,4 +1,4 @@
-"""Image message conversions against known pixels, for every supported encoding."""
+"""Image messages in (decoding) and out (encoding) against known pixels, every encoding."""
 
 import array
 import logging
@@ -15,12 +15,12 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from image_bombs import (bmp_rle_declaring, bombs, jpeg_declaring, png_chunk, png_declaring,
                          small_jpeg)
-from mtdp_ros.ros import conversions
-from mtdp_ros.ros.conversions import (ImageRejected, OUTPUT_ENCODINGS, PNG_SIGNATURE,
-                                      SUPPORTED_ENCODINGS, compressed_dimensions,
-                                      compressed_msg_to_rgb, image_msg_to_numpy,
-                                      image_msg_to_rgb, numpy_to_image_msg, raw_to_rgb,
-                                      rgb_to_image_msg)
+from mtdp_ros.ros import decoder_log, image_input
+from mtdp_ros.ros.image_input import (ImageRejected, PNG_SIGNATURE, SUPPORTED_ENCODINGS,
+                                      compressed_dimensions, compressed_msg_to_rgb,
+                                      image_msg_to_rgb, raw_to_rgb)
+from mtdp_ros.ros.image_output import (OUTPUT_ENCODINGS, image_msg_to_numpy,
+                                       numpy_to_image_msg, rgb_to_image_msg)
 
 
 def make_msg(encoding, width, height, data, step=None, bigendian=False):
@@ -182,7 +182,7 @@ def test_png_decodes_exactly_and_jpeg_closely():
 def decoder_not_reached(monkeypatch):
     """Fails the test if OpenCV's decoder is called."""
     calls = []
-    monkeypatch.setattr(conversions.cv2, 'imdecode', lambda *args: calls.append(args))
+    monkeypatch.setattr(image_input.cv2, 'imdecode', lambda *args: calls.append(args))
     yield calls
     assert not calls, 'the decoder was reached'
 
@@ -246,7 +246,7 @@ def test_rejected_and_tampered_frames_leave_the_decoder_working():
 
 def test_decoder_warnings_are_counted_and_throttled(capfd, caplog):
     clock = [100.0]
-    messages = conversions.DecoderMessages(period=10.0, clock=lambda: clock[0])
+    messages = decoder_log.DecoderMessages(period=10.0, clock=lambda: clock[0])
     corrupt = jpeg_declaring(16, 16, b'\x00')         # "1 extraneous bytes before marker"
     with caplog.at_level(logging.WARNING, logger='mtdp_ros.runtime.decoder'):
         for _ in range(5):
@@ -263,7 +263,7 @@ def test_decoder_warnings_are_counted_and_throttled(capfd, caplog):
 
 
 def test_other_output_on_stderr_during_a_decode_is_passed_on(capfd):
-    messages = conversions.DecoderMessages()
+    messages = decoder_log.DecoderMessages()
     passed = []
     messages._sort(b'Corrupt JPEG data: 2 extraneous bytes before marker 0xd9\n'
                    b'another thread said this\n', passed)
@@ -279,8 +279,8 @@ def test_bombs_do_not_raise_peak_memory():
     script = textwrap.dedent(f"""
         import resource, sys
         sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1])]!r}
-        import test_ros_conversions as t
-        from mtdp_ros.ros.conversions import ImageRejected, compressed_msg_to_rgb
+        import test_ros_image_io as t
+        from mtdp_ros.ros.image_input import ImageRejected, compressed_msg_to_rgb
         payloads = [data for _, data in t.bombs()]
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         kinds = []

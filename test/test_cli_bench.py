@@ -37,6 +37,7 @@ def _check_summary(summary, iters):
     assert summary['fps'] > 0 and summary['peak_memory_mb'] > 0
 
 
+@pytest.mark.slow  # the console command in a process: `make test-fast` leaves it out
 def test_mtdp_bench_json_command(tiny_checkpoints):
     result = subprocess.run(
         _mtdp_command() + ['bench', '--config', tiny_checkpoints['mlore'], '--device', 'cpu',

@@ -1,0 +1,97 @@
+"""The node's engine: created from the parameters at configure, checked against them.
+
+One engine serves every camera stream of the node. Creation failures become a
+:class:`StartupError` whose message names the parameters to change.
+"""
+
+import time
+
+import numpy as np
+
+from mtdp_ros.ros import parameters
+
+
+class StartupError(Exception):
+    """A configuration the node cannot start with (the message says what to change)."""
+
+
+def create_engine(values, runtime_log, log):
+    """The engine of the parameter ``values`` (name -> value); StartupError if impossible.
+
+    The runtime reports fallbacks (CPU instead of CUDA, random weights...) through its
+    Python logger and as Python warnings: ``runtime_log`` (a RuntimeLogBridge) forwards
+    both to the ROS logger ``log``, once.
+    """
+    from mtdp_ros.runtime import create_engine as create
+    runtime_log.attach()
+    try:
+        with runtime_log.forwarding_warnings() as said:
+            engine = create(model=values['model.preset'],
+                            checkpoint=values['model.checkpoint'] or None,
+                            backend=values['engine.backend'],
+                            device=values['engine.device'],
+                            precision=values['engine.precision'],
+                            seed=values['diffusion.seed'],
+                            reparameterize=values['engine.reparameterize'])
+    except Exception as exc:  # noqa: B902 - every failure here is a start-up error
+        raise StartupError(f'cannot create the engine for model.preset '
+                           f'{values["model.preset"]!r} (checkpoint '
+                           f'{values["model.checkpoint"] or "none"}, backend '
+                           f'{values["engine.backend"]}, device '
+                           f'{values["engine.device"]}): {type(exc).__name__}: {exc}') \
+            from exc
+    if engine.random_weights and not any('random' in text for text in said):
+        log.warning(f'model {engine.model_name}: no trained weights were found or '
+                    f'given; the weights are RANDOM and the outputs meaningless '
+                    f'(set model.checkpoint or model.preset to trained weights)')
+    log.info(f'engine: model {engine.model_name} ({engine.config.family}, input '
+             f'{engine.config.image_size[0]}x{engine.config.image_size[1]}, tasks '
+             f'{list(engine.tasks)}), backend {engine.backend}, device '
+             f'{engine.device}, precision {engine.precision}')
+    return engine
+
+
+def check_model_values(values, engine):
+    """Check tasks and diffusion.steps against the model; prepare the step count.
+
+    diffusion.steps is not handed to the engine: 0 must keep meaning the trained steps
+    after any change, so every call passes its own step count. StartupError if invalid.
+    """
+    model_tasks = tuple(engine.tasks)
+    is_diffusion = bool(engine.config.is_diffusion)
+    problems = []
+    if values['tasks'] is not None:
+        reason = parameters.check_tasks(values['tasks'], model_tasks)
+        if reason:
+            problems.append(reason)
+    reason = parameters.check_steps(values['diffusion.steps'], is_diffusion,
+                                    engine.model_name)
+    if not reason and is_diffusion:
+        reason = engine.check_steps(values['diffusion.steps'] or None)
+        if not reason:
+            engine.prepare_steps(values['diffusion.steps'] or None)
+    if reason:
+        problems.append(reason)
+    if problems:
+        raise StartupError('invalid parameters: ' + '; '.join(problems))
+
+
+def warm_up(engine, settings, height, width, log, focal=None, camera_info=None):
+    """One inference at the camera's size (letterbox plan, allocations, CUDA graphs).
+
+    ``focal`` (FocalCorrection) and ``camera_info``: the camera's intrinsics, whose
+    canonical focal length shapes the letterbox plan too.
+    """
+    started = time.perf_counter()
+    correction = {}
+    if focal is not None:
+        correction = {'focal_correction': focal.mode,
+                      'intrinsics': focal.intrinsics(camera_info, width, height)}
+    try:
+        engine.infer(np.zeros((height, width, 3), np.uint8), tasks=settings.tasks,
+                     steps=settings.steps or None, seed=settings.seed, **correction)
+    except Exception as exc:  # noqa: B902 - a real frame will report the problem
+        log.warning(f'warm-up inference failed: {type(exc).__name__}: {exc}')
+        return
+    log.info(f'warmed up at the camera size {width}x{height} (from camera_info) '
+             f'in {time.perf_counter() - started:.2f} s')

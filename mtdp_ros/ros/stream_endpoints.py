@@ -1,0 +1,79 @@
+"""The ROS side of a camera stream: its subscriptions and its output publishers.
+
+:class:`~mtdp_ros.ros.stream.CameraStream` needs no rclpy; the node connects each stream
+to ROS here: the camera_info subscription (every lifecycle state), the image
+subscription (while active) and a :class:`PublisherSink` of the outputs the model has
+(while configured). Topic names come from ``stream.topic``, so a named stream's topics
+live under ``<name>/``.
+"""
+
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from mtdp_ros.ros.camera import FocalCorrection
+from mtdp_ros.ros.diagnostics import InputWatchdog
+from mtdp_ros.ros.outputs import output_topics
+from mtdp_ros.ros.qos import qos_profile
+from mtdp_ros.ros.stream import CameraStream, Sink
+
+
+class PublisherSink(Sink):
+    """A stream's output publishers: a message is built only when somebody subscribes."""
+
+    def __init__(self, node, stream, model_tasks, qos):
+        # Only the outputs this model has are advertised (no points without depth).
+        self.publishers = {
+            topic: node.create_publisher(msg_type, stream.topic(topic), qos)
+            for topic, msg_type in output_topics(model_tasks)}
+
+    def wanted(self, topic):
+        """Whether ``topic`` has a subscriber."""
+        return self.publishers[topic].get_subscription_count() > 0
+
+    def publish(self, topic, msg):
+        """Publish ``msg`` on ``topic``."""
+        self.publishers[topic].publish(msg)
+
+    def destroy(self, node):
+        """Destroy the publishers (cleanup)."""
+        for publisher in self.publishers.values():
+            node.destroy_publisher(publisher)
+        self.publishers = {}
+
+
+def camera_stream(node, name):
+    """A CameraStream of ``node`` named ``name`` ('' for today's topics), camera_info wired.
+
+    Its focal correction comes from the read-only parameters depth.focal_correction and
+    camera.rectified; its camera_info is listened to in every lifecycle state (cheap), so
+    that configure knows the camera's size. With an invalid input.qos, configure fails and
+    says why; there is nothing to listen to.
+    """
+    log = node.get_logger()
+    stream = CameraStream(name, log=log, now_ns=lambda: node.get_clock().now().nanoseconds)
+    stream.info_topic = node.resolve_topic_name(stream.topic('camera_info'))
+    stream.watchdog = InputWatchdog()
+    stream.focal = FocalCorrection(node.get_parameter('depth.focal_correction').value,
+                                   bool(node.get_parameter('camera.rectified').value),
+                                   stream.info_topic, log.info)
+    try:
+        qos = qos_profile(node.get_parameter('input.qos').value,
+                          node.get_parameter('input.qos_depth').value)
+    except ValueError:
+        return stream
+    subscribe_camera_info(node, stream, qos)
+    return stream
+
+
+def subscribe_camera_info(node, stream, qos):
+    """Feed ``stream``'s camera_info topic to ``stream.on_camera_info``."""
+    return node.create_subscription(CameraInfo, stream.topic('camera_info'),
+                                    stream.on_camera_info, qos)
+
+
+def subscribe_images(node, stream, qos):
+    """Feed ``stream``'s image topic to ``stream.on_image``, stamped on arrival."""
+    clock = node.get_clock()
+    msg_type = CompressedImage if stream.compressed else Image
+    return node.create_subscription(
+        msg_type, stream.image_topic,
+        lambda msg: stream.on_image(msg, clock.now().nanoseconds), qos)
