@@ -17,7 +17,7 @@ from mtdp_ros.ros.image_output import image_msg_to_numpy
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
 from mtdp_ros.runtime import create_engine
 
-from ros_harness import (TINY_MLORE, domain_id, image_msg, make_stamp, pattern_image,
+from ros_harness import (RELIABLE, TINY_MLORE, domain_id, image_msg, make_stamp, pattern_image,
                          serving_node, write_checkpoint)
 
 WIDTH, HEIGHT = 64, 48

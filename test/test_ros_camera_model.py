@@ -8,7 +8,7 @@ import pytest
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 
-from mtdp_ros.ros.camera import (CameraInfoCheck, camera_info_problem, depth_camera_info,
+from mtdp_ros.ros.camera import (camera_info_problem, depth_camera_info,
                                  DISTORTION_COEFFICIENTS)
 from mtdp_ros.ros.diagnostics import build_status, FrameStatistics
 from mtdp_ros.ros.pointcloud import compute_rays
@@ -128,18 +128,16 @@ def test_fisheye_pixels_beyond_90_degrees_have_no_ray():
     assert np.isfinite(rays[23, 31]).all() and np.isfinite(rays[23, 20]).all()
 
 
-def test_last_refusal_is_kept_for_diagnostics_until_a_usable_camera_info():
-    check = CameraInfoCheck(rectified=False)
-    assert check.problem(camera()) is None and check.last_problem is None
-    assert 'needs 5 coefficients D, got 3' in check.problem(camera('plumb_bob', [0.1] * 3))
+def test_diagnostics_say_why_camera_info_was_refused():
+    problem = camera_info_problem(camera('plumb_bob', [0.1] * 3))
+    assert 'needs 5 coefficients D, got 3' in problem
     statistics = FrameStatistics()
     statistics.activated()
     status = build_status('n', 'active', statistics, fake_engine(), fake_settings(),
-                          camera_info_problem=check.last_problem)
+                          camera_info_problem=problem)
     assert status.level == DiagnosticStatus.WARN
     assert status.message.startswith('camera_info refused: ')
     assert 'got 3' in values_of(status)['camera_info_problem']
-    assert check.problem(camera()) is None and check.last_problem is None
     status = build_status('n', 'active', statistics, fake_engine(), fake_settings(),
-                          camera_info_problem=check.last_problem)
+                          camera_info_problem=None)
     assert 'camera_info_problem' not in values_of(status)

@@ -197,24 +197,6 @@ def depth_camera_info(info: CameraInfo, header, width, height, rectified=False) 
     return out
 
 
-class CameraInfoCheck:
-    """Accepts a camera_info or says why not, keeping the last refusal for diagnostics.
-
-    ``last_problem`` is the sentence of the last camera_info refused, None once a usable
-    one has arrived after it: /diagnostics reports it, so that an operator sees why the
-    cloud and depth/camera_info stopped or still use an older calibration.
-    """
-
-    def __init__(self, rectified):
-        self.rectified = bool(rectified)
-        self.last_problem = None
-
-    def problem(self, info: CameraInfo):
-        """Why ``info`` is refused (see :func:`camera_info_problem`), or None: accepted."""
-        self.last_problem = camera_info_problem(info, self.rectified)
-        return self.last_problem
-
-
 class FocalCorrection:
     """The intrinsics the node hands to ``engine.infer`` for camera-aware metric depth.
 
