@@ -30,7 +30,7 @@ def broken_onnx(tmp_path_factory):
 
 def test_bench_reports_an_onnxruntime_error_in_one_line(broken_onnx, capsys, monkeypatch):
     monkeypatch.delenv('MTDP_DEBUG', raising=False)
-    code = mtdp(['bench', '--config', broken_onnx, '--backend', 'onnxruntime',
+    code = mtdp(['bench', '--model', broken_onnx, '--backend', 'onnxruntime',
                  '--device', 'cpu', '--iters', '1', '--warmup', '0'])
     err = capsys.readouterr().err
     assert code == 2
@@ -41,7 +41,7 @@ def test_bench_reports_an_onnxruntime_error_in_one_line(broken_onnx, capsys, mon
 
 
 def test_debug_shows_the_onnxruntime_traceback(broken_onnx, capsys):
-    assert mtdp(['--debug', 'bench', '--config', broken_onnx, '--backend', 'onnxruntime',
+    assert mtdp(['--debug', 'bench', '--model', broken_onnx, '--backend', 'onnxruntime',
                  '--device', 'cpu', '--iters', '1', '--warmup', '0']) == 2
     err = capsys.readouterr().err
     assert 'Traceback (most recent call last)' in err
@@ -75,7 +75,7 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_the_model_is_built(
 def test_bench_refuses_it_in_one_line(tiny_file_of_a_large_model, capsys, monkeypatch):
     monkeypatch.delenv('MTDP_DEBUG', raising=False)
     monkeypatch.setattr(torch_engine, 'build_model', None)      # never reached
-    assert mtdp(['bench', '--config', str(tiny_file_of_a_large_model), '--device', 'cpu',
+    assert mtdp(['bench', '--model', str(tiny_file_of_a_large_model), '--device', 'cpu',
                  '--iters', '1', '--warmup', '0']) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and 'checkpoint does not match the model' in lines[0]

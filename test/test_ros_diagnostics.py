@@ -41,7 +41,7 @@ class RecordingLogger:
 
 def fake_engine(random_weights=False):
     config = SimpleNamespace(family='mlore', is_diffusion=False, trained_steps=None)
-    return SimpleNamespace(device='cpu', backend='torch', precision='fp32',
+    return SimpleNamespace(device='cpu', backend='torch', precision='fp32', diffusion=False,
                            model_name='tiny', config=config, random_weights=random_weights)
 
 
@@ -160,7 +160,7 @@ def test_runtime_log_bridge_forwards_records_and_warnings_once_until_detached():
 def test_diffusion_steps_report_what_runs_not_what_was_asked():
     # ONNX Runtime exporting 2 steps in the background: 1 step keeps running.
     config = SimpleNamespace(family='taskdiffusion', is_diffusion=True, trained_steps=3)
-    engine = SimpleNamespace(device='cpu', backend='onnxruntime', precision='fp32',
+    engine = SimpleNamespace(device='cpu', backend='onnxruntime', precision='fp32', diffusion=True,
                              model_name='tiny', config=config, random_weights=False,
                              running_steps=lambda steps: 1,
                              steps_status=lambda steps: 'preparing')

@@ -21,6 +21,7 @@ import math
 import numpy as np
 from sensor_msgs.msg import CameraInfo
 
+from mtdp_ros.runtime.camera_geometry import scale_intrinsics
 from mtdp_ros.runtime.postprocess import check_focal_correction
 
 # Distortion models and their number of coefficients D (sensor_msgs/distortion_models.hpp):
@@ -130,12 +131,6 @@ def _scales(info: CameraInfo, width, height):
             height / info.height if info.height else 1.0)
 
 
-def _scale_centre(c, scale):
-    # Integer pixel coordinates are pixel centres, so the image corner is at -0.5; scaling
-    # about that corner gives c' = (c + 0.5) * s - 0.5.
-    return (c + 0.5) * scale - 0.5
-
-
 def camera_matrix(info: CameraInfo, width, height, rectified=False, check_range=True):
     """(fx, fy, cx, cy) that apply to an image of ``width`` x ``height`` described by ``info``.
 
@@ -146,7 +141,7 @@ def camera_matrix(info: CameraInfo, width, height, rectified=False, check_range=
     """
     (fx, fy, cx, cy), source = _focal_centre(info, rectified)
     scale_x, scale_y = _scales(info, width, height)
-    values = (fx * scale_x, fy * scale_y, _scale_centre(cx, scale_x), _scale_centre(cy, scale_y))
+    values = scale_intrinsics((fx, fy, cx, cy), (scale_y, scale_x))
     if check_range:
         _check_range(values, source, width, height)
     return values

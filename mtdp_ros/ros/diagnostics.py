@@ -84,7 +84,7 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
         'input_topic': input_topic,
         'input_qos': input_qos,
     })
-    if engine.config.is_diffusion:
+    if engine.diffusion:
         # What runs, which is not what was asked while ONNX Runtime exports a new count in
         # the background or after that export failed: both are said.
         requested = settings.steps or engine.config.trained_steps
