@@ -234,14 +234,19 @@ class PerceptionNode(LifecycleNode):
             stream.compressed = values['input.transport'] == 'compressed'
             stream.input_topic = self.resolve_topic_name(stream.image_topic)
             stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos)
-        sizes = []
+        warmed = []
         for stream in self.streams:
             info = stream.camera_info
-            if info is not None and info.width > 0 and info.height > 0 and \
-                    (info.height, info.width) not in sizes:
-                sizes.append((info.height, info.width))
-        for height, width in sizes:
-            engine_setup.warm_up(self.engine, self._settings, height, width, self._log)
+            if info is None or info.width <= 0 or info.height <= 0:
+                continue
+            # One warm-up per camera geometry (size and focal plan: canonical letterboxes
+            # differ by focal length).
+            geometry = (info.height, info.width, tuple(info.k))
+            if geometry in warmed:
+                continue
+            warmed.append(geometry)
+            engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
+                                 self._log, stream.focal, info)
 
     def _deactivate(self, timeout):
         self._active = False
@@ -348,7 +353,8 @@ class PerceptionNode(LifecycleNode):
                 name, self.state, stream.statistics, engine=self.engine,
                 settings=self._settings, input_topic=stream.input_topic,
                 input_qos=self._input_qos_name,
-                startup_to_first_output_s=self._startup_to_first_output_s))
+                startup_to_first_output_s=self._startup_to_first_output_s,
+                camera_info_problem=stream.camera_info_problem))
         if self.camera_names:
             statuses.append(build_engine_status(
                 f'{self.get_name()}: engine', self.state, self.engine,

@@ -10,13 +10,14 @@ import time
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from mtdp_ros.ros.image_output import image_msg_to_numpy
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
 from mtdp_ros.runtime import create_engine
 
-from ros_harness import (TINY_MLORE, domain_id, image_msg, make_stamp, pattern_image,
+from ros_harness import (RELIABLE, TINY_MLORE, domain_id, image_msg, make_stamp, pattern_image,
                          serving_node, write_checkpoint)
 
 WIDTH, HEIGHT = 64, 48
@@ -51,7 +52,7 @@ def geometry(tmp_path_factory):
     config = {**TINY_MLORE, 'train_focal_px': TRAIN_FOCAL_PX}
     checkpoint = write_checkpoint(directory, config, name='tiny_focal.safetensors')
     params = {'model.preset': checkpoint, 'camera.rectified': True, 'input.qos': 'reliable',
-              'watchdog.timeout': 600.0}
+              'watchdog.timeout': 600.0, 'depth.focal_correction': 'scale'}
     engine = create_engine(checkpoint, device='cpu')
     try:
         with serving_node(domain_id(__name__), directory, params,
@@ -144,3 +145,35 @@ def test_camera_info_with_nan_distortion_is_rejected_with_a_warning(geometry):
     assert np.isfinite(cloud[..., :3]).mean() > 0.9
     depth_info = client.messages_with_stamp('depth/camera_info', stamp)[0]
     assert list(depth_info.p) == list(good.p)
+
+
+def _diagnostic_value(client, key):
+    """The value of ``key`` in the latest /diagnostics status of the node, or None."""
+    for array in reversed(client.received.get('/diagnostics', [])):
+        for status in array.status:
+            if status.name.endswith(': perception'):
+                return {kv.key: kv.value for kv in status.values}.get(key)
+    return None
+
+
+def test_nan_in_p_is_never_republished_and_diagnostics_say_why(geometry):
+    node, client, _, _, _ = geometry
+    client.subscribe(DiagnosticArray, '/diagnostics', RELIABLE)
+    good = rectified_camera_info()
+    rgb = pattern_image(HEIGHT, WIDTH, seed=6)
+    _serve_until(geometry, rgb, TOPICS, info=good)
+    bad = rectified_camera_info()
+    bad.p = [50.0, 0.0, 31.0, float('nan'), 0.0, 52.0, 24.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    _serve_until(geometry, rgb, TOPICS, info=bad)
+    # The warning may be throttled (one per kind per 5 s): /diagnostics says it anyway.
+    client.received['/diagnostics'].clear()
+    assert client.spin_until(lambda: 'projection matrix P contains NaN or inf' in (
+        _diagnostic_value(client, 'camera_info_problem') or ''), 20), node.log()
+    stamp = _serve_until(geometry, rgb, TOPICS)
+    depth_info = client.messages_with_stamp('depth/camera_info', stamp)[0]
+    assert list(depth_info.p) == list(good.p)
+    # A usable camera_info clears it.
+    _serve_until(geometry, rgb, TOPICS, info=good)
+    client.received['/diagnostics'].clear()
+    assert client.spin_until(lambda: _diagnostic_value(client, 'lifecycle_state') is not None
+                             and _diagnostic_value(client, 'camera_info_problem') is None, 20)

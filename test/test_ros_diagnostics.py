@@ -155,3 +155,20 @@ def test_runtime_log_bridge_forwards_records_and_warnings_once_until_detached():
     assert ('warning', 'after detach') not in logger.records
     # The process's own logging configuration is back (records reach the root again).
     assert (configured.propagate, configured.level, list(configured.handlers)) == before
+
+
+def test_diffusion_steps_report_what_runs_not_what_was_asked():
+    # ONNX Runtime exporting 2 steps in the background: 1 step keeps running.
+    config = SimpleNamespace(family='taskdiffusion', is_diffusion=True, trained_steps=3)
+    engine = SimpleNamespace(device='cpu', backend='onnxruntime', precision='fp32', diffusion=True,
+                             model_name='tiny', config=config, random_weights=False,
+                             running_steps=lambda steps: 1,
+                             steps_status=lambda steps: 'preparing')
+    settings = SimpleNamespace(tasks=('depth',), steps=2, watchdog_timeout=3.0)
+    values = values_of(build_status('n', 'active', FrameStatistics(), engine, settings))
+    assert values['diffusion_steps'] == '1'
+    assert values['diffusion_steps_requested'] == '2'
+    assert values['diffusion_steps_status'] == 'preparing'
+    engine.running_steps = lambda steps: 2
+    values = values_of(build_status('n', 'active', FrameStatistics(), engine, settings))
+    assert values['diffusion_steps'] == '2' and 'diffusion_steps_requested' not in values

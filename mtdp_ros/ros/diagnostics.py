@@ -22,10 +22,13 @@ def _fmt(value):
 
 
 def build_status(name, state, statistics, engine=None, settings=None, input_topic='',
-                 input_qos='', startup_to_first_output_s=None):
+                 input_qos='', startup_to_first_output_s=None, camera_info_problem=None):
     """One DiagnosticStatus: lifecycle state, rates, latencies, counters and the engine.
 
     ``engine`` and ``settings`` are None while the node is unconfigured.
+    ``camera_info_problem``: why the last camera_info was refused (None: it was used);
+    reported as ``camera_info_problem`` and, while active, as a warning, since the cloud
+    and depth/camera_info stop (or keep an older calibration) because of it.
     """
     status = DiagnosticStatus()
     status.name = name
@@ -42,6 +45,8 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
         level, message = DiagnosticStatus.OK, 'warming up (first frame)'
     elif idle > settings.watchdog_timeout:
         level, message = DiagnosticStatus.WARN, f'no input frame for {idle:.0f} s'
+    elif camera_info_problem:
+        level, message = DiagnosticStatus.WARN, f'camera_info refused: {camera_info_problem}'
     elif engine.random_weights:
         level, message = DiagnosticStatus.WARN, 'running with random weights'
     else:
@@ -80,7 +85,16 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
         'input_qos': input_qos,
     })
     if engine.diffusion:
-        values['diffusion_steps'] = str(settings.steps or engine.config.trained_steps)
+        # What runs, which is not what was asked while ONNX Runtime exports a new count in
+        # the background or after that export failed: both are said.
+        requested = settings.steps or engine.config.trained_steps
+        running = engine.running_steps(settings.steps or None)
+        values['diffusion_steps'] = str(running)
+        if running != requested:
+            values['diffusion_steps_requested'] = str(requested)
+            values['diffusion_steps_status'] = engine.steps_status(requested)
+    if camera_info_problem:
+        values['camera_info_problem'] = camera_info_problem
     for key in sorted(counters):
         if key.startswith('rejected_'):
             values[key] = str(counters[key])

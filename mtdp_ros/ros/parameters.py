@@ -20,6 +20,7 @@ from rclpy.parameter import Parameter
 from mtdp_ros.models.tasks import task_names
 from mtdp_ros.ros.image_input import DEFAULT_MAX_PIXELS
 from mtdp_ros.runtime.options import BACKENDS, DEVICES, MAX_STEPS, PRECISIONS, REPARAMETERIZE
+from mtdp_ros.runtime.postprocess import DEFAULT_FOCAL_CORRECTION, FOCAL_CORRECTIONS
 
 INT32_MAX = 2 ** 31 - 1
 
@@ -81,9 +82,11 @@ SPECS = (
     Spec('camera.rectified', False,
          'True: the input image is rectified (image_rect): the point cloud uses P from '
          'camera_info and ignores D. False: the raw image: K and D (undistorted).'),
-    Spec('depth.focal_correction', True,
-         "Rescale metric depth from the model's training focal length to the camera's "
-         '(K, or P when camera.rectified; needs camera_info, else uncorrected).'),
+    Spec('depth.focal_correction', DEFAULT_FOCAL_CORRECTION,
+         "Metric depth for the camera's focal length (K, or P when camera.rectified; needs "
+         "camera_info, else uncorrected): 'canonical' (a zoomed camera's image shrunk to the "
+         "training focal length, the rest rescaled), 'scale' (depth rescaled) or 'off'; "
+         'true/false: canonical/off.', choices=FOCAL_CORRECTIONS + (True, False)),
     Spec('cameras', Parameter.Type.STRING_ARRAY,
          'Names of several cameras served by one engine (e.g. [front,left]): each '
          'subscribes <name>/image and <name>/camera_info and publishes every output under '
@@ -130,7 +133,11 @@ def descriptor(spec: Spec) -> ParameterDescriptor:
     text = ParameterDescriptor(name=spec.name, description=spec.description,
                                read_only=not spec.dynamic)
     if spec.choices:
-        text.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+        text.additional_constraints = 'one of: ' + ', '.join(
+            str(choice).lower() if isinstance(choice, bool) else choice
+            for choice in spec.choices)
+        # A string parameter that also takes true/false (depth.focal_correction's aliases).
+        text.dynamic_typing = any(isinstance(choice, bool) for choice in spec.choices)
     if spec.int_range is not None:
         text.integer_range = [IntegerRange(from_value=spec.int_range[0],
                                            to_value=spec.int_range[1], step=1)]

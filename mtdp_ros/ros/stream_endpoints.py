@@ -52,7 +52,7 @@ def camera_stream(node, name):
     stream = CameraStream(name, log=log, now_ns=lambda: node.get_clock().now().nanoseconds)
     stream.info_topic = node.resolve_topic_name(stream.topic('camera_info'))
     stream.watchdog = InputWatchdog()
-    stream.focal = FocalCorrection(bool(node.get_parameter('depth.focal_correction').value),
+    stream.focal = FocalCorrection(node.get_parameter('depth.focal_correction').value,
                                    bool(node.get_parameter('camera.rectified').value),
                                    stream.info_topic, log.info)
     try:
