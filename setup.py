@@ -4,8 +4,42 @@ from glob import glob
 import os
 
 from setuptools import find_packages, setup
+from setuptools.command.install_scripts import install_scripts
 
 package_name = 'mtdp_ros'
+# Console scripts that belong on PATH after `source install/setup.bash` as well.
+PATH_SCRIPTS = ('mtdp',)
+
+
+class InstallScriptsAlsoOnPath(install_scripts):
+    """ament_python layout: every script in lib/<package> (ros2 run), and `mtdp` in bin.
+
+    setup.cfg sends the scripts to <prefix>/lib/mtdp_ros, where `ros2 run` looks for them
+    and which is not on PATH; the `mtdp` command is copied to <prefix>/bin as well. Only
+    when the scripts go to lib/<package> (colcon's install); a wheel (pip, `pip install
+    -e .`) has pip write the entry points to the environment's bin, as always.
+    """
+
+    def run(self):
+        """Install the scripts, then copy PATH_SCRIPTS to <prefix>/bin."""
+        super().run()
+        self._on_path = []
+        directory = os.path.normpath(self.install_dir)
+        lib, package = os.path.split(directory)
+        if self.no_ep or package != package_name or os.path.basename(lib) != 'lib':
+            return
+        bin_dir = os.path.join(os.path.dirname(lib), 'bin')
+        self.mkpath(bin_dir)
+        for name in PATH_SCRIPTS:
+            source = os.path.join(directory, name)
+            if os.path.isfile(source):
+                target = os.path.join(bin_dir, name)
+                self.copy_file(source, target)
+                self._on_path.append(target)
+
+    def get_outputs(self):
+        """The installed scripts, the copies in bin included (for `--record`)."""
+        return super().get_outputs() + getattr(self, '_on_path', [])
 
 
 def _files(pattern):
@@ -34,6 +68,7 @@ setup(
     # colcon picks its pytest step from extras_require['test'] (current setuptools drops
     # tests_require); launch_testing's pytest plugin cannot load under pytest 9.
     extras_require={'test': ['pytest>=8,<9']},
+    cmdclass={'install_scripts': InstallScriptsAlsoOnPath},
     entry_points={
         'console_scripts': [
             'perception_node = mtdp_ros.perception_node:main',

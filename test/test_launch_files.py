@@ -297,8 +297,47 @@ def test_package_xml_is_format_3_with_the_runtime_dependencies():
     assert root.findtext('name') == 'mtdp_ros'
     assert root.findtext('license') == 'Apache-2.0'
     exec_depends = {element.text for element in root.findall('exec_depend')}
-    assert {'rclpy', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'cv_bridge',
-            'python3-numpy', 'python3-opencv', 'python3-yaml', 'launch', 'launch_ros',
-            'rviz2'} <= exec_depends
+    assert {'rclpy', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'python3-numpy',
+            'python3-opencv', 'python3-yaml', 'python3-torch', 'python3-onnxruntime-pip',
+            'python3-rosbags-pip', 'launch', 'launch_ros'} <= exec_depends
+    # A headless robot needs no RViz (nor Qt); cv_bridge is an optional fallback only.
+    assert not {'rviz2', 'cv_bridge'} & exec_depends
     assert root.find('export/build_type').text == 'ament_python'
     assert os.path.isfile(os.path.join(REPO, 'resource', 'mtdp_ros'))
+
+
+ROSDEP_KEYS = os.path.join(REPO, 'test', 'rosdep_keys.txt')
+DEPEND_TAGS = ('depend', 'build_depend', 'buildtool_depend', 'build_export_depend',
+               'exec_depend', 'test_depend', 'doc_depend')
+
+
+def test_every_package_xml_key_is_one_rosdep_knows():
+    # test/rosdep_keys.txt: the keys scripts/check_rosdep_keys.py found in rosdep's own
+    # YAML files (rosdistro copy named by digests in its header); `rosdep install` fails
+    # on the first key it cannot resolve (ament_python was one).
+    known = {}
+    with open(ROSDEP_KEYS, encoding='utf-8') as stream:
+        for line in stream:
+            if line.strip() and not line.startswith('#'):
+                key, source = line.split()
+                known[key] = source
+    root = ElementTree.parse(os.path.join(REPO, 'package.xml')).getroot()
+    keys = [element.text.strip() for element in root if element.tag in DEPEND_TAGS]
+    unknown = [key for key in keys if key not in known]
+    assert not unknown, (f'package.xml keys {unknown} are not in {ROSDEP_KEYS}: run '
+                         f'scripts/check_rosdep_keys.py --rosdistro <copy> --write')
+    assert set(known) == set(keys), 'rosdep_keys.txt lists keys package.xml no longer has'
+    assert all(source.endswith('.yaml') for source in known.values())
+
+
+@pytest.mark.skipif(not os.path.isdir(os.environ.get('MTDP_ROSDISTRO', '/nonexistent')),
+                    reason='MTDP_ROSDISTRO (an offline copy of ros/rosdistro) not set')
+def test_rosdep_keys_against_a_rosdistro_copy():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'check_rosdep_keys', os.path.join(REPO, 'scripts', 'check_rosdep_keys.py'))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    keys = script.package_keys(os.path.join(REPO, 'package.xml'))
+    _, problems = script.check(os.environ['MTDP_ROSDISTRO'], 'jazzy', 'ubuntu', 'noble', keys)
+    assert not problems
