@@ -87,7 +87,7 @@ class TestPerceptionLaunch(unittest.TestCase):
         rclpy.try_shutdown(context=cls.context)
 
     def test_outputs_carry_the_input_header(self):
-        received = {'depth': [], 'semantic/labels': []}
+        received = {'depth/image': [], 'semantic/labels': []}
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         for topic, store in received.items():
             self.node.create_subscription(Image, f'/launch_test/{topic}', store.append, qos)

@@ -83,7 +83,7 @@ def test_bad_configuration_fails_at_start_with_a_clear_error(processes, name):
 def test_default_qos_namespace_remapping_watchdog_and_sigint(processes):
     started, client = processes
     node = started['default_qos']
-    client.subscribe(Image, '/robot1/depth', RELIABLE)
+    client.subscribe(Image, '/robot1/depth/image', RELIABLE)
     client.subscribe(Image, '/robot1/semantic/color', RELIABLE)
     # A reliable camera (the default QoS of ROS publishers), read with the default
     # input.qos: reliable (best effort loses most large frames: README, Transport and QoS).
@@ -100,10 +100,10 @@ def test_default_qos_namespace_remapping_watchdog_and_sigint(processes):
     while answered is None and time.monotonic() < deadline:
         stamp = make_stamp()
         publisher.publish(image_msg(rgb, stamp=stamp))
-        if client.wait_for_stamp(['/robot1/depth', '/robot1/semantic/color'], stamp, 1.0):
+        if client.wait_for_stamp(['/robot1/depth/image', '/robot1/semantic/color'], stamp, 1.0):
             answered = stamp
     assert answered is not None, node.log()
-    msg = client.messages_with_stamp('/robot1/depth', answered)[0]
+    msg = client.messages_with_stamp('/robot1/depth/image', answered)[0]
     assert (msg.width, msg.height, msg.encoding) == (64, 48, '32FC1')
     # Silence: the watchdog names the topic, the QoS and the publisher count.
     assert node.wait_for_log('1 publisher(s) exist', 10), node.log()
@@ -127,9 +127,9 @@ def test_watchdog_explains_a_qos_mismatch(processes):
     assert node.wait_for_log('ready', 90), node.log()
     # Nobody publishes yet.
     assert node.wait_for_log('no publisher exists on this topic', 10), node.log()
-    client.subscribe(Image, '/strict/depth', RELIABLE)
+    client.subscribe(Image, '/strict/depth/image', RELIABLE)
     publisher = client.publisher(Image, '/strict/image', reliable=False)
-    assert client.wait_for_publishers('/strict/depth')
+    assert client.wait_for_publishers('/strict/depth/image')
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and 'publish best_effort' not in node.log():
         publisher.publish(image_msg(pattern_image(48, 64), stamp=make_stamp()))
@@ -137,7 +137,7 @@ def test_watchdog_explains_a_qos_mismatch(processes):
     log = node.log()
     assert 'publish best_effort, which a reliable subscription never receives' in log, log
     assert 'set input.qos to sensor_data' in log
-    assert not client.received['/strict/depth']
+    assert not client.received['/strict/depth/image']
     code, seconds = node.interrupt(timeout=5.0)
     assert code == 0, node.log()
 

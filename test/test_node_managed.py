@@ -85,7 +85,7 @@ def test_lifecycle_transitions_over_ros(nodes):
     started, client = nodes
     node = started['managed']
     managed = service_name('managed')
-    depth_topic, image_topic = '/managed/depth', '/managed/image'
+    depth_topic, image_topic = '/managed/depth/image', '/managed/image'
     client.subscribe(Image, depth_topic, RELIABLE)
     images = client.publisher(Image, image_topic, reliable=True)
     infos = client.publisher(CameraInfo, '/managed/camera_info', reliable=True)
@@ -203,7 +203,7 @@ def test_a_model_without_depth_advertises_no_points(nodes):
     assert client.wait_for_publishers('/nodepth/semantic/labels'), node.log()
     assert client.wait_for_publishers('/nodepth/edges'), node.log()
     assert client.node.count_publishers('/nodepth/points') == 0
-    assert client.node.count_publishers('/nodepth/depth') == 0
+    assert client.node.count_publishers('/nodepth/depth/image') == 0
 
 
 def test_cleanup_leaves_no_reference_to_the_engine(tmp_path):
