@@ -12,13 +12,15 @@ import os
 
 from launch import LaunchDescription
 import launch.logging
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import (DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler,
+                            SetEnvironmentVariable)
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from mtdp_ros.ros.launch_support import (fastdds_transports, find_rviz2,
                                          node_parameters_from_arguments, parse_bool,
-                                         rviz_arguments)
+                                         rviz_arguments, stop_launch_on_failure)
 
 PACKAGE = 'mtdp_ros'
 # (name, default, description): the launch arguments of this file.
@@ -82,13 +84,16 @@ def launch_setup(context, *args, **kwargs):
     transports = fastdds_transports(values['fastdds_transports'], os.environ)
     if transports:
         actions.append(SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', transports))
-    actions += [Node(
+    node = Node(
         package=PACKAGE, executable='perception_node',
         name=values['node_name'], namespace=values['namespace'],
         parameters=parameters, output='screen', emulate_tty=True,
         remappings=[('image', image_topic),
                     ('image/compressed', image_topic.rstrip('/') + '/compressed'),
-                    ('camera_info', values['camera_info_topic'])])]
+                    ('camera_info', values['camera_info_topic'])])
+    # A node that fails (bad parameters, no CUDA...) ends the launch with exit code 1.
+    actions += [node, RegisterEventHandler(OnProcessExit(target_action=node,
+                                                         on_exit=stop_launch_on_failure))]
     if parse_bool('use_rviz', values['use_rviz']):
         if find_rviz2() is None:
             launch.logging.get_logger('perception.launch').warning(

@@ -252,15 +252,15 @@ def test_errors_leave_no_output(tmp_path, model, capsys):
     # --copy-input of an input topic that is also an output topic.
     clash_path = str(tmp_path / 'clash')
     with Writer(clash_path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        connection = writer.add_connection('/cam/depth', 'sensor_msgs/msg/Image',
+        connection = writer.add_connection('/cam/depth/image', 'sensor_msgs/msg/Image',
                                            typestore=TYPESTORE)
         writer.write(connection, BAG_TIMES[0], TYPESTORE.serialize_cdr(
             _image_msg(pattern_image(48, 80), 'rgb8', 0), 'sensor_msgs/msg/Image'))
     capsys.readouterr()
-    assert run_bag(model, clash_path, '--out', out_path, '--image-topic', '/cam/depth',
+    assert run_bag(model, clash_path, '--out', out_path, '--image-topic', '/cam/depth/image',
                    '--namespace', '/cam', '--copy-input') == 2
     error = capsys.readouterr().err.strip()
-    assert '--copy-input would write /cam/depth twice' in error and '\n' not in error
+    assert '--copy-input would write /cam/depth/image twice' in error and '\n' not in error
     assert sorted(os.listdir(tmp_path)) == ['clash', 'empty', 'in', 'not_a_bag']
 
     existing = tmp_path / 'existing'

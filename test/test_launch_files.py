@@ -8,6 +8,7 @@ parser through rclpy.
 import ast
 import glob
 import os
+from types import SimpleNamespace
 import xml.etree.ElementTree as ElementTree
 
 import pytest
@@ -242,6 +243,54 @@ def test_bad_arguments_stop_the_launch_before_any_process(tmp_path):
         evaluate_launch_setup(DEMO_LAUNCH, {'steps': 'abc'})
     with pytest.raises(LaunchArgumentError, match="'rate'"):
         evaluate_launch_setup(DEMO_LAUNCH, {'rate': 'fast'})
+
+
+def test_a_failed_process_stops_the_launch_with_its_reason():
+    # The OnProcessExit handler (no launch needed: the event is duck-typed).
+    failed = SimpleNamespace(process_name='perception_node-1', returncode=1)
+    with pytest.raises(launch_support.ProcessFailedError,
+                       match='perception_node-1 exited with code 1'):
+        launch_support.stop_launch_on_failure(failed, None)
+    killed = SimpleNamespace(process_name='demo_camera-1', returncode=-9)
+    with pytest.raises(launch_support.ProcessFailedError, match='killed by signal 9'):
+        launch_support.stop_launch_on_failure(killed, None)
+    clean = SimpleNamespace(process_name='perception_node-1', returncode=0)
+    assert launch_support.stop_launch_on_failure(clean, None) is None
+
+
+def exit_handlers(actions):
+    """The OnProcessExit handlers among ``actions``."""
+    from launch.actions import RegisterEventHandler
+    from launch.event_handlers import OnProcessExit
+    return [action.event_handler for action in actions
+            if isinstance(action, RegisterEventHandler)
+            and isinstance(action.event_handler, OnProcessExit)]
+
+
+def process_exited(action, returncode):
+    """The real ProcessExited event launch emits when ``action``'s process ends."""
+    from launch.events.process import ProcessExited
+    return ProcessExited(action=action, name=f'{action.node_executable}-1', cmd=[], cwd=None,
+                         env=None, pid=1, returncode=returncode)
+
+
+def test_the_launch_files_watch_their_processes_exit(monkeypatch):
+    require_launch_api()
+    import launch
+    from launch_ros.actions import Node
+    monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
+    context = launch.LaunchContext()
+    for path, executable in ((PERCEPTION_LAUNCH, 'perception_node'),
+                             (DEMO_LAUNCH, 'demo_camera')):
+        actions = evaluate_launch_setup(path, {})
+        process, = [a for a in actions if isinstance(a, Node)]
+        assert process.node_executable == executable
+        handler, = exit_handlers(actions)
+        assert handler.matches(process_exited(process, 1))
+        assert not handler.matches(process_exited(Node(package='x', executable='y'), 1))
+        with pytest.raises(launch_support.ProcessFailedError, match=f'{executable}-1 exited'):
+            handler.handle(process_exited(process, 1), context)
+        assert handler.handle(process_exited(process, 0), context) is None
 
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, 'config', '*.yaml')))

@@ -97,7 +97,7 @@ def test_every_output_has_the_input_header_size_encoding_and_range(perception):
     assert labels.max() < 40
     np.testing.assert_array_equal(image_msg_to_numpy(out['semantic/color']),
                                   label_palette(256)[labels])
-    depth = image_msg_to_numpy(out['depth'])
+    depth = image_msg_to_numpy(out['depth/image'])
     valid = np.isfinite(depth)
     assert valid.any() and np.all(depth[valid] > 0)
     normals = image_msg_to_numpy(out['normals'])
@@ -162,7 +162,7 @@ def test_tasks_and_switches_change_while_running(perception):
         assert result.successful, result.reason
         stamp = frames.next_stamp()
         send(perception, image_msg(pattern_image(48, 64), stamp=stamp))
-        assert client.wait_for_stamp(['depth'], stamp, 20), node.log()
+        assert client.wait_for_stamp(['depth/image'], stamp, 20), node.log()
         client.spin_for(0.5)
         assert not client.messages_with_stamp('depth/color', stamp)
     finally:
@@ -286,7 +286,7 @@ def test_a_flood_keeps_memory_bounded_and_serves_the_newest_frame(perception):
     # Warm the node up at this size first (allocations of the first frame of a size).
     stamp = frames.next_stamp()
     send(perception, image_msg(rgb, stamp=stamp))
-    assert client.wait_for_stamp(['depth'], stamp, 30), node.log()
+    assert client.wait_for_stamp(['depth/image'], stamp, 30), node.log()
     client.spin_for(0.5)
     rss_before = node.rss_mb()
     dropped_before = int(diagnostics_values(client).get('dropped', '0'))

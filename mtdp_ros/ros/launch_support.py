@@ -5,7 +5,9 @@
 - :func:`find_rviz2` says whether RViz can be started at all (a launch without rviz2
   warns and runs the rest instead of failing and orphaning its other processes);
 - :func:`rviz_arguments` points RViz at the namespaced outputs and the fixed frame by
-  remapping and a command-line option, so no rewritten .rviz file is ever written.
+  remapping and a command-line option, so no rewritten .rviz file is ever written;
+- :func:`stop_launch_on_failure` is the OnProcessExit handler that ends a launch whose
+  node failed (``ros2 launch`` then exits 1 and says why, instead of 0).
 """
 
 import os
@@ -28,6 +30,32 @@ def rviz_topics():
 
 class LaunchArgumentError(ValueError):
     """A launch argument has a value its launch file does not accept."""
+
+
+class ProcessFailedError(RuntimeError):
+    """A process of the launch exited with a non-zero code (or was killed)."""
+
+
+def exit_problem(process_name, returncode):
+    """Why the exit of ``process_name`` with ``returncode`` fails the launch, or None."""
+    if returncode == 0:
+        return None
+    how = (f'was killed by signal {-returncode}' if returncode is not None and returncode < 0
+           else f'exited with code {returncode}')
+    return (f'{process_name} {how} (its log above says why); stopping the launch')
+
+
+def stop_launch_on_failure(event, context):
+    """OnProcessExit handler: a non-zero exit ends the launch, and ``ros2 launch`` exits 1.
+
+    launch's Shutdown action alone would leave the launch's exit code 0; an exception in
+    an event handler is what LaunchService reports (once, with this reason), shuts the
+    launch down for, and turns into a non-zero exit code.
+    """
+    problem = exit_problem(getattr(event, 'process_name', 'a process'), event.returncode)
+    if problem is not None:
+        raise ProcessFailedError(problem)
+    return None
 
 
 def parse_bool(name, text):
