@@ -48,11 +48,12 @@ from mtdp_ros.ros.diagnostics import build_status
 from mtdp_ros.ros.monitoring import STAGES, seconds_since_program_start
 from mtdp_ros.ros.engine_setup import StartupError
 from mtdp_ros.ros.outputs import OUTPUT_TOPICS
-from mtdp_ros.ros.qos import describe_qos, qos_profile
+from mtdp_ros.ros.qos import deprecated_aliases, describe_qos, qos_profile
 from mtdp_ros.ros.runtime_log import RuntimeLogBridge
 from mtdp_ros.ros.stops import StopSignals
 from mtdp_ros.ros.stream import Sink
-from mtdp_ros.ros.stream_endpoints import PublisherSink, camera_stream, subscribe_images
+from mtdp_ros.ros.stream_endpoints import (PublisherSink, QoSOverrideError, camera_stream,
+                                           input_qos, subscribe_images)
 
 __all__ = ['NODE_NAME', 'OUTPUT_TOPICS', 'STAGES', 'PerceptionNode', 'StartupError', 'main']
 
@@ -102,8 +103,6 @@ class PerceptionNode(LifecycleNode):
         self._model_tasks = ()
         self._is_diffusion = False
         self._image_subscriptions = []
-        self._input_qos = None
-        self._input_qos_name = ''
         self._active = False
         self._startup_to_first_output_s = None
         self._runtime_log = RuntimeLogBridge(self._log)
@@ -166,9 +165,10 @@ class PerceptionNode(LifecycleNode):
             stream.activated()
         self._active = True
         for stream in self.streams:
-            self._image_subscriptions.append(subscribe_images(self, stream, self._input_qos))
+            subscription = subscribe_images(self, stream, stream.input_qos)
+            self._image_subscriptions.append(subscription)
             self._log.info(f'waiting for images on {stream.input_topic} '
-                           f'({self._input_qos_name}: {describe_qos(self._input_qos)})')
+                           f'({describe_qos(subscription.qos_profile)})')
         self._log.info('ready (active): the first frame of a new size warms the engine up')
         return SUCCESS
 
@@ -207,6 +207,18 @@ class PerceptionNode(LifecycleNode):
         problems = parameters.validate_startup(values)
         if problems:
             raise StartupError('invalid parameters: ' + '; '.join(problems))
+        for warning in deprecated_aliases(values):
+            self._log.warning(warning)
+        # QoS (qos_overrides.* over the defaults) is checked before the model loads.
+        input_default = qos_profile(values['input.qos'], values['input.qos_depth'])
+        try:
+            for stream in self.streams:
+                stream.compressed = values['input.transport'] == 'compressed'
+                stream.input_topic = self.resolve_topic_name(stream.image_topic)
+                stream.input_qos = input_qos(self, stream.input_topic, input_default)
+                input_qos(self, stream.info_topic, input_default)
+        except QoSOverrideError as exc:
+            raise StartupError(f'invalid QoS override: {exc}') from None
         self.engine = engine_setup.create_engine(values, self._runtime_log, self._log)
         self._model_tasks = tuple(self.engine.tasks)
         self._is_diffusion = bool(self.engine.config.is_diffusion)
@@ -216,13 +228,12 @@ class PerceptionNode(LifecycleNode):
                                            list(self._model_tasks))])
             values['tasks'] = list(self._model_tasks)
         self._settings = node_settings.settings_from(values, self._model_tasks)
-        self._input_qos = qos_profile(values['input.qos'], values['input.qos_depth'])
-        self._input_qos_name = values['input.qos']
         output_qos = qos_profile(values['output.qos'], values['output.qos_depth'])
-        for stream in self.streams:
-            stream.compressed = values['input.transport'] == 'compressed'
-            stream.input_topic = self.resolve_topic_name(stream.image_topic)
-            stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos)
+        try:
+            for stream in self.streams:
+                stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos)
+        except QoSOverrideError as exc:
+            raise StartupError(f'invalid QoS override: {exc}') from None
         info = self.streams[0].camera_info
         if info is not None and info.width > 0 and info.height > 0:
             engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
@@ -315,7 +326,9 @@ class PerceptionNode(LifecycleNode):
         stream = self.streams[0]
         status = build_status(f'{self.get_name()}: perception', self.state, stream.statistics,
                               engine=self.engine, settings=self._settings,
-                              input_topic=stream.input_topic, input_qos=self._input_qos_name,
+                              input_topic=stream.input_topic,
+                              input_qos=describe_qos(stream.input_qos)
+                              if stream.input_qos else '',
                               startup_to_first_output_s=self._startup_to_first_output_s)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
@@ -329,7 +342,7 @@ class PerceptionNode(LifecycleNode):
         for stream in self.streams:
             text = stream.watchdog.check(self, stream.statistics,
                                          self._settings.watchdog_timeout, stream.input_topic,
-                                         self._input_qos, self._input_qos_name)
+                                         stream.input_qos)
             if text is not None:
                 self._log.warning(text)
 

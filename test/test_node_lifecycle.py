@@ -109,7 +109,7 @@ def test_default_qos_namespace_remapping_watchdog_and_sigint(processes):
     assert node.wait_for_log('1 publisher(s) exist', 10), node.log()
     warning = [line for line in node.log().splitlines() if '1 publisher(s) exist' in line][-1]
     assert 'no image received on /cam/image_raw' in warning
-    assert 'reliable: reliable' in warning
+    assert 'subscribed with QoS reliable, keep_last 5' in warning
     # Ctrl-C while frames keep arriving: exit code 0 within 5 s.
     big = image_msg(pattern_image(480, 640))
     for _ in range(20):
@@ -136,10 +136,25 @@ def test_watchdog_explains_a_qos_mismatch(processes):
         client.spin_for(0.2)
     log = node.log()
     assert 'publish best_effort, which a reliable subscription never receives' in log, log
-    assert 'set input.qos to sensor_data' in log
+    assert 'set qos_overrides./strict/image.subscription.reliability to best_effort' in log
     assert not client.received['/strict/depth/image']
     code, seconds = node.interrupt(timeout=5.0)
     assert code == 0, node.log()
+
+
+def test_qos_defaults_are_standard_parameters(processes):
+    started, client = processes
+    node = started['reliable']
+    assert node.wait_for_log('ready', 90), node.log()
+    names = ['qos_overrides./strict/image.subscription.reliability',
+             'qos_overrides./strict/image.subscription.depth',
+             'qos_overrides./strict/camera_info.subscription.reliability',
+             'qos_overrides./strict/depth/image.publisher.reliability',
+             'qos_overrides./strict/depth/image.publisher.depth',
+             'qos_overrides./strict/points.publisher.history']
+    values = client.get_parameters('/strict/mtdp_perception', names)
+    assert list(values.values()) == ['reliable', 5, 'reliable', 'reliable', 10, 'keep_last']
+    assert 'deprecated' not in node.log()
 
 
 def compressed_msg(rgb, stamp, extension='.jpg'):

@@ -121,7 +121,9 @@ def test_watchdog_names_the_qos_mismatch_and_throttles():
     clock.now += 4.0
     text = watchdog.check(node, statistics, 3.0, '/image', qos, 'reliable')
     assert 'no image received on /image for 4 s' in text
-    assert 'camera publish best_effort' in text and 'set input.qos to sensor_data' in text
+    assert 'camera publish best_effort' in text
+    assert 'set qos_overrides./image.subscription.reliability to best_effort' in text
+    assert 'input_reliability:=best_effort' in text
     clock.now += 1.0
     assert watchdog.check(node, statistics, 3.0, '/image', qos, 'reliable') is None
     clock.now += 5.0

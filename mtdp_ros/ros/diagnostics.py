@@ -14,7 +14,7 @@ from rclpy.qos import ReliabilityPolicy
 
 from mtdp_ros.ros.monitoring import (MS_PER_NS, STAGES, FrameStatistics,  # noqa: F401
                                      seconds_since_program_start)
-from mtdp_ros.ros.qos import describe_qos
+from mtdp_ros.ros.qos import describe_qos, override_name
 
 
 def _fmt(value):
@@ -95,8 +95,12 @@ class InputWatchdog:
         self._clock = clock
         self._last_warning = None
 
-    def check(self, node, statistics, timeout, topic, qos, qos_name):
-        """The warning to log now, or None (at most one per ``max(timeout, 5)`` s)."""
+    def check(self, node, statistics, timeout, topic, qos, qos_name=None):
+        """The warning to log now, or None (at most one per ``max(timeout, 5)`` s).
+
+        ``topic``: the fully qualified input topic; ``qos``: its subscription's profile
+        (``qos_name``: unused, kept for callers that pass it).
+        """
         idle = statistics.seconds_without_frames()
         if idle < timeout:
             self._last_warning = None
@@ -107,7 +111,7 @@ class InputWatchdog:
         self._last_warning = now
         publishers = node.get_publishers_info_by_topic(topic)
         text = (f'no image received on {topic} for {idle:.0f} s (subscribed with QoS '
-                f'{qos_name}: {describe_qos(qos)}); ')
+                f'{describe_qos(qos)}); ')
         if not publishers:
             return text + ('no publisher exists on this topic: check the topic name, '
                            'namespace and remapping (e.g. image:=/camera/image_raw)')
@@ -115,9 +119,10 @@ class InputWatchdog:
                        if info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
         text += f'{len(publishers)} publisher(s) exist'
         if best_effort and qos.reliability == ReliabilityPolicy.RELIABLE:
+            parameter = override_name(topic, 'subscription', 'reliability')
             return text + (f', but {", ".join(best_effort)} publish best_effort, which a '
-                           f'reliable subscription never receives: set input.qos to '
-                           f'sensor_data')
+                           f'reliable subscription never receives: set {parameter} to '
+                           f'best_effort (launch argument input_reliability:=best_effort)')
         return text + ': is the camera streaming?'
 
     def reset(self):
