@@ -40,6 +40,10 @@ ARGUMENTS = (
     ('tasks', '', 'Comma-separated tasks, e.g. semseg,depth (empty: all of the model).'),
     ('steps', '', 'diffusion.steps of a TaskDiffusion model (empty or 0: trained steps).'),
     ('device', '', 'engine.device: auto, cuda or cpu (empty: params_file / auto).'),
+    ('input_reliability', '',
+     "Reliability of the image and camera_info subscriptions: 'best_effort' for a "
+     "best-effort camera, 'reliable' (empty: the default, reliable, or params_file's "
+     'qos_overrides./<topic>.subscription.reliability; README, Transport and QoS).'),
     ('autostart', 'true',
      'Node parameter autostart: true configures and activates the (lifecycle) node at '
      'start-up; false leaves it unconfigured for a lifecycle manager.'),

@@ -123,6 +123,8 @@ def test_launch_arguments_become_typed_node_parameters(tmp_path):
     ('steps', '-1', ["'steps'", "'-1'"]),
     ('steps', '101', ["'steps'", "'101'"]),
     ('use_rviz', 'maybe', ["'use_rviz'", 'true or false', "'maybe'"]),
+    ('input_reliability', 'sensor_data', ["'input_reliability'", "'best_effort'",
+                                          "'sensor_data'"]),
     ('autostart', 'yes please', ["'autostart'", 'true or false']),
     ('device', 'gpu', ["'device'", "['auto', 'cuda', 'cpu']", "'gpu'"]),
     ('tasks', ', ,', ["'tasks'", 'semseg,depth']),
@@ -132,6 +134,23 @@ def test_a_bad_launch_argument_is_named_with_the_accepted_values(name, value, wo
         launch_support.node_parameters_from_arguments(dict(ARGUMENT_DEFAULTS, **{name: value}))
     for word in words:
         assert word in str(error.value), (word, str(error.value))
+
+
+def test_input_reliability_becomes_the_standard_qos_parameters_of_the_inputs():
+    values = dict(ARGUMENT_DEFAULTS, input_reliability='best_effort')
+    overrides = launch_support.node_parameters_from_arguments(values)
+    assert ARGUMENT_DEFAULTS['image_topic'] == '/camera/image_raw'
+    assert {name: value for name, value in overrides.items() if name != 'autostart'} == {
+        'qos_overrides./camera/image_raw.subscription.reliability': 'best_effort',
+        'qos_overrides./camera/image_raw/compressed.subscription.reliability': 'best_effort',
+        'qos_overrides./camera/camera_info.subscription.reliability': 'best_effort'}
+    # Relative topics live in the node's namespace (as the node resolves them).
+    relative = dict(values, image_topic='cam/image', camera_info_topic='cam/info',
+                    namespace='/front/', input_reliability='reliable')
+    assert sorted(launch_support.node_parameters_from_arguments(relative))[1:] == [
+        'qos_overrides./front/cam/image.subscription.reliability',
+        'qos_overrides./front/cam/image/compressed.subscription.reliability',
+        'qos_overrides./front/cam/info.subscription.reliability']
 
 
 def test_a_mistyped_params_file_is_named_not_ignored(tmp_path):

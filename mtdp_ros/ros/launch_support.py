@@ -138,10 +138,44 @@ def node_parameters_from_arguments(values):
         overrides['diffusion.steps'] = parse_steps(value('steps'))
     if value('autostart'):
         overrides['autostart'] = parse_bool('autostart', value('autostart'))
+    if value('input_reliability'):
+        overrides.update(input_reliability_overrides(
+            value('input_reliability'), value('image_topic'), value('camera_info_topic'),
+            value('namespace'), value('node_name')))
     if value('use_rviz'):
         parse_bool('use_rviz', value('use_rviz'))   # checked here, used by the launch file
     fastdds_transports(value('fastdds_transports'), {})   # checked here as well
     return overrides
+
+
+RELIABILITY_CHOICES = ('reliable', 'best_effort')
+
+
+def fully_qualified(topic, namespace, node_name):
+    """The fully qualified name of ``topic`` for a node in ``namespace`` (rcl's rules)."""
+    namespace = '/' + namespace.strip('/') if namespace.strip('/') else ''
+    if topic.startswith('/'):
+        return topic
+    if topic.startswith('~'):
+        return f'{namespace}/{node_name}{topic[1:]}'
+    return f'{namespace}/{topic}'
+
+
+def input_reliability_overrides(reliability, image_topic, camera_info_topic, namespace,
+                                node_name):
+    """qos_overrides.* parameters setting the reliability of every input subscription.
+
+    The image (raw and compressed) and camera_info subscriptions, under the names they
+    have after the launch file's remapping. LaunchArgumentError for another value.
+    """
+    if reliability not in RELIABILITY_CHOICES:
+        raise LaunchArgumentError(
+            f"launch argument 'input_reliability' must be one of {list(RELIABILITY_CHOICES)}"
+            f' or empty (the default, reliable), got {reliability!r}')
+    image = image_topic or 'image'
+    topics = (image, image.rstrip('/') + '/compressed', camera_info_topic or 'camera_info')
+    return {f'qos_overrides.{fully_qualified(topic, namespace, node_name or "")}'
+            '.subscription.reliability': reliability for topic in topics}
 
 
 FASTDDS_TRANSPORT_CHOICES = ('', 'DEFAULT', 'DEFAULTv6', 'SHM', 'UDPv4', 'UDPv6',
