@@ -283,7 +283,7 @@ class RosClient:
         finally:
             self.node.destroy_client(client)
 
-    def get_parameters(self, node_name, names, timeout=10.0):
+    def get_parameters(self, node_name, names, timeout=30.0):
         """Values of parameters ``names`` of ``node_name`` (as ``ros2 param get``)."""
         request = GetParameters.Request()
         request.names = list(names)
