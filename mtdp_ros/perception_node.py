@@ -104,6 +104,7 @@ class PerceptionNode(LifecycleNode):
         self._is_diffusion = False
         self._image_subscriptions = []
         self._active = False
+        self._warmed_size = None        # 'WxH' of the warm-up at configure, if any
         self._startup_to_first_output_s = None
         self._runtime_log = RuntimeLogBridge(self._log)
         # Held by the inference thread for each frame: a transition that stops the outputs
@@ -169,7 +170,12 @@ class PerceptionNode(LifecycleNode):
             self._image_subscriptions.append(subscription)
             self._log.info(f'waiting for images on {stream.input_topic} '
                            f'({describe_qos(subscription.qos_profile)})')
-        self._log.info('ready (active): the first frame of a new size warms the engine up')
+        if self._warmed_size is None:
+            self._log.info('ready (active): the first frame warms the engine up (no '
+                           'camera_info at configure)')
+        else:
+            self._log.info(f'ready (active): warmed up at {self._warmed_size}; a frame of '
+                           f'another size warms the engine up again')
         return SUCCESS
 
     @_callback_returning(ERROR)
@@ -236,8 +242,9 @@ class PerceptionNode(LifecycleNode):
             raise StartupError(f'invalid QoS override: {exc}') from None
         info = self.streams[0].camera_info
         if info is not None and info.width > 0 and info.height > 0:
-            engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
-                                 self._log)
+            if engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
+                                    self._log):
+                self._warmed_size = f'{info.width}x{info.height}'
 
     def _deactivate(self, timeout):
         self._active = False
@@ -264,6 +271,7 @@ class PerceptionNode(LifecycleNode):
                 stream.reset()
                 stream.release_outputs()
             self._settings = None
+            self._warmed_size = None
             if engine is not None:
                 engine.close()
                 del engine
@@ -276,6 +284,10 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, changed):
         """Reject invalid values of the dynamic parameters with a reason."""
+        for parameter in changed:
+            reason = parameters.check_unconfigured_only(parameter.name, self.state)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
         current = {name: self.get_parameter(name).value
                    for name in ('depth.color_min', 'depth.color_max')}
         reason = node_settings.check_changes(changed, current, self.engine, self._model_tasks,
@@ -324,7 +336,9 @@ class PerceptionNode(LifecycleNode):
     def _publish_diagnostics(self):
         """Publish one DiagnosticStatus: lifecycle state, rates, latencies, the engine."""
         stream = self.streams[0]
-        status = build_status(f'{self.get_name()}: perception', self.state, stream.statistics,
+        # With the namespace: two nodes named alike in two namespaces must not collide.
+        name = self.get_fully_qualified_name().lstrip('/')
+        status = build_status(f'{name}: perception', self.state, stream.statistics,
                               engine=self.engine, settings=self._settings,
                               input_topic=stream.input_topic,
                               input_qos=describe_qos(stream.input_qos)

@@ -77,13 +77,17 @@ def check_model_values(values, engine):
 
 
 def warm_up(engine, settings, height, width, log):
-    """One inference at the camera's size (letterbox plan, allocations, CUDA graphs)."""
+    """One inference at the camera's size (letterbox plan, allocations, CUDA graphs).
+
+    True when it ran (a failure is logged: a real frame will report the problem).
+    """
     started = time.perf_counter()
     try:
         engine.infer(np.zeros((height, width, 3), np.uint8), tasks=settings.tasks,
                      steps=settings.steps or None, seed=settings.seed)
     except Exception as exc:  # noqa: B902 - a real frame will report the problem
         log.warning(f'warm-up inference failed: {type(exc).__name__}: {exc}')
-        return
+        return False
     log.info(f'warmed up at the camera size {width}x{height} (from camera_info) '
              f'in {time.perf_counter() - started:.2f} s')
+    return True
