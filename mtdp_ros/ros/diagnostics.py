@@ -88,6 +88,12 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
     return status
 
 
+# Seconds the watchdog waits for the first frame from a matching publisher (a camera
+# that is starting) before it warns; problems it can name (no publisher, a QoS mismatch)
+# are reported after watchdog.timeout as always.
+STARTUP_GRACE = 60.0
+
+
 class InputWatchdog:
     """Words a warning when no frame arrives: topic, QoS, and who publishes there."""
 
@@ -108,8 +114,15 @@ class InputWatchdog:
         now = self._clock()
         if self._last_warning is not None and now - self._last_warning < max(timeout, 5.0):
             return None
-        self._last_warning = now
         publishers = node.get_publishers_info_by_topic(topic)
+        mismatch = any(info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+                       for info in publishers) and qos.reliability == ReliabilityPolicy.RELIABLE
+        if (publishers and not mismatch and statistics.last_frame_time is None
+                and idle < max(timeout, STARTUP_GRACE)):
+            # A matching publisher, no frame yet since activation: a camera starting up
+            # (the demo renders its first scene for 20-40 s on a CPU) is not yet a fault.
+            return None
+        self._last_warning = now
         text = (f'no image received on {topic} for {idle:.0f} s (subscribed with QoS '
                 f'{describe_qos(qos)}); ')
         if not publishers:
@@ -123,6 +136,9 @@ class InputWatchdog:
             return text + (f', but {", ".join(best_effort)} publish best_effort, which a '
                            f'reliable subscription never receives: set {parameter} to '
                            f'best_effort (launch argument input_reliability:=best_effort)')
+        if statistics.last_frame_time is None:
+            return text + f': none has sent a frame for {idle:.0f} s since activation; is the ' \
+                'camera streaming?'
         return text + ': is the camera streaming?'
 
     def reset(self):
