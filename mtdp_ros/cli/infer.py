@@ -115,7 +115,7 @@ def _read_image(path):
 
 
 def check_input(path):
-    """CommandError unless ``path`` is a readable file or a folder (before the model loads)."""
+    """Raise CommandError unless ``path`` is a readable file or folder (before the model)."""
     if not os.path.exists(path):
         raise CommandError(f'input not found: {path}')
     if not os.access(path, os.R_OK):

@@ -46,7 +46,9 @@ def exit_problem(process_name, returncode):
 
 
 def stop_launch_on_failure(event, context):
-    """OnProcessExit handler: a non-zero exit ends the launch, and ``ros2 launch`` exits 1.
+    """End the launch when a process exits non-zero: ``ros2 launch`` then exits 1.
+
+    The OnProcessExit handler of the launch files.
 
     launch's Shutdown action alone would leave the launch's exit code 0; an exception in
     an event handler is what LaunchService reports (once, with this reason), shuts the
