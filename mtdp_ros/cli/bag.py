@@ -9,19 +9,27 @@ point cloud ``points`` is written too, from the camera_info recorded last at or 
 frame (frames recorded before the first camera_info use the first one).
 
 The output bag appears only when complete: it is written beside ``--out`` and renamed at
-the end, and removed on any error.
+the end, and removed on any error, SIGINT or SIGTERM. Reading is bounded (decompressed chunk
+and message sizes) and the message definitions of the topics read are checked
+(:mod:`mtdp_ros.ros.bag_guard`).
+
+:func:`process_bag` is one bag in, one bag out, with an engine it is given: several bags
+(``mtdp bag IN1 IN2 ... --out DIR``, on Ray or one after another) are
+:mod:`mtdp_ros.cli.bag_fleet`'s.
 """
 
 import bisect
 import dataclasses
-import os
 import sys
 import time
 
 from mtdp_ros.cli import CommandError
-from mtdp_ros.cli.infer import add_engine_arguments, engine_from_args, parse_tasks
+from mtdp_ros.cli.infer import engine_from_args, parse_tasks
+from mtdp_ros.cli.options import add_engine_arguments
 
 DEFAULT_NAMESPACE = '/mtdp_perception'
+# The file in an output bag folder that says what it was made from (bag_fleet.py).
+MANIFEST = 'mtdp_manifest.json'
 PROGRESS_WIDTH = 30
 
 
@@ -31,9 +39,12 @@ def register(subparsers):
         'bag', help="write the node's outputs for every frame of a rosbag2 bag into a new bag",
         description="Run the model on every image of a rosbag2 bag (sqlite3 or mcap) and write "
                     "the node's output topics, with the frames' headers, into a new bag.")
-    parser.add_argument('input', metavar='INPUT', help='rosbag2 bag folder, .mcap or .db3')
+    parser.add_argument('input', nargs='+', metavar='INPUT',
+                        help='rosbag2 bag folder, .mcap or .db3; several, or a folder holding '
+                             'bags: one output bag each under --out')
     parser.add_argument('--out', required=True, metavar='OUTPUT',
-                        help='output bag folder (must not exist)')
+                        help='output bag folder (must not exist); with several bags the '
+                             'folder that receives OUTPUT/<input name>/ for each')
     parser.add_argument('--image-topic', required=True, metavar='TOPIC',
                         help='sensor_msgs/Image or sensor_msgs/CompressedImage topic')
     parser.add_argument('--camera-info-topic', metavar='TOPIC',
@@ -62,8 +73,32 @@ def register(subparsers):
                         help="keep the network's depth for its training camera (the node's "
                              'depth.focal_correction false); by default depth is rescaled to '
                              'the camera of --camera-info-topic')
+    # Defaults: mtdp_ros.ros.bag_guard.ReadLimits (not imported here: it loads rosbags).
+    parser.add_argument('--max-message-mb', type=float, metavar='MB',
+                        help='refuse a bag holding a message larger than this (MiB, default '
+                             '256)')
+    parser.add_argument('--max-chunk-mb', type=float, metavar='MB',
+                        help='refuse a bag with an mcap chunk decompressing to more than this '
+                             '(MiB, default 1024)')
     add_engine_arguments(parser)
+    from mtdp_ros.cli import bag_fleet
+    bag_fleet.add_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def read_limits(args):
+    """The ReadLimits of ``--max-message-mb`` and ``--max-chunk-mb`` (unset: defaults)."""
+    from mtdp_ros.ros.bag_guard import MIB, ReadLimits
+    given = {}
+    for option, field in (('max_message_mb', 'max_message_bytes'),
+                          ('max_chunk_mb', 'max_chunk_bytes')):
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if not value > 0:
+            raise CommandError(f'--{option.replace("_", "-")} must be > 0, got {value}')
+        given[field] = int(value * MIB)
+    return ReadLimits(**given)
 
 
 class Progress:
@@ -153,18 +188,28 @@ class BagSink:
 
 
 def run(args):
-    """Process the bag; print the output path; the summary goes to stderr."""
+    """Process the bag; print the output path; the summary goes to stderr.
+
+    Several bags (or a folder of bags, or ``--ray``): :func:`mtdp_ros.cli.bag_fleet.run`.
+    """
+    from mtdp_ros.cli import bag_fleet
+    from mtdp_ros.cli.interrupts import Interrupted, raised_as_interrupted
     from mtdp_ros.ros import bag_io
-    namespace = bag_io.check_namespace(args.namespace)
-    options = output_options(args)
-    if os.path.lexists(args.out):
-        raise CommandError(f'output {args.out} exists already; remove it or choose another '
-                           f'--out')
-    reader = bag_io.open_bag(args.input)
+    if bag_fleet.is_fleet(args):
+        return bag_fleet.run(args)
+    # Everything that can be refused without reading the bag, before the model loads.
+    bag_io.check_namespace(args.namespace)
+    output_options(args)
+    read_limits(args)
+    bag_io.check_output(args.out)
     try:
-        summary = _process(reader, args, namespace, options, bag_io)
-    finally:
-        reader.close()
+        with raised_as_interrupted():
+            summary = process_bag(args.input[0], args.out, args,
+                                  lambda: engine_from_args(args))
+    except Interrupted as exc:
+        print(f'mtdp bag: interrupted by {exc.name}: stopped, no partial output left',
+              file=sys.stderr)
+        return exc.exit_code
     frames, seconds, engine_seconds, messages, topics = summary
     fps = frames / seconds if seconds > 0 else float('inf')
     share = 100.0 * engine_seconds / seconds if seconds > 0 else 0.0
@@ -175,7 +220,33 @@ def run(args):
     return 0
 
 
-def _process(reader, args, namespace, options, bag_io):
+def process_bag(input_path, output_path, args, engine_source, progress=None, manifest=None,
+                replace=False):
+    """Write the outputs of the bag at ``input_path`` into a new bag at ``output_path``.
+
+    ``args``: the command's options (an argparse Namespace); ``engine_source()`` returns
+    the engine (called once the bag's topics were found usable, so that a bad bag costs no
+    model load; a caller running many bags returns the same engine each time).
+    ``progress(total)``: an object whose ``update(frames done)`` is called per frame (default
+    :class:`Progress` unless ``--no-progress``). ``manifest(frames)``: text written into the
+    bag folder as :data:`MANIFEST` before it is moved into place. ``replace``: an existing
+    bag at ``output_path`` is replaced once the new one is complete.
+    Returns (frames, seconds, engine seconds, messages, topics); errors are CommandError or
+    BagError (a ValueError) naming the problem.
+    """
+    from mtdp_ros.ros import bag_io
+    namespace = bag_io.check_namespace(args.namespace)
+    options = output_options(args)
+    reader = bag_io.open_bag(input_path, read_limits(args))
+    try:
+        return _process(reader, args, output_path, namespace, options, bag_io, engine_source,
+                        progress, manifest, replace)
+    finally:
+        reader.close()
+
+
+def _process(reader, args, output_path, namespace, options, bag_io, engine_source, progress,
+             manifest, replace):
     """Run the engine on every frame; returns (frames, s, engine s, messages, topics)."""
     from mtdp_ros.ros.camera import FocalCorrection, camera_info_problem
     from mtdp_ros.ros.image_input import ImageRejected
@@ -203,7 +274,7 @@ def _process(reader, args, namespace, options, bag_io):
     if total == 0:
         raise CommandError(f'image topic {args.image_topic} has no messages')
     tasks = parse_tasks(args.tasks)
-    engine = engine_from_args(args)
+    engine = engine_source()
     tasks = engine.select_tasks(tasks)
     if options.publish_points and 'depth' not in tasks:
         print(f'mtdp bag: warning: no points: the depth task is not among {list(tasks)}',
@@ -226,8 +297,8 @@ def _process(reader, args, namespace, options, bag_io):
                            f'topic among the outputs): choose another --namespace')
     frames = 0
     engine_seconds = 0.0
-    progress = Progress(total, enabled=not args.no_progress)
-    with bag_io.BagWriter(args.out, args.storage) as writer:
+    progress = progress(total) if progress else Progress(total, enabled=not args.no_progress)
+    with bag_io.BagWriter(output_path, args.storage, replace=replace) as writer:
         stream.sink = sink = BagSink(writer, namespace)
         for connection in copied:
             if connection.topic not in writer.counts:
@@ -258,6 +329,8 @@ def _process(reader, args, namespace, options, bag_io):
             progress.update(frames)
         messages = sum(writer.counts.values())
         topics = len(writer.counts)
+        if manifest is not None:
+            writer.extra_files[MANIFEST] = manifest(frames)
     # Leaving the block closed the bag (index, metadata) and moved it into place.
     seconds = time.perf_counter() - started
     return frames, seconds, engine_seconds, messages, topics

@@ -9,6 +9,10 @@ ROS 2 Jazzy (rosbags' typestore), which ``ros2 bag`` and rosbags readers require
 An output bag is written into a hidden folder beside its destination and renamed into
 place by :meth:`BagWriter.commit`; on any failure :meth:`BagWriter.abort` removes it, so
 no partial bag is ever left at the destination.
+
+What a bag may cost to read (decompressed chunk and message sizes) and whether its
+connections' message definitions are those of the types read is checked by
+:mod:`mtdp_ros.ros.bag_guard`.
 """
 
 import os
@@ -16,10 +20,11 @@ import re
 import shutil
 import tempfile
 
+from mtdp_ros.ros import bag_guard
+from mtdp_ros.ros.bag_guard import ReadLimits
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.rosbag2 import Reader, Writer, WriterError
 from rosbags.rosbag2.enums import StoragePlugin
-from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 IMAGE_TYPES = {'sensor_msgs/msg/Image': Image,
@@ -33,8 +38,6 @@ STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 # starting with a digit (rcl's rules for names).
 NAMESPACE_PATTERN = re.compile(r'^(/[A-Za-z_][A-Za-z0-9_]*)+$')
 
-_TYPESTORE = []
-
 
 class BagError(ValueError):
     """A bag that cannot be used as asked (the message names the bag, topic and problem)."""
@@ -47,9 +50,7 @@ def one_line(exc):
 
 def typestore():
     """Return the ROS 2 Jazzy typestore of rosbags (definitions and hashes), made once."""
-    if not _TYPESTORE:
-        _TYPESTORE.append(get_typestore(Stores.ROS2_JAZZY))
-    return _TYPESTORE[0]
+    return bag_guard.jazzy()
 
 
 def check_namespace(namespace):
@@ -61,11 +62,28 @@ def check_namespace(namespace):
     return cleaned
 
 
-def open_bag(path):
+def check_output(path):
+    """Raise BagError unless a bag can be created at ``path`` (absent, writable folder).
+
+    Checked before any costly work (loading a model); :class:`BagWriter` checks again.
+    """
+    if os.path.lexists(path):
+        raise BagError(f'output {path} exists already; remove it or choose another --out')
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise BagError(f'folder of the output {path} does not exist: {parent}')
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BagError(f'folder of the output {path} is not writable: {parent}')
+
+
+def open_bag(path, limits=None):
     """An open rosbags Reader of the bag folder (or .mcap/.db3 file) at ``path``.
 
-    BagError for a missing path or anything rosbags cannot read (the caller closes it).
+    ``limits``: the :class:`ReadLimits` of reading it (default ones if None). BagError for
+    a missing path, anything rosbags cannot read, or an mcap chunk declared over the limit
+    (the caller closes the reader).
     """
+    bag_guard.set_limits(limits or ReadLimits())
     if not os.path.exists(path):
         raise BagError(f'input bag not found: {path}')
     try:
@@ -73,15 +91,24 @@ def open_bag(path):
         reader.open()
     except Exception as exc:  # noqa: B902 - a damaged file fails in many ways (fuzzed)
         raise BagError(f'cannot read bag {path}: {one_line(exc)}') from None
+    # The mcap index states every chunk's size: refuse before reading (or loading a model).
+    for storage in getattr(reader, 'storages', ()):
+        for chunk in getattr(storage, 'chunks', ()):
+            problem = bag_guard.chunk_size_problem(chunk.uncompressed_size)
+            if problem:
+                reader.close()
+                raise BagError(f'cannot read bag {path}: {problem}')
     return reader
 
 
 def read_messages(reader, connections):
     """(connection, bag time ns, raw CDR) of ``connections`` in time order.
 
-    A record the reader fails on (a damaged file) raises BagError naming the bag.
+    A record the reader fails on (a damaged file, a limit of :mod:`bag_guard`) or a
+    message over the size limit raises BagError naming the bag.
     """
     records = reader.messages(connections=connections)
+    limit = bag_guard.active_limits().max_message_bytes
     while True:
         try:
             record = next(records)
@@ -89,13 +116,18 @@ def read_messages(reader, connections):
             return
         except Exception as exc:  # noqa: B902 - as in open_bag
             raise BagError(f'cannot read bag {reader.path}: {one_line(exc)}') from None
+        if len(record[2]) > limit:
+            raise BagError(f'cannot read bag {reader.path}: a message of {record[0].topic} '
+                           f'at {record[1]} ns has {len(record[2])} bytes, over the limit '
+                           f'of {limit} (--max-message-mb)')
         yield record
 
 
 def topic_connections(reader, topic, allowed_types, role):
     """The reader's connections of ``topic`` and their common type name.
 
-    BagError when the topic is absent (listing the bag's topics) or of another type.
+    BagError when the topic is absent (listing the bag's topics), of another type, or
+    its message definition is not that of its type (:func:`bag_guard.definition_problem`).
     """
     connections = [c for c in reader.connections if c.topic == topic]
     if not connections:
@@ -105,6 +137,10 @@ def topic_connections(reader, topic, allowed_types, role):
     if len(types) != 1 or not types <= set(allowed_types):
         raise BagError(f'{role} {topic} has type {", ".join(sorted(types))}; expected '
                        f'{" or ".join(allowed_types)}')
+    for connection in connections:
+        problem = bag_guard.definition_problem(connection)
+        if problem:
+            raise BagError(f'{role} {topic}: {problem}')
     return connections, types.pop()
 
 
@@ -120,16 +156,20 @@ def deserialize(raw, msg_class, topic, timestamp):
 class BagWriter:
     """A rosbag2 bag written beside ``path`` and renamed to it by :meth:`commit`.
 
-    ``storage``: 'mcap' or 'sqlite3'. BagError when ``path`` exists or cannot be created.
+    ``storage``: 'mcap' or 'sqlite3'. BagError when ``path`` exists (unless ``replace``:
+    then the bag there is replaced when this one is complete) or cannot be created.
     Use as a context manager: leaving it with an exception aborts (removes the temporary
-    bag); leaving it normally commits.
+    bag); leaving it normally commits. :attr:`extra_files` (name -> text) are written into
+    the bag folder before it is moved into place.
     """
 
-    def __init__(self, path, storage='mcap'):
+    def __init__(self, path, storage='mcap', replace=False):
         if storage not in STORAGES:
             raise BagError(f'unknown storage {storage!r}; choose one of {", ".join(STORAGES)}')
         self.path = os.path.abspath(path)
-        if os.path.lexists(self.path):
+        self.replace = replace
+        self.extra_files = {}
+        if os.path.lexists(self.path) and not replace:
             raise BagError(f'output {path} exists already; remove it or choose another --out')
         parent = os.path.dirname(self.path)
         if not os.path.isdir(parent):
@@ -149,6 +189,9 @@ class BagWriter:
         except (WriterError, OSError) as exc:
             shutil.rmtree(self._staging, ignore_errors=True)
             raise BagError(f'cannot write a bag beside {path}: {one_line(exc)}') from None
+        except BaseException:   # an interrupt (signal) while opening: leave nothing
+            shutil.rmtree(self._staging, ignore_errors=True)
+            raise
         self._connections = {}
         self.counts = {}
 
@@ -185,8 +228,15 @@ class BagWriter:
                 self._writer.close()
             except (WriterError, OSError) as exc:
                 raise BagError(f'cannot write {self.path}: {one_line(exc)}') from None
+            for name, text in self.extra_files.items():
+                with open(os.path.join(self._bag_path, name), 'w', encoding='utf-8') as out:
+                    out.write(text)
             if os.path.lexists(self.path):
-                raise BagError(f'output {self.path} appeared while writing; not replacing it')
+                if not self.replace:
+                    raise BagError(f'output {self.path} appeared while writing; not '
+                                   f'replacing it')
+                # Moved into the staging folder first, removed with it below.
+                os.rename(self.path, os.path.join(self._staging, 'replaced'))
             os.rename(self._bag_path, self.path)
         except BaseException:
             self.abort()
