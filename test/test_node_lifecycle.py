@@ -80,6 +80,22 @@ def test_bad_configuration_fails_at_start_with_a_clear_error(processes, name):
     assert 'Traceback' not in process.log()
 
 
+def test_qos_defaults_are_standard_parameters(processes):
+    # Before the tests that stop the 'reliable' node.
+    started, client = processes
+    node = started['reliable']
+    assert node.wait_for_log('ready', 90), node.log()
+    names = ['qos_overrides./strict/image.subscription.reliability',
+             'qos_overrides./strict/image.subscription.depth',
+             'qos_overrides./strict/camera_info.subscription.reliability',
+             'qos_overrides./strict/depth/image.publisher.reliability',
+             'qos_overrides./strict/depth/image.publisher.depth',
+             'qos_overrides./strict/points.publisher.history']
+    values = client.get_parameters('/strict/mtdp_perception', names)
+    assert list(values.values()) == ['reliable', 5, 'reliable', 'reliable', 10, 'keep_last']
+    assert 'deprecated' not in node.log()
+
+
 def test_default_qos_namespace_remapping_watchdog_and_sigint(processes):
     started, client = processes
     node = started['default_qos']
@@ -140,21 +156,6 @@ def test_watchdog_explains_a_qos_mismatch(processes):
     assert not client.received['/strict/depth/image']
     code, seconds = node.interrupt(timeout=5.0)
     assert code == 0, node.log()
-
-
-def test_qos_defaults_are_standard_parameters(processes):
-    started, client = processes
-    node = started['reliable']
-    assert node.wait_for_log('ready', 90), node.log()
-    names = ['qos_overrides./strict/image.subscription.reliability',
-             'qos_overrides./strict/image.subscription.depth',
-             'qos_overrides./strict/camera_info.subscription.reliability',
-             'qos_overrides./strict/depth/image.publisher.reliability',
-             'qos_overrides./strict/depth/image.publisher.depth',
-             'qos_overrides./strict/points.publisher.history']
-    values = client.get_parameters('/strict/mtdp_perception', names)
-    assert list(values.values()) == ['reliable', 5, 'reliable', 'reliable', 10, 'keep_last']
-    assert 'deprecated' not in node.log()
 
 
 def compressed_msg(rgb, stamp, extension='.jpg'):
