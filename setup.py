@@ -88,7 +88,9 @@ setup(
     license='Apache-2.0',
     # colcon picks its pytest step from extras_require['test'] (current setuptools drops
     # tests_require); launch_testing's pytest plugin cannot load under pytest 9.
-    extras_require={'test': ['pytest>=8,<9']},
+    # mtcp: the MT-CP family's Mask2Former backbone (transformers 5 names; the authors'
+    # 4.x checkpoints are renamed on load).
+    extras_require={'test': ['pytest>=8,<9'], 'mtcp': ['transformers==5.25.0']},
     cmdclass={'install_scripts': InstallScriptsAlsoOnPath, 'develop': DevelopAlsoOnPath},
     entry_points={
         'console_scripts': [

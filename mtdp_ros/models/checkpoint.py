@@ -128,6 +128,10 @@ def load_checkpoint(model, src):
                          'expert modules to load into')
     state = read_state_dict(src)
     own = model.state_dict()
+    convert = getattr(model, 'convert_state_dict', None)
+    if convert is not None:
+        # A family whose names change with a dependency's version (MT-CP) renames itself.
+        state = convert(state)
     if not set(state) & set(own):
         mapping = authors_key_map(own)                     # authors' key -> our key
         state = {mapping.get(k, k): v for k, v in state.items()}
@@ -149,11 +153,16 @@ def save_checkpoint(model, path, half=False, metadata=None):
     from safetensors.torch import save_file
     if getattr(model, 'is_reparameterized', False):
         raise ValueError('save the train-form model; reparameterize() after loading')
-    tensors = {}
+    tensors, stored = {}, set()
     for key, value in model.state_dict().items():
         value = value.detach().cpu()
         if half and value.is_floating_point():
             value = value.half()
+        if value.data_ptr() in stored and value.numel():
+            # A module registered twice (MT-CP's trace-back alias) appears under two keys
+            # with one storage; safetensors stores each key's own copy.
+            value = value.clone()
+        stored.add(value.data_ptr())
         tensors[key] = value.contiguous()
     info = {'format': FORMAT_TAG, _CONFIG_KEY: json.dumps(model.config.to_dict())}
     info.update({k: str(v) for k, v in (metadata or {}).items()})

@@ -131,6 +131,7 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
                                   output_names=list(config.tasks), opset_version=opset,
                                   do_constant_folding=True, dynamo=False)
         proto = onnx.load(raw_path)           # pulls in any external tensors as well
+        _float_sampling_grids(proto)
         metadata = {META_FORMAT: FORMAT_TAG, META_CONFIG: json.dumps(config.to_dict()),
                     META_STEPS: '' if steps is None else str(steps),
                     META_TASKS: ','.join(config.tasks),
@@ -163,6 +164,31 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
     if verify:
         info['max_abs_diff'] = verify_onnx(output, wrapper, inputs)
     return info
+
+
+def _float_sampling_grids(proto):
+    """Cast float64 GridSample grids to float32 (in place).
+
+    transformers' deformable attention (MT-CP's Mask2Former) traces its reference points
+    through ``linspace``, which the exporter emits in float64; ONNX allows a float64 grid but
+    ONNX Runtime implements GridSample for float32 only. PyTorch samples with a float32 grid.
+    """
+    import onnx
+    from onnx import helper, TensorProto
+    if not any(node.op_type == 'GridSample' for node in proto.graph.node):
+        return
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    nodes = []
+    for node in proto.graph.node:
+        if node.op_type == 'GridSample' and types.get(node.input[1]) == TensorProto.DOUBLE:
+            cast = node.input[1] + '_float'
+            nodes.append(helper.make_node('Cast', [node.input[1]], [cast],
+                                          to=TensorProto.FLOAT, name=node.name + '_grid_cast'))
+            node.input[1] = cast
+        nodes.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
 
 
 def _initializer_bytes(tensor):

@@ -10,7 +10,8 @@ Per task kind (``mtdp_ros.models.tasks``; raw outputs as the models return them,
 - normals: bilinear, then renormalised to unit length (H x W x 3); a vanishing vector
   (no direction to recover) becomes NaN.
 - probability, by the task's activation: sigmoid of the logit (``edge``) or softmax over
-  the two logits, channel 1 (``sal``); bilinear: a probability in [0, 1].
+  the two logits, channel 1 (``sal``; a one-logit head, MT-CP's, takes the sigmoid);
+  bilinear: a probability in [0, 1].
 
 On the GPU this runs in PyTorch on the device (:func:`postprocess_task_reference`). On the
 CPU, when the image is at least as large as the model's view of it (the usual camera case),
@@ -99,6 +100,8 @@ def postprocess_task_cpu(task, raw, plan: Letterbox):
                                      plan, cv2.INTER_LINEAR))
     # At model resolution, with PyTorch's own functions (as the reference path).
     if spec.activation == 'sigmoid':
+        probability = torch.sigmoid(torch.from_numpy(content[0])).numpy()
+    elif content.shape[0] == 1:                    # softmax of one logit: its sigmoid
         probability = torch.sigmoid(torch.from_numpy(content[0])).numpy()
     else:                                          # softmax: probability of class 1
         probability = torch.softmax(torch.from_numpy(content), dim=0)[1].numpy()
@@ -233,7 +236,9 @@ def postprocess_task_reference(task, raw, plan: Letterbox):
         return unit.permute(1, 2, 0).contiguous()
     if spec.activation == 'sigmoid':
         return unletterbox(torch.sigmoid(raw[:, :1]), plan)[0, 0].clamp(0.0, 1.0)
-    probability = torch.softmax(raw, dim=1)[:, 1:2]             # softmax: class 1
+    # Softmax: class 1 (a one-logit head, MT-CP's saliency: its sigmoid).
+    probability = (torch.sigmoid(raw) if raw.shape[1] == 1
+                   else torch.softmax(raw, dim=1)[:, 1:2])
     return unletterbox(probability, plan)[0, 0].clamp(0.0, 1.0)
 
 

@@ -416,6 +416,8 @@ def predictions_from_raw(task, raw):
     if activation == 'argmax':
         return raw.argmax(dim=1)
     if activation == 'softmax':
+        if raw.shape[1] == 1:                     # one logit (MT-CP): 255 * sigmoid / 255
+            return torch.sigmoid(raw.float())[:, 0]
         return torch.softmax(raw.float(), dim=1)[:, 1]
     if activation == 'sigmoid':
         return torch.sigmoid(raw.float())
