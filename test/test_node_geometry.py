@@ -30,7 +30,20 @@ pytestmark = pytest.mark.slow
 # about 68 px, against 40 px in "training".
 TRAIN_FOCAL_PX = 40.0
 EXPECTED_FACTOR = 0.5 * (50.0 * 85 / 64 + 52.0 * 64 / 48) / TRAIN_FOCAL_PX
-TOPICS = ('depth', 'depth/camera_info', 'points')
+DEPTH_IMAGE = 'depth/image'
+
+
+def camera_info_topic_of(image_topic):
+    """The camera_info topic an image_transport CameraSubscriber pairs with ``image_topic``.
+
+    image_transport's getCameraInfoTopic: ``camera_info`` in the image topic's namespace.
+    """
+    namespace = image_topic.rsplit('/', 1)[0] if '/' in image_topic else ''
+    return f'{namespace}/camera_info' if namespace else 'camera_info'
+
+
+DEPTH_INFO = camera_info_topic_of(DEPTH_IMAGE)
+TOPICS = (DEPTH_IMAGE, DEPTH_INFO, 'points')
 
 
 def rectified_camera_info():
@@ -56,7 +69,7 @@ def geometry(tmp_path_factory):
     engine = create_engine(checkpoint, device='cpu')
     try:
         with serving_node(domain_id(__name__), directory, params,
-                          subscriptions=[(Image, 'depth'), (CameraInfo, 'depth/camera_info'),
+                          subscriptions=[(Image, DEPTH_IMAGE), (CameraInfo, DEPTH_INFO),
                                          (PointCloud2, 'points')],
                           publishers=[(Image, 'image'), (CameraInfo, 'camera_info')],
                           inputs=['image', 'camera_info']) as (node, client):
@@ -89,8 +102,8 @@ def test_without_camera_info_depth_is_uncorrected_and_said_once(geometry):
     node, client, _, _, engine = geometry
     rgb = pattern_image(HEIGHT, WIDTH, seed=3)
     for _ in range(2):
-        stamp = _serve_until(geometry, rgb, ('depth',))
-    depth = image_msg_to_numpy(client.messages_with_stamp('depth', stamp)[0])
+        stamp = _serve_until(geometry, rgb, ('depth/image',))
+    depth = image_msg_to_numpy(client.messages_with_stamp('depth/image', stamp)[0])
     np.testing.assert_allclose(depth, engine.infer(rgb)['depth'], rtol=1e-4)
     # Nothing to describe the depth image (nor a cloud) without camera_info.
     assert not client.messages_with_stamp('depth/camera_info', stamp)
@@ -103,8 +116,11 @@ def test_depth_camera_info_and_cloud_of_a_rectified_camera(geometry):
     info = rectified_camera_info()
     rgb = pattern_image(HEIGHT, WIDTH, seed=4)
     stamp = _serve_until(geometry, rgb, TOPICS, info=info)
-    depth_msg = client.messages_with_stamp('depth', stamp)[0]
-    depth_info = client.messages_with_stamp('depth/camera_info', stamp)[0]
+    # Paired as a CameraSubscriber pairs them: <ns>/image with <ns>/camera_info, one of
+    # each per stamp, the same header.
+    assert DEPTH_INFO == 'depth/camera_info'
+    depth_msg, = client.messages_with_stamp(DEPTH_IMAGE, stamp)
+    depth_info, = client.messages_with_stamp(DEPTH_INFO, stamp)
     cloud_msg = client.messages_with_stamp('points', stamp)[0]
     # depth/camera_info: the depth image's header and size, K from P, zero D.
     assert depth_info.header == depth_msg.header

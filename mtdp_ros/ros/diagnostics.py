@@ -14,7 +14,7 @@ from rclpy.qos import ReliabilityPolicy
 
 from mtdp_ros.ros.monitoring import (MS_PER_NS, STAGES, FrameStatistics,  # noqa: F401
                                      seconds_since_program_start)
-from mtdp_ros.ros.qos import describe_qos
+from mtdp_ros.ros.qos import describe_qos, override_name
 
 
 def _fmt(value):
@@ -102,6 +102,12 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
     return status
 
 
+# Seconds the watchdog waits for the first frame from a matching publisher (a camera
+# that is starting) before it warns; problems it can name (no publisher, a QoS mismatch)
+# are reported after watchdog.timeout as always.
+STARTUP_GRACE = 60.0
+
+
 def build_engine_status(name, state, engine, batches, cameras, max_batch):
     """The engine's DiagnosticStatus of a node with several cameras.
 
@@ -138,8 +144,12 @@ class InputWatchdog:
         self._clock = clock
         self._last_warning = None
 
-    def check(self, node, statistics, timeout, topic, qos, qos_name):
-        """The warning to log now, or None (at most one per ``max(timeout, 5)`` s)."""
+    def check(self, node, statistics, timeout, topic, qos, qos_name=None):
+        """The warning to log now, or None (at most one per ``max(timeout, 5)`` s).
+
+        ``topic``: the fully qualified input topic; ``qos``: its subscription's profile
+        (``qos_name``: unused, kept for callers that pass it).
+        """
         idle = statistics.seconds_without_frames()
         if idle < timeout:
             self._last_warning = None
@@ -147,10 +157,17 @@ class InputWatchdog:
         now = self._clock()
         if self._last_warning is not None and now - self._last_warning < max(timeout, 5.0):
             return None
-        self._last_warning = now
         publishers = node.get_publishers_info_by_topic(topic)
+        mismatch = any(info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+                       for info in publishers) and qos.reliability == ReliabilityPolicy.RELIABLE
+        if (publishers and not mismatch and statistics.last_frame_time is None
+                and idle < max(timeout, STARTUP_GRACE)):
+            # A matching publisher, no frame yet since activation: a camera starting up
+            # (the demo renders its first scene for 20-40 s on a CPU) is not yet a fault.
+            return None
+        self._last_warning = now
         text = (f'no image received on {topic} for {idle:.0f} s (subscribed with QoS '
-                f'{qos_name}: {describe_qos(qos)}); ')
+                f'{describe_qos(qos)}); ')
         if not publishers:
             return text + ('no publisher exists on this topic: check the topic name, '
                            'namespace and remapping (e.g. image:=/camera/image_raw)')
@@ -158,9 +175,13 @@ class InputWatchdog:
                        if info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
         text += f'{len(publishers)} publisher(s) exist'
         if best_effort and qos.reliability == ReliabilityPolicy.RELIABLE:
+            parameter = override_name(topic, 'subscription', 'reliability')
             return text + (f', but {", ".join(best_effort)} publish best_effort, which a '
-                           f'reliable subscription never receives: set input.qos to '
-                           f'sensor_data')
+                           f'reliable subscription never receives: set {parameter} to '
+                           f'best_effort (launch argument input_reliability:=best_effort)')
+        if statistics.last_frame_time is None:
+            return text + f': none has sent a frame for {idle:.0f} s since activation; is the ' \
+                'camera streaming?'
         return text + ': is the camera streaming?'
 
     def reset(self):
