@@ -16,13 +16,16 @@ import os
 
 from launch import LaunchDescription
 import launch.logging
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import (DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler,
+                            SetEnvironmentVariable)
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from mtdp_ros.ros.launch_support import (fastdds_transports, find_rviz2,
                                          node_parameters_from_arguments, parse_bool,
-                                         rviz_arguments, rviz_namespace)
+                                         rviz_arguments, rviz_namespace,
+                                         stop_launch_on_failure)
 
 PACKAGE = 'mtdp_ros'
 # (name, default, description): the launch arguments of this file.
@@ -46,6 +49,10 @@ ARGUMENTS = (
     ('tasks', '', 'Comma-separated tasks, e.g. semseg,depth (empty: all of the model).'),
     ('steps', '', 'diffusion.steps of a TaskDiffusion model (empty or 0: trained steps).'),
     ('device', '', 'engine.device: auto, cuda or cpu (empty: params_file / auto).'),
+    ('input_reliability', '',
+     "Reliability of the image and camera_info subscriptions: 'best_effort' for a "
+     "best-effort camera, 'reliable' (empty: the default, reliable, or params_file's "
+     'qos_overrides./<topic>.subscription.reliability; README, Transport and QoS).'),
     ('autostart', 'true',
      'Node parameter autostart: true configures and activates the (lifecycle) node at '
      'start-up; false leaves it unconfigured for a lifecycle manager.'),
@@ -90,13 +97,16 @@ def launch_setup(context, *args, **kwargs):
     transports = fastdds_transports(values['fastdds_transports'], os.environ)
     if transports:
         actions.append(SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', transports))
-    actions += [Node(
+    node = Node(
         package=PACKAGE, executable='perception_node',
         name=values['node_name'], namespace=values['namespace'],
         parameters=parameters, output='screen', emulate_tty=True,
         remappings=[('image', image_topic),
                     ('image/compressed', image_topic.rstrip('/') + '/compressed'),
-                    ('camera_info', values['camera_info_topic'])])]
+                    ('camera_info', values['camera_info_topic'])])
+    # A node that fails (bad parameters, no CUDA...) ends the launch with exit code 1.
+    actions += [node, RegisterEventHandler(OnProcessExit(target_action=node,
+                                                         on_exit=stop_launch_on_failure))]
     if parse_bool('use_rviz', values['use_rviz']):
         if find_rviz2() is None:
             launch.logging.get_logger('perception.launch').warning(

@@ -152,7 +152,8 @@ class Recorder:
 
     def _on_diagnostics(self, msg):
         for status in msg.status:
-            if status.name.startswith('mtdp_perception'):
+            # The node's status is named '<namespace>/<node name>: perception'.
+            if status.name == f'{NAMESPACE.lstrip("/")}/mtdp_perception: perception':
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
 
     def first_output_arrived(self):

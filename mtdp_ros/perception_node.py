@@ -53,11 +53,12 @@ from mtdp_ros.ros.diagnostics import build_engine_status, build_status
 from mtdp_ros.ros.monitoring import STAGES, seconds_since_program_start
 from mtdp_ros.ros.engine_setup import StartupError
 from mtdp_ros.ros.outputs import OUTPUT_TOPICS
-from mtdp_ros.ros.qos import describe_qos, qos_profile
+from mtdp_ros.ros.qos import deprecated_aliases, describe_qos, qos_profile
 from mtdp_ros.ros.runtime_log import RuntimeLogBridge
 from mtdp_ros.ros.stops import leave_now, StopSignals
 from mtdp_ros.ros.stream import Sink
-from mtdp_ros.ros.stream_endpoints import PublisherSink, camera_stream, subscribe_images
+from mtdp_ros.ros.stream_endpoints import (PublisherSink, QoSOverrideError, camera_stream,
+                                           input_qos, subscribe_images)
 
 __all__ = ['NODE_NAME', 'OUTPUT_TOPICS', 'STAGES', 'PerceptionNode', 'StartupError', 'main']
 
@@ -107,9 +108,8 @@ class PerceptionNode(LifecycleNode):
         self._model_tasks = ()
         self._is_diffusion = False
         self._image_subscriptions = []
-        self._input_qos = None
-        self._input_qos_name = ''
         self._active = False
+        self._warmed_size = None        # 'WxH' of the warm-up at configure, if any
         self._startup_to_first_output_s = None
         self._runtime_log = RuntimeLogBridge(self._log)
         # Held by the inference thread for each frame: a transition that stops the outputs
@@ -177,10 +177,16 @@ class PerceptionNode(LifecycleNode):
             stream.activated()
         self._active = True
         for stream in self.streams:
-            self._image_subscriptions.append(subscribe_images(self, stream, self._input_qos))
+            subscription = subscribe_images(self, stream, stream.input_qos)
+            self._image_subscriptions.append(subscription)
             self._log.info(f'waiting for images on {stream.input_topic} '
-                           f'({self._input_qos_name}: {describe_qos(self._input_qos)})')
-        self._log.info('ready (active): the first frame of a new size warms the engine up')
+                           f'({describe_qos(subscription.qos_profile)})')
+        if self._warmed_size is None:
+            self._log.info('ready (active): the first frame warms the engine up (no '
+                           'camera_info at configure)')
+        else:
+            self._log.info(f'ready (active): warmed up at {self._warmed_size}; a frame of '
+                           f'another size warms the engine up again')
         return SUCCESS
 
     @_callback_returning(ERROR)
@@ -218,6 +224,18 @@ class PerceptionNode(LifecycleNode):
         problems = parameters.validate_startup(values)
         if problems:
             raise StartupError('invalid parameters: ' + '; '.join(problems))
+        for warning in deprecated_aliases(values):
+            self._log.warning(warning)
+        # QoS (qos_overrides.* over the defaults) is checked before the model loads.
+        input_default = qos_profile(values['input.qos'], values['input.qos_depth'])
+        try:
+            for stream in self.streams:
+                stream.compressed = values['input.transport'] == 'compressed'
+                stream.input_topic = self.resolve_topic_name(stream.image_topic)
+                stream.input_qos = input_qos(self, stream.input_topic, input_default)
+                input_qos(self, stream.info_topic, input_default)
+        except QoSOverrideError as exc:
+            raise StartupError(f'invalid QoS override: {exc}') from None
         self.engine = engine_setup.create_engine(values, self._runtime_log, self._log)
         self._model_tasks = tuple(self.engine.tasks)
         self._is_diffusion = self.engine.diffusion
@@ -227,21 +245,28 @@ class PerceptionNode(LifecycleNode):
                                            list(self._model_tasks))])
             values['tasks'] = list(self._model_tasks)
         self._settings = node_settings.settings_from(values, self._model_tasks)
-        self._input_qos = qos_profile(values['input.qos'], values['input.qos_depth'])
-        self._input_qos_name = values['input.qos']
         output_qos = qos_profile(values['output.qos'], values['output.qos_depth'])
-        for stream in self.streams:
-            stream.compressed = values['input.transport'] == 'compressed'
-            stream.input_topic = self.resolve_topic_name(stream.image_topic)
-            stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos)
-        sizes = []
+        try:
+            for stream in self.streams:
+                stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos)
+        except QoSOverrideError as exc:
+            raise StartupError(f'invalid QoS override: {exc}') from None
+        warmed = []
         for stream in self.streams:
             info = stream.camera_info
-            if info is not None and info.width > 0 and info.height > 0 and \
-                    (info.height, info.width) not in sizes:
-                sizes.append((info.height, info.width))
-        for height, width in sizes:
-            engine_setup.warm_up(self.engine, self._settings, height, width, self._log)
+            if info is None or info.width <= 0 or info.height <= 0:
+                continue
+            # One warm-up per camera geometry (size and focal plan: canonical letterboxes
+            # differ by focal length).
+            geometry = (info.height, info.width, tuple(info.k))
+            if geometry in warmed:
+                continue
+            warmed.append(geometry)
+            if engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
+                                    self._log, stream.focal, info):
+                size = f'{info.width}x{info.height}'
+                self._warmed_size = size if self._warmed_size is None else \
+                    f'{self._warmed_size}, {size}'
 
     def _deactivate(self, timeout):
         self._active = False
@@ -268,6 +293,7 @@ class PerceptionNode(LifecycleNode):
                 stream.reset('cleanup')
                 stream.release_outputs()
             self._settings = None
+            self._warmed_size = None
             if engine is not None:
                 engine.close()
                 del engine
@@ -280,6 +306,10 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, changed):
         """Reject invalid values of the dynamic parameters with a reason."""
+        for parameter in changed:
+            reason = parameters.check_unconfigured_only(parameter.name, self.state)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
         current = {name: self.get_parameter(name).value
                    for name in ('depth.color_min', 'depth.color_max')}
         reason = node_settings.check_changes(changed, current, self.engine, self._model_tasks)
@@ -339,20 +369,23 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------ monitoring
     def _publish_diagnostics(self):
         """Publish the DiagnosticStatus of each camera (and of the engine, with several)."""
+        # With the namespace: two nodes named alike in two namespaces must not collide.
+        node_name = self.get_fully_qualified_name().lstrip('/')
         statuses = []
         for stream in self.streams:
-            name = f'{self.get_name()}: perception'
+            name = f'{node_name}: perception'
             if stream.name:
                 name += f' {stream.name}'
             statuses.append(build_status(
                 name, self.state, stream.statistics, engine=self.engine,
                 settings=self._settings, input_topic=stream.input_topic,
-                input_qos=self._input_qos_name,
+                input_qos=describe_qos(stream.input_qos) if stream.input_qos else '',
                 startup_to_first_output_s=self._startup_to_first_output_s,
+                camera_info_problem=stream.camera_info_problem,
                 engine_state=stream.engine_state))
         if self.camera_names:
             statuses.append(build_engine_status(
-                f'{self.get_name()}: engine', self.state, self.engine,
+                f'{node_name}: engine', self.state, self.engine,
                 self.batch_statistics, self.camera_names, self._max_batch))
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
@@ -366,7 +399,7 @@ class PerceptionNode(LifecycleNode):
         for stream in self.streams:
             text = stream.watchdog.check(self, stream.statistics,
                                          self._settings.watchdog_timeout, stream.input_topic,
-                                         self._input_qos, self._input_qos_name)
+                                         stream.input_qos)
             if text is not None:
                 self._log.warning(text)
 

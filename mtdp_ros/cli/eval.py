@@ -26,6 +26,10 @@ from mtdp_ros.runtime.options import DEVICES, is_diffusion
 # on video", measured the strength).
 DEFAULT_SEQUENCES = 4
 DEFAULT_WARM_STRENGTH = 0.01
+# mtdp_ros.runtime.postprocess's FOCAL_CORRECTIONS and DEFAULT_FOCAL_CORRECTION, written out:
+# importing it here would import torch for every `mtdp` command line.
+FOCAL_CORRECTIONS = ('canonical', 'scale', 'off')
+DEFAULT_FOCAL_CORRECTION = 'canonical'
 
 
 def register(subparsers):
@@ -50,9 +54,15 @@ def register(subparsers):
     parser.add_argument('--focal-scale', type=float, default=1.0, metavar='F',
                         help='synthetic data: render the scenes with the focal length times F '
                              '(default 1: the training camera)')
+    parser.add_argument('--focal-correction', choices=FOCAL_CORRECTIONS,
+                        default=DEFAULT_FOCAL_CORRECTION,
+                        help='synthetic data: how depth is made metric for the scene camera: '
+                             'canonical (a zoomed image resized to the training focal length, '
+                             'the rest rescaled), scale (depth rescaled) or off, as the '
+                             f'node\'s depth.focal_correction (default '
+                             f'{DEFAULT_FOCAL_CORRECTION})')
     parser.add_argument('--no-focal-correction', action='store_true',
-                        help='do not rescale depth from the training focal length to the '
-                             'scene camera\'s (default: corrected, as the node does)')
+                        help='same as --focal-correction off')
     parser.add_argument('--json', action='store_true',
                         help='print the metrics as one JSON object on the last line')
     video = parser.add_argument_group('video (synthetic data only)')
@@ -193,13 +203,15 @@ def run(args):
     if args.sequence is not None:
         return run_video(args, model, device, num)
 
+    correction = 'off' if args.no_focal_correction else args.focal_correction
+
     def progress(done, total):
         print(f'\r  evaluated {done}/{total}', end='', file=sys.stderr, flush=True)
 
     results = evaluate_model(model, args.data, num=num, seed=args.seed,
                              batch_size=args.batch_size, device=device, steps=args.steps,
                              progress=progress, focal_scale=args.focal_scale,
-                             focal_correction=not args.no_focal_correction)
+                             focal_correction=correction)
     print('', file=sys.stderr)
     summary = summarize(results)
     steps = args.steps or model.config.trained_steps
@@ -207,7 +219,9 @@ def run(args):
         + (f', seed {args.seed}' if kind == 'synthetic' else '') \
         + (f', {steps} steps' if is_diffusion(model.config) else '') \
         + (f', focal x{args.focal_scale:g}' if args.focal_scale != 1.0 else '') \
-        + (', no focal correction' if args.no_focal_correction else '') + ')'
+        + (', no focal correction' if correction == 'off' else '') \
+        + (f', focal correction {correction}'
+           if correction not in ('off', DEFAULT_FOCAL_CORRECTION) else '') + ')'
     table_stream = sys.stderr if args.json else sys.stdout
     print(header, file=table_stream)
     print(format_table(summary), file=table_stream)

@@ -129,7 +129,8 @@ def run_batch(engine, entries, on_error=None, statistics=None):
         outputs = engine.infer_batch(
             [frame.rgb for _, _, frame in frames], tasks=frames[0][1].tasks,
             steps=frames[0][1].steps, seeds=[settings.seed for _, settings, _ in frames],
-            intrinsics=[frame.intrinsics for _, _, frame in frames])
+            intrinsics=[frame.intrinsics for _, _, frame in frames],
+            focal_correction=frames[0][0].focal.mode)
     except ValueError:
         # Something in one frame: alone, each is accepted or rejected on its own.
         return _one_by_one(engine, frames, on_error, statistics)

@@ -74,7 +74,7 @@ FLOAT_SETTINGS = ('depth_color_min', 'depth_color_max', 'watchdog_timeout', 'war
 def settings_from(values, model_tasks):
     """The Settings of the parameter ``values`` (name -> value), tasks in model order."""
     fields = {setting: values[name] for name, setting in SETTING_OF_PARAMETER.items()}
-    fields['tasks'] = tuple(t for t in model_tasks if t in fields['tasks'])
+    fields['tasks'] = parameters.selected_tasks(fields['tasks'], model_tasks)
     for setting in FLOAT_SETTINGS:
         fields[setting] = float(fields[setting])
     return Settings(**fields)
@@ -123,7 +123,7 @@ def apply_changes(settings, changed, engine, model_tasks, is_diffusion):
             continue
         value = parameter.value
         if setting == 'tasks':
-            value = tuple(t for t in model_tasks if t in value)
+            value = parameters.selected_tasks(value, model_tasks)
         elif setting == 'steps' and is_diffusion:
             # ONNX Runtime exports a new count in the background; the old one serves.
             engine.prepare_steps(value or None)

@@ -20,10 +20,17 @@ from rclpy.parameter import Parameter
 from mtdp_ros.models.tasks import task_names
 from mtdp_ros.ros.image_input import DEFAULT_MAX_PIXELS
 from mtdp_ros.runtime.options import BACKENDS, DEVICES, MAX_STEPS, PRECISIONS, REPARAMETERIZE
+from mtdp_ros.runtime.postprocess import DEFAULT_FOCAL_CORRECTION, FOCAL_CORRECTIONS
 from mtdp_ros.runtime.warm_runner import warm_start_problem, WarmStartSettings
 
 WARM = WarmStartSettings()      # the warm-start defaults
 
+# `tasks: ['all']`: every task of the model (a reset: `ros2 param set ... tasks "[]"` types
+# the empty list as a bool array, which a string-array parameter refuses).
+ALL_TASKS = 'all'
+# Read-only once configured, writable while unconfigured (a lifecycle manager switches
+# models between cleanup and configure).
+UNCONFIGURED_ONLY = ('model.preset', 'model.checkpoint')
 INT32_MAX = 2 ** 31 - 1
 
 
@@ -86,9 +93,11 @@ SPECS = (
     Spec('camera.rectified', False,
          'True: the input image is rectified (image_rect): the point cloud uses P from '
          'camera_info and ignores D. False: the raw image: K and D (undistorted).'),
-    Spec('depth.focal_correction', True,
-         "Rescale metric depth from the model's training focal length to the camera's "
-         '(K, or P when camera.rectified; needs camera_info, else uncorrected).'),
+    Spec('depth.focal_correction', DEFAULT_FOCAL_CORRECTION,
+         "Metric depth for the camera's focal length (K, or P when camera.rectified; needs "
+         "camera_info, else uncorrected): 'canonical' (a zoomed camera's image shrunk to the "
+         "training focal length, the rest rescaled), 'scale' (depth rescaled) or 'off'; "
+         'true/false: canonical/off.', choices=FOCAL_CORRECTIONS + (True, False)),
     Spec('cameras', Parameter.Type.STRING_ARRAY,
          'Names of several cameras served by one engine (e.g. [front,left]): each '
          'subscribes <name>/image and <name>/camera_info and publishes every output under '
@@ -99,7 +108,8 @@ SPECS = (
     # Take effect while running.
     Spec('tasks', Parameter.Type.STRING_ARRAY,
          "Tasks to compute and publish (a subset of the model's: "
-         f"{', '.join(task_names())}); unset = all of the model's.", dynamic=True),
+         f"{', '.join(task_names())}); unset or ['{ALL_TASKS}'] = all of the model's.",
+         dynamic=True),
     Spec('diffusion.steps', 0,
          'DDIM steps of a TaskDiffusion model (0 = the steps it was trained with); '
          'must stay 0 for MLoRE models.', dynamic=True, int_range=(0, MAX_STEPS)),
@@ -149,10 +159,16 @@ SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
 def descriptor(spec: Spec) -> ParameterDescriptor:
     """The ParameterDescriptor of a spec (ranges, choices in the constraints, read-only)."""
+    # UNCONFIGURED_ONLY: the node refuses changes once configured (its callback).
     text = ParameterDescriptor(name=spec.name, description=spec.description,
-                               read_only=not spec.dynamic)
+                               read_only=not spec.dynamic
+                               and spec.name not in UNCONFIGURED_ONLY)
     if spec.choices:
-        text.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+        text.additional_constraints = 'one of: ' + ', '.join(
+            str(choice).lower() if isinstance(choice, bool) else choice
+            for choice in spec.choices)
+        # A string parameter that also takes true/false (depth.focal_correction's aliases).
+        text.dynamic_typing = any(isinstance(choice, bool) for choice in spec.choices)
     if spec.int_range is not None:
         text.integer_range = [IntegerRange(from_value=spec.int_range[0],
                                            to_value=spec.int_range[1], step=1)]
@@ -213,15 +229,36 @@ def check_value(spec: Spec, value):
 
 
 def check_tasks(tasks, model_tasks):
-    """None when ``tasks`` is a valid non-empty subset of ``model_tasks``, else the reason."""
+    """None when ``tasks`` is a valid non-empty subset of ``model_tasks``, else the reason.
+
+    ``['all']`` (ALL_TASKS) is valid: every task of the model.
+    """
     tasks = list(tasks)
+    if tasks == [ALL_TASKS]:
+        return None
     if not tasks:
-        return f'tasks must name at least one of the model\'s tasks {list(model_tasks)}'
+        return (f'tasks must name at least one of the model\'s tasks {list(model_tasks)}, '
+                f"or be ['{ALL_TASKS}'] for all of them")
     unknown = [task for task in tasks if task not in model_tasks]
     if unknown:
         return f'unknown tasks {unknown}; this model has {list(model_tasks)}'
     if len(set(tasks)) != len(tasks):
         return f'tasks lists a task twice: {tasks}'
+    return None
+
+
+def selected_tasks(tasks, model_tasks):
+    """The tasks ``tasks`` selects, in model order (``['all']``: every one)."""
+    if list(tasks) == [ALL_TASKS]:
+        return tuple(model_tasks)
+    return tuple(t for t in model_tasks if t in tasks)
+
+
+def check_unconfigured_only(name, state):
+    """None when parameter ``name`` may change in lifecycle ``state``, else the reason."""
+    if name in UNCONFIGURED_ONLY and state != 'unconfigured':
+        return (f'{name} can change only while the node is unconfigured (now {state}): '
+                f'deactivate and cleanup, set it, then configure loads the new model')
     return None
 
 

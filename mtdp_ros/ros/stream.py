@@ -162,6 +162,7 @@ class CameraStream:
         self._on_reject = on_reject
         self._now_ns = now_ns
         self.camera_info = None
+        self.camera_info_problem = None
         self.slot = LatestFrame()
         self.statistics = FrameStatistics()
         # The node's InputWatchdog of this camera (it asks the ROS graph who publishes).
@@ -191,6 +192,7 @@ class CameraStream:
     def on_camera_info(self, msg):
         """Use ``msg`` from now on; the problem (a sentence) when it is ignored, else None."""
         problem = camera_info_problem(msg, self.focal.rectified)
+        self.camera_info_problem = problem       # for /diagnostics: why outputs stopped
         if problem:        # e.g. NaN in D: the cloud would be all NaN
             self.warn('camera_info', f'ignoring camera_info from {self.info_topic}: {problem}')
             return problem
@@ -277,7 +279,8 @@ class CameraStream:
                     engine, frame.rgb, frame.stamp_s, settings.warm, tasks=settings.tasks,
                     steps=settings.steps, seed=settings.seed, intrinsics=frame.intrinsics)
             return engine.infer(frame.rgb, tasks=settings.tasks, steps=settings.steps,
-                                seed=settings.seed, intrinsics=frame.intrinsics)
+                                seed=settings.seed, intrinsics=frame.intrinsics,
+                                focal_correction=self.focal.mode)
         except ValueError as exc:
             self.reject('engine', exc)
             return None

@@ -16,7 +16,8 @@ from mtdp_ros.models import ModelConfig, resolve_model
 from mtdp_ros.models.sampler import check_strength
 
 from .options import check_seed, check_steps, is_diffusion, MAX_STEPS
-from .postprocess import check_intrinsics, focal_correction_factor
+from .postprocess import (canonical_scale, check_focal_correction, check_intrinsics,
+                          DEFAULT_FOCAL_CORRECTION, focal_correction_factor)
 from .preprocess import plan_letterbox
 
 LOGGER = logging.getLogger('mtdp_ros.runtime')
@@ -89,6 +90,8 @@ class Engine:
         # Depth factor of the last infer call (1.0 without intrinsics, see focal_factor).
         self.last_focal_factor = 1.0
         self.last_focal_factors = [1.0]
+        # How infer makes depth metric for a camera's intrinsics (see infer).
+        self.focal_correction = DEFAULT_FOCAL_CORRECTION
         self._warned_no_train_focal = False
 
     @property
@@ -148,16 +151,25 @@ class Engine:
             raise ValueError(reason)
         return True
 
+    def steps_status(self, steps):
+        """'ready' when ``steps`` runs now, else 'unavailable: <reason>' (see OrtEngine)."""
+        reason = self.check_steps(steps)
+        return f'unavailable: {reason}' if reason else 'ready'
+
+    def running_steps(self, steps):
+        """The step count an ``infer`` call asking for ``steps`` runs (None: no diffusion)."""
+        return self.resolve_steps(steps) if self.diffusion else None
+
     def wait_for_steps(self, steps, timeout=None):
         """Block until ``steps`` is ready (or ``timeout`` s pass); True when it is ready."""
         return self.check_steps(steps) is None
 
-    def plan(self, image_size):
-        """Return the (cached) letterbox plan for an image size."""
-        key = tuple(int(v) for v in image_size)
+    def plan(self, image_size, max_scale=None):
+        """Return the (cached) letterbox plan for an image size (``max_scale``: see infer)."""
+        key = (*(int(v) for v in image_size), max_scale)
         plan = self._plans.get(key)
         if plan is None:
-            plan = plan_letterbox(key, self.config.image_size)
+            plan = plan_letterbox(key[:2], self.config.image_size, max_scale)
             self._plans[key] = plan
             while len(self._plans) > CACHE_LIMIT:
                 self._plans.popitem(last=False)
@@ -175,13 +187,16 @@ class Engine:
         generator = torch.Generator().manual_seed(int(seed))
         return torch.randn(self.noise_shape(), generator=generator, dtype=torch.float32)
 
-    def infer(self, image, tasks=None, steps=None, seed=None, intrinsics=None, init=None,
-              strength=1.0, return_state=False):
+    def infer(self, image, tasks=None, steps=None, seed=None, intrinsics=None,
+              focal_correction=None, init=None, strength=1.0, return_state=False):
         """Metric outputs of ``tasks`` (None: all) for one uint8 H x W x 3 RGB image.
 
         ``intrinsics``: the camera's (fx, fy, cx, cy) in pixels of ``image``; when given,
-        depth is rescaled from the model's training camera to this one (see
-        :meth:`focal_factor`). None: depth as the network predicts it.
+        depth is made metric for this camera, as ``focal_correction`` says (None: the
+        engine's ``focal_correction``, :data:`DEFAULT_FOCAL_CORRECTION`): ``'canonical'``
+        letterboxes a zoomed camera's image to the training focal length (shrunk, padded;
+        ``postprocess.canonical_scale``) and rescales what is left (:meth:`focal_factor`);
+        ``'scale'`` only rescales depth. None intrinsics: depth as the network predicts it.
 
         Video (TaskDiffusion, torch backend): ``return_state=True`` returns ``(outputs,
         state)``, where ``state`` is the final clean cross-task map (a tensor on the
@@ -195,10 +210,12 @@ class Engine:
         tasks = self.select_tasks(tasks)
         steps = self.resolve_steps(steps)
         seed = self.seed if seed is None else check_seed(seed)
+        max_scale = None
         if intrinsics is not None:
             intrinsics = check_intrinsics(intrinsics)
+            intrinsics, max_scale = self.focal_plan_arguments(intrinsics, focal_correction)
         start = self.sampler_start(init, strength, return_state)
-        plan = self.plan(image.shape[:2])
+        plan = self.plan(image.shape[:2], max_scale)
         if start is None:
             outputs, state = self._infer(image, plan, tasks, steps, seed), None
         else:
@@ -211,6 +228,17 @@ class Engine:
         self.last_focal_factor = factor
         self.last_focal_factors = [factor]
         return (outputs, state) if return_state else outputs
+
+    def focal_plan_arguments(self, intrinsics, focal_correction=None):
+        """(intrinsics for the depth factor or None, letterbox max_scale) of a correction mode."""
+        correction = check_focal_correction(
+            self.focal_correction if focal_correction is None else focal_correction)
+        max_scale = None
+        if correction == 'canonical':
+            max_scale = canonical_scale(intrinsics, self.config.train_focal_px)
+        elif correction == 'off':
+            intrinsics = None
+        return intrinsics, max_scale
 
     def sampler_start(self, init, strength, return_state):
         """None for a plain cold call, else the validated :data:`SamplerStart`."""
@@ -239,7 +267,8 @@ class Engine:
         # Strength 1 is the cold start: the previous map is not used.
         return SamplerStart(init if strength < 1.0 else None, strength)
 
-    def infer_batch(self, images, tasks=None, steps=None, seeds=None, intrinsics=None):
+    def infer_batch(self, images, tasks=None, steps=None, seeds=None, intrinsics=None,
+                    focal_correction=None):
         """Metric outputs of several images (one per camera) from one batched network pass.
 
         ``images``: a sequence of uint8 H x W x 3 RGB images, each of its own size (each is
@@ -247,9 +276,10 @@ class Engine:
         None entry: the engine's seed); every image draws its own initial noise, so an
         image's outputs equal ``infer(image, seed=its seed)`` whatever it is batched with.
         ``intrinsics``: one (fx, fy, cx, cy) or None per image (per-frame focal
-        correction). Returns one ``{task: array}`` per image, in order; ``last_timing`` is
-        the batch's (``model_ms``: the one network pass) and ``last_focal_factors`` one
-        depth factor per image. ValueError (naming the image's index) for a bad argument.
+        correction, as ``focal_correction`` says: see :meth:`infer`). Returns one
+        ``{task: array}`` per image, in order; ``last_timing`` is the batch's
+        (``model_ms``: the one network pass) and ``last_focal_factors`` one depth factor
+        per image. ValueError (naming the image's index) for a bad argument.
         """
         from .preprocess import check_image
         images = list(images)
@@ -268,7 +298,14 @@ class Engine:
         seeds = [self.seed if seed is None else check_seed(seed) for seed in seeds]
         intrinsics = self._per_image('intrinsics', intrinsics, count)
         intrinsics = [None if k is None else check_intrinsics(k) for k in intrinsics]
-        plans = [self.plan(image.shape[:2]) for image in checked]
+        plans = []
+        for index, (image, camera) in enumerate(zip(checked, intrinsics)):
+            max_scale = None
+            if camera is not None:
+                # As infer: the correction mode decides the letterbox and the depth factor.
+                camera, max_scale = self.focal_plan_arguments(camera, focal_correction)
+                intrinsics[index] = camera
+            plans.append(self.plan(image.shape[:2], max_scale))
         if count == 1:
             outputs = [self._infer(checked[0], plans[0], tasks, steps, seeds[0])]
         else:

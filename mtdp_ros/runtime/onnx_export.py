@@ -17,13 +17,14 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from mtdp_ros.models import build_model, load_checkpoint, reparameterize
+from mtdp_ros.models import build_model, check_checkpoint_fits, load_checkpoint, reparameterize
 
 from .engine import resolve_engine_model, warn
 from .options import check_steps, is_diffusion
@@ -38,6 +39,9 @@ META_TASKS = 'mtdp_tasks'
 META_REPARAM = 'mtdp_reparameterized'
 META_NAME = 'mtdp_model_name'
 META_RANDOM = 'mtdp_random_weights'
+# torch.onnx.export keeps process-wide state (GLOBALS.in_onnx_export): two exports at once
+# fail ("GLOBALS.in_onnx_export must be False"), so every export in this process takes turns.
+EXPORT_LOCK = threading.Lock()
 META_FORMAT = 'mtdp_format'
 
 
@@ -69,6 +73,7 @@ def prepare_model(config, checkpoint=None, reparameterize_mlore=True):
     from . import memory
     fuse, reason = memory.decide(config, reparameterize_mlore, 'cpu', 'fp32')
     memory.log_decision(fuse, reason)
+    check_checkpoint_fits(config, checkpoint)              # before allocating the model
     model = build_model(config)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
@@ -126,7 +131,7 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
             # The tracer notes every Python-level shape check; the shapes are fixed here.
             warnings.simplefilter('ignore', torch.jit.TracerWarning)
             warnings.simplefilter('ignore', DeprecationWarning)
-            with torch.no_grad():
+            with torch.no_grad(), EXPORT_LOCK:
                 torch.onnx.export(wrapper, inputs, raw_path, input_names=input_names,
                                   output_names=list(config.tasks), opset_version=opset,
                                   do_constant_folding=True, dynamo=False)

@@ -282,6 +282,40 @@ def focal_correction_factor(intrinsics, train_focal_px, scale=(1.0, 1.0)):
     return 0.5 * (fx * scale_x + fy * scale_y) / float(train_focal_px)
 
 
+# depth.focal_correction: how depth is made metric for a camera of another focal length
+# (see Engine.infer); the default was chosen by scripts/eval_focal.py (README).
+FOCAL_CORRECTIONS = ('canonical', 'scale', 'off')
+DEFAULT_FOCAL_CORRECTION = 'canonical'
+
+
+def check_focal_correction(value):
+    """One of FOCAL_CORRECTIONS; True and False are aliases of the default and 'off'."""
+    if value is True:
+        return DEFAULT_FOCAL_CORRECTION
+    if value is False:
+        return 'off'
+    if value not in FOCAL_CORRECTIONS:
+        raise ValueError(f'focal correction must be one of {", ".join(FOCAL_CORRECTIONS)} '
+                         f'(or true/false), got {value!r}')
+    return value
+
+
+def canonical_scale(intrinsics, train_focal_px):
+    """Letterbox scale that gives the camera the training focal length (None: unknown).
+
+    Metric3D's canonical camera: an image of focal length f resized by ``f_train / f`` looks
+    as if taken by the training camera, so the network's depth needs no correction. The
+    engines use it as ``plan_letterbox``'s ``max_scale``: a zoomed camera's image is shrunk
+    (and padded); a wide one would have to grow past the model input, so it is fitted as
+    usual and the rest is corrected on the output (:func:`focal_correction_factor` with
+    the plan's scale).
+    """
+    fx, fy, _, _ = check_intrinsics(intrinsics)
+    if train_focal_px is None:
+        return None
+    return float(train_focal_px) / (0.5 * (fx + fy))
+
+
 def postprocess(raw_outputs, plan: Letterbox, tasks=None):
     """``{task: 1 x C x h x w raw}`` -> ``{task: metric tensor at the image size}``."""
     tasks = tuple(raw_outputs) if tasks is None else tuple(tasks)

@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from mtdp_ros.models import build_model, load_checkpoint, reparameterize
+from mtdp_ros.models import build_model, check_checkpoint_fits, load_checkpoint, reparameterize
 
 from .engine import CACHE_LIMIT, Engine, LOGGER, StageTimer, warn
 from . import memory
@@ -67,6 +67,7 @@ class TorchEngine(Engine):
         # Built, loaded and fused on the CPU in fp32, block by block in place (each train
         # block is freed as its fused form is made), then moved and cast once: the device
         # only ever holds the final form, in the final dtype.
+        check_checkpoint_fits(config, checkpoint)          # before allocating the model
         model = build_model(config)
         fuse, self.reparameterize_reason = memory.decide(config, reparameterize_mlore, device,
                                                          self.precision, model=model)
@@ -162,7 +163,9 @@ class TorchEngine(Engine):
         with self._lock:
             if not self.cuda:
                 return self._infer_cpu(image, plan, tasks, steps, seed, start)
-            key = self.graph_key(plan.image_size, steps, tasks, start)
+            # The letterbox, not only the image size: the canonical camera shrinks a
+            # zoomed camera's image further (engine.infer).
+            key = self.graph_key((plan.image_size, plan.resized_size), steps, tasks, start)
             if self.cuda_graphs and key not in self._failed_keys:
                 graphs = self._graphs.get(key)
                 if graphs is None:
@@ -216,7 +219,7 @@ class TorchEngine(Engine):
             return [host_to_numpy(host) for host in hosts]
 
     def graph_key(self, image_size, steps, tasks, start=None):
-        """Key of the CUDA graphs of a call: (image size, steps, tasks, sampler start).
+        """Key of the CUDA graphs of a call: (letterbox sizes, steps, tasks, sampler start).
 
         TaskDiffusion denoises every task jointly whatever is asked, so its graphs compute
         all tasks and the requested ones are picked after the replay: one capture serves
