@@ -26,12 +26,12 @@ import torch  # noqa: E402
 
 from mtdp_ros.cli.eval import load_model  # noqa: E402
 from mtdp_ros.training.evaluate import (_canonical_run, _focal_corrected, _forward,  # noqa
-                                        EDGE_MAX_DIST, PARTIAL_POWER, summarize)
+                                        EDGE_MAX_DIST, summarize)
 from mtdp_ros.training.metrics import MultiTaskMeter  # noqa: E402
 from mtdp_ros.training.synthetic import render_batch  # noqa: E402
 
 SCALES = (0.5, 0.6, 0.8, 1.0, 1.25, 1.6, 2.0)
-CORRECTIONS = ('off', 'partial', 'scale', 'canonical')
+CORRECTIONS = ('off', 'partial', 'scale', 'canonical', 'hybrid')
 
 
 def evaluate_corrections(model, num, seed, focal_scale, corrections, batch_size=8):
@@ -65,8 +65,7 @@ def evaluate_corrections(model, num, seed, focal_scale, corrections, batch_size=
             elif correction == 'off':
                 raw = plain
             else:
-                power = PARTIAL_POWER if correction == 'partial' else 1.0
-                raw = _focal_corrected(plain, intrinsics, config.train_focal_px, power)
+                raw = _focal_corrected(plain, intrinsics, config.train_focal_px, correction)
             meters[correction].update({'depth': raw['depth'].float()},
                                       {'depth': batch['depth']})
     return {c: summarize(meter.score())['depth'] for c, meter in meters.items()}

@@ -360,8 +360,8 @@ def test_depth_is_corrected_for_the_camera_as_in_the_node(tmp_path):
         want = engine.infer(frames[index], tasks=['depth'], intrinsics=intrinsics)['depth']
         got = image_msg_to_numpy(deserialize_message(corrected_depth[index][1], Image))
         np.testing.assert_array_equal(got, want)
-        # (depth.focal_correction canonical: the network saw the image shrunk to the
-        # training focal length, so the corrected depth is no multiple of the plain one)
+        # (depth.focal_correction's default rescales depth by the camera's focal ratio,
+        # by its square root where the camera zooms in)
         unscaled = image_msg_to_numpy(deserialize_message(plain_depth[index][1], Image))
         np.testing.assert_array_equal(unscaled,
                                       engine.infer(frames[index], tasks=['depth'])['depth'])

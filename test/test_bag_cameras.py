@@ -79,7 +79,7 @@ def test_each_camera_is_written_under_its_name(tmp_path, model, engine, capsys):
     assert 'batch sizes 2:3' in summary, summary
     topics = read_bag(out_path)
     for offset, (camera, (height, width)) in enumerate(CAMERAS.items()):
-        depth = topics[f'{NAMESPACE}/{camera}/depth']
+        depth = topics[f'{NAMESPACE}/{camera}/depth/image']
         assert [t for t, _, _ in depth] == [b + offset for b in BAG_TIMES]
         assert len(topics[f'{NAMESPACE}/{camera}/points']) == len(BAG_TIMES)
         for index, (_, raw, _) in enumerate(depth):

@@ -24,10 +24,17 @@ def test_eval_command_focal_options(capsys):
     assert 'no focal correction' in captured.err
     assert corrected['depth']['abs_rel'] != uncorrected['depth']['abs_rel']
     assert math.isfinite(corrected['depth']['abs_rel'])
-    # Rescaling depth leaves semantics, normals and edges as they are; the canonical
-    # camera (the default) shows the network a smaller image, so they change too.
+    # Rescaling depth leaves semantics, normals and edges as they are.
     assert corrected['semseg'] == uncorrected['semseg']
+    # The default (hybrid) rescales a zoomed camera's depth by the factor's square root:
+    # neither the full factor nor none.
     assert mtdp(base + ['--focal-scale', '1.6']) == 0
+    hybrid = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert hybrid['depth']['abs_rel'] not in (corrected['depth']['abs_rel'],
+                                              uncorrected['depth']['abs_rel'])
+    assert hybrid['semseg'] == uncorrected['semseg']
+    # The canonical camera shows the network a smaller image: semantics change too.
+    assert mtdp(base + ['--focal-scale', '1.6', '--focal-correction', 'canonical']) == 0
     canonical = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert canonical['depth']['abs_rel'] not in (corrected['depth']['abs_rel'],
                                                  uncorrected['depth']['abs_rel'])

@@ -79,7 +79,7 @@ def send_round(client, cameras, info=True):
     return stamps
 
 
-def answered(client, camera, stamp, topics=('depth', 'semantic/labels')):
+def answered(client, camera, stamp, topics=('depth/image', 'semantic/labels')):
     return all(client.messages_with_stamp(topic(camera, t), stamp) for t in topics)
 
 
@@ -105,7 +105,7 @@ def test_every_camera_gets_its_outputs_with_its_own_header_and_size(cameras):
     for camera, stamp in stamps.items():
         for other in CAMERAS:
             if other != camera:
-                assert not client.messages_with_stamp(topic(other, 'depth'), stamp)
+                assert not client.messages_with_stamp(topic(other, 'depth/image'), stamp)
 
 
 def test_a_camera_that_stops_does_not_hold_the_others(cameras):
@@ -137,7 +137,7 @@ def test_a_bad_frame_on_one_camera_costs_the_others_nothing(cameras):
         assert node.wait_for_log(f'rejected a frame from {topic("left", "image")}', 10), \
             node.log()
     client.spin_for(0.3)
-    assert not client.messages_with_stamp(topic('left', 'depth'), bad_stamp)
+    assert not client.messages_with_stamp(topic('left', 'depth/image'), bad_stamp)
     # A bad camera_info on one camera is ignored with a reason naming it; all still serve.
     info = camera_info(*CAMERAS['right'])
     info.d = [math.nan] * 5
@@ -159,18 +159,19 @@ def test_diagnostics_have_one_status_per_camera_and_the_engine(cameras):
         return {s.name: {kv.key: kv.value for kv in s.values}
                 for s in arrays[-1].status} if arrays else {}
 
-    expected = {f'mtdp_perception: perception {c}' for c in CAMERAS} | {
-        'mtdp_perception: engine'}
+    # Status names carry the node's namespace (two nodes named alike must not collide).
+    prefix = f"{NAMESPACE.lstrip('/')}/mtdp_perception"
+    expected = {f'{prefix}: perception {c}' for c in CAMERAS} | {f'{prefix}: engine'}
     assert client.spin_until(lambda: set(statuses()) == expected and int(
-        statuses()['mtdp_perception: engine'].get('batches', '0')) > 0, 10), statuses()
+        statuses()[f'{prefix}: engine'].get('batches', '0')) > 0, 10), statuses()
     found = statuses()
     for camera in CAMERAS:
-        values = found[f'mtdp_perception: perception {camera}']
+        values = found[f'{prefix}: perception {camera}']
         assert values['input_topic'] == topic(camera, 'image')
         assert int(values['frames_out']) > 0
-    assert int(found['mtdp_perception: perception left']['rejected']) >= 3
-    assert int(found['mtdp_perception: perception front']['rejected']) == 0
-    engine = found['mtdp_perception: engine']
+    assert int(found[f'{prefix}: perception left']['rejected']) >= 3
+    assert int(found[f'{prefix}: perception front']['rejected']) == 0
+    engine = found[f'{prefix}: engine']
     assert engine['cameras'] == ','.join(CAMERAS) and engine['max_batch'] == '8'
     sizes = dict(part.split(':') for part in engine['batch_size_histogram'].split(','))
     assert all(1 <= int(size) <= len(CAMERAS) for size in sizes)

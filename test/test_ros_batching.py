@@ -107,7 +107,7 @@ def test_a_batch_publishes_each_camera_its_own_outputs(engine):
     assert statistics.histogram() == '3:1'
     for index, stream in enumerate(cams):
         width, height = sizes[stream.name]
-        depth = [m for t, m in stream.sink.messages if t == 'depth'][0]
+        depth = [m for t, m in stream.sink.messages if t == 'depth/image'][0]
         assert (depth.width, depth.height) == (width, height)
         assert depth.header.stamp.sec == index + 1
         # The same frame alone gives the same depth (its own focal correction included).

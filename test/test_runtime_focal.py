@@ -72,7 +72,7 @@ def test_engine_scales_depth_exactly_by_the_focal_ratio(backend, focal_config, m
     assert engine.last_focal_factor == pytest.approx(1.0, rel=1e-12)
     np.testing.assert_array_equal(same['depth'], plain['depth'])
     # fx = fy = 400 px seen at scale 0.5 is 200 px against 80 px in training: factor 2.5
-    # ('scale'; the default, 'canonical', shrinks the image instead: test below).
+    # ('scale'; 'canonical' shrinks the image instead: test below).
     wide = engine.infer(image, intrinsics=(400.0, 400.0, 79.5, 63.5), focal_correction='scale')
     assert engine.last_focal_factor == pytest.approx(2.5, rel=1e-12)
     np.testing.assert_allclose(wide['depth'], plain['depth'] * 2.5, rtol=1e-6)
@@ -81,6 +81,18 @@ def test_engine_scales_depth_exactly_by_the_focal_ratio(backend, focal_config, m
     for task in plain:
         if task != 'depth':
             np.testing.assert_array_equal(wide[task], plain[task])
+    # The default, 'hybrid': a zoomed camera (factor 2.5) by the square root of the factor,
+    # a wider one (fx 80 px: factor 0.5) by the factor itself, the same image either way.
+    zoomed = engine.infer(image, intrinsics=(400.0, 400.0, 79.5, 63.5))
+    assert engine.last_focal_factor == pytest.approx(2.5 ** 0.5, rel=1e-12)
+    np.testing.assert_allclose(zoomed['depth'], plain['depth'] * 2.5 ** 0.5, rtol=1e-6)
+    wider = engine.infer(image, intrinsics=(80.0, 80.0, 79.5, 63.5))
+    assert engine.last_focal_factor == pytest.approx(0.5, rel=1e-12)
+    np.testing.assert_allclose(wider['depth'], plain['depth'] * 0.5, rtol=1e-6)
+    batch = engine.infer_batch([image, image], intrinsics=[(400.0, 400.0, 79.5, 63.5),
+                                                          (80.0, 80.0, 79.5, 63.5)])
+    assert engine.last_focal_factors == pytest.approx([2.5 ** 0.5, 0.5], rel=1e-12)
+    np.testing.assert_allclose(batch[0]['depth'], zoomed['depth'], rtol=1e-5)
     # Without depth among the tasks there is nothing to correct.
     no_depth = engine.infer(image, tasks=['semseg'], intrinsics=(400.0, 400.0, 79.5, 63.5),
                             focal_correction='scale')
@@ -107,14 +119,14 @@ def test_canonical_camera_shrinks_a_zoomed_image_to_the_training_focal_length(
         focal_config, mlore_reference):
     engine = create_engine(focal_config, checkpoint=mlore_reference['checkpoint'],
                            device='cpu')
-    assert engine.focal_correction == 'canonical'
+    assert engine.focal_correction == 'hybrid'
     image = _image(128, 160)                  # fitted into 64 x 96 at scale 0.5
     # fx = fy = 400 px is 200 px at the fitted scale against 80 px in training: the
     # canonical camera scales the image by 80 / 400 = 0.2 (26 x 32 px, padded), and depth
     # only needs the factor of the rounding to whole pixels (26 / 128 is not 0.2); 'scale'
     # fits it and multiplies depth by 2.5.
     zoomed = (400.0, 400.0, 79.5, 63.5)
-    canonical = engine.infer(image, intrinsics=zoomed)
+    canonical = engine.infer(image, intrinsics=zoomed, focal_correction='canonical')
     assert engine.last_focal_factor == pytest.approx(0.5 * (400 * 0.2 + 400 * 26 / 128) / 80,
                                                      rel=1e-12)
     assert engine.plan((128, 160), canonical_scale(zoomed, 80.0)).resized_size == (26, 32)
@@ -128,18 +140,19 @@ def test_canonical_camera_shrinks_a_zoomed_image_to_the_training_focal_length(
     assert canonical['depth'].shape == canonical['normals'].shape[:2] == (128, 160)
     # A wide camera cannot grow past the model input: fitted, then scaled (as 'scale').
     wide = (40.0, 40.0, 79.5, 63.5)           # 20 px at the fitted scale: factor 0.25
-    np.testing.assert_array_equal(engine.infer(image, intrinsics=wide)['depth'],
+    np.testing.assert_array_equal(engine.infer(image, intrinsics=wide,
+                                               focal_correction='canonical')['depth'],
                                   engine.infer(image, intrinsics=wide,
                                                focal_correction='scale')['depth'])
     assert engine.last_focal_factor == pytest.approx(0.25, rel=1e-12)
-    # 'off' (and False) leave depth as predicted; True is the default.
+    # 'off' (and False) leave depth as predicted; True is the default (hybrid).
     np.testing.assert_array_equal(engine.infer(image, intrinsics=zoomed,
                                                focal_correction=False)['depth'], plain['depth'])
     assert engine.last_focal_factor == 1.0
     np.testing.assert_array_equal(engine.infer(image, intrinsics=zoomed,
                                                focal_correction=True)['depth'],
-                                  canonical['depth'])
-    with pytest.raises(ValueError, match='canonical, scale, off'):
+                                  engine.infer(image, intrinsics=zoomed)['depth'])
+    with pytest.raises(ValueError, match='hybrid, canonical, scale, off'):
         engine.infer(image, intrinsics=zoomed, focal_correction='metric3d')
     engine.close()
 

@@ -28,8 +28,8 @@ DEFAULT_SEQUENCES = 4
 DEFAULT_WARM_STRENGTH = 0.01
 # mtdp_ros.runtime.postprocess's FOCAL_CORRECTIONS and DEFAULT_FOCAL_CORRECTION, written out:
 # importing it here would import torch for every `mtdp` command line.
-FOCAL_CORRECTIONS = ('canonical', 'scale', 'off')
-DEFAULT_FOCAL_CORRECTION = 'canonical'
+FOCAL_CORRECTIONS = ('hybrid', 'canonical', 'scale', 'off')
+DEFAULT_FOCAL_CORRECTION = 'hybrid'
 
 
 def register(subparsers):
@@ -57,8 +57,10 @@ def register(subparsers):
     parser.add_argument('--focal-correction', choices=FOCAL_CORRECTIONS,
                         default=DEFAULT_FOCAL_CORRECTION,
                         help='synthetic data: how depth is made metric for the scene camera: '
-                             'canonical (a zoomed image resized to the training focal length, '
-                             'the rest rescaled), scale (depth rescaled) or off, as the '
+                             'hybrid (rescaled by the factor for a wider camera, by its square '
+                             'root for a zoomed one), canonical (a zoomed image resized to the '
+                             'training focal length, the rest rescaled), scale (depth '
+                             'rescaled) or off, as the '
                              f'node\'s depth.focal_correction (default '
                              f'{DEFAULT_FOCAL_CORRECTION})')
     parser.add_argument('--no-focal-correction', action='store_true',

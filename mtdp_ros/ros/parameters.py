@@ -95,9 +95,11 @@ SPECS = (
          'camera_info and ignores D. False: the raw image: K and D (undistorted).'),
     Spec('depth.focal_correction', DEFAULT_FOCAL_CORRECTION,
          "Metric depth for the camera's focal length (K, or P when camera.rectified; needs "
-         "camera_info, else uncorrected): 'canonical' (a zoomed camera's image shrunk to the "
-         "training focal length, the rest rescaled), 'scale' (depth rescaled) or 'off'; "
-         'true/false: canonical/off.', choices=FOCAL_CORRECTIONS + (True, False)),
+         "camera_info, else uncorrected): 'hybrid' (depth rescaled by the focal ratio for a "
+         "wider camera, by its square root for a zoomed one), 'canonical' (a zoomed camera's "
+         "image shrunk to the training focal length, the rest rescaled), 'scale' (depth "
+         "rescaled) or 'off'; true/false: hybrid/off.",
+         choices=FOCAL_CORRECTIONS + (True, False)),
     Spec('cameras', Parameter.Type.STRING_ARRAY,
          'Names of several cameras served by one engine (e.g. [front,left]): each '
          'subscribes <name>/image and <name>/camera_info and publishes every output under '

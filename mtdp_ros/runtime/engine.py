@@ -17,7 +17,8 @@ from mtdp_ros.models.sampler import check_strength
 
 from .options import check_seed, check_steps, is_diffusion, MAX_STEPS
 from .postprocess import (canonical_scale, check_focal_correction, check_intrinsics,
-                          DEFAULT_FOCAL_CORRECTION, focal_correction_factor)
+                          corrected_depth_factor, DEFAULT_FOCAL_CORRECTION,
+                          focal_correction_factor)
 from .preprocess import plan_letterbox
 
 LOGGER = logging.getLogger('mtdp_ros.runtime')
@@ -193,7 +194,9 @@ class Engine:
 
         ``intrinsics``: the camera's (fx, fy, cx, cy) in pixels of ``image``; when given,
         depth is made metric for this camera, as ``focal_correction`` says (None: the
-        engine's ``focal_correction``, :data:`DEFAULT_FOCAL_CORRECTION`): ``'canonical'``
+        engine's ``focal_correction``, :data:`DEFAULT_FOCAL_CORRECTION`): ``'hybrid'``
+        rescales depth by the full factor for a wider camera and by its square root for a
+        zoomed one (``postprocess.corrected_depth_factor``); ``'canonical'``
         letterboxes a zoomed camera's image to the training focal length (shrunk, padded;
         ``postprocess.canonical_scale``) and rescales what is left (:meth:`focal_factor`);
         ``'scale'`` only rescales depth. None intrinsics: depth as the network predicts it.
@@ -210,10 +213,11 @@ class Engine:
         tasks = self.select_tasks(tasks)
         steps = self.resolve_steps(steps)
         seed = self.seed if seed is None else check_seed(seed)
-        max_scale = None
+        max_scale, correction = None, None
         if intrinsics is not None:
             intrinsics = check_intrinsics(intrinsics)
-            intrinsics, max_scale = self.focal_plan_arguments(intrinsics, focal_correction)
+            intrinsics, max_scale, correction = self.focal_plan_arguments(intrinsics,
+                                                                          focal_correction)
         start = self.sampler_start(init, strength, return_state)
         plan = self.plan(image.shape[:2], max_scale)
         if start is None:
@@ -222,7 +226,7 @@ class Engine:
             outputs, state = self._infer(image, plan, tasks, steps, seed, start=start)
         factor = 1.0
         if intrinsics is not None and 'depth' in outputs:
-            factor = self.focal_factor(intrinsics, plan)
+            factor = corrected_depth_factor(self.focal_factor(intrinsics, plan), correction)
             # A new array: the caller may hold (or the engine reuse) the unscaled one.
             outputs['depth'] = outputs['depth'] * np.float32(factor)
         self.last_focal_factor = factor
@@ -230,7 +234,7 @@ class Engine:
         return (outputs, state) if return_state else outputs
 
     def focal_plan_arguments(self, intrinsics, focal_correction=None):
-        """(intrinsics for the depth factor or None, letterbox max_scale) of a correction mode."""
+        """(intrinsics for the depth factor or None, letterbox max_scale, the checked mode)."""
         correction = check_focal_correction(
             self.focal_correction if focal_correction is None else focal_correction)
         max_scale = None
@@ -238,7 +242,7 @@ class Engine:
             max_scale = canonical_scale(intrinsics, self.config.train_focal_px)
         elif correction == 'off':
             intrinsics = None
-        return intrinsics, max_scale
+        return intrinsics, max_scale, correction
 
     def sampler_start(self, init, strength, return_state):
         """None for a plain cold call, else the validated :data:`SamplerStart`."""
@@ -298,23 +302,25 @@ class Engine:
         seeds = [self.seed if seed is None else check_seed(seed) for seed in seeds]
         intrinsics = self._per_image('intrinsics', intrinsics, count)
         intrinsics = [None if k is None else check_intrinsics(k) for k in intrinsics]
-        plans = []
+        plans, corrections = [], []
         for index, (image, camera) in enumerate(zip(checked, intrinsics)):
-            max_scale = None
+            max_scale, correction = None, None
             if camera is not None:
                 # As infer: the correction mode decides the letterbox and the depth factor.
-                camera, max_scale = self.focal_plan_arguments(camera, focal_correction)
+                camera, max_scale, correction = self.focal_plan_arguments(camera,
+                                                                          focal_correction)
                 intrinsics[index] = camera
             plans.append(self.plan(image.shape[:2], max_scale))
+            corrections.append(correction)
         if count == 1:
             outputs = [self._infer(checked[0], plans[0], tasks, steps, seeds[0])]
         else:
             outputs = self._infer_batch(checked, plans, tasks, steps, seeds)
         factors = []
-        for result, plan, camera in zip(outputs, plans, intrinsics):
+        for result, plan, camera, correction in zip(outputs, plans, intrinsics, corrections):
             factor = 1.0
             if camera is not None and 'depth' in result:
-                factor = self.focal_factor(camera, plan)
+                factor = corrected_depth_factor(self.focal_factor(camera, plan), correction)
                 result['depth'] = result['depth'] * np.float32(factor)
             factors.append(factor)
         self.last_focal_factors = factors

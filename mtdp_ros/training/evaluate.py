@@ -82,7 +82,9 @@ def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, 
     ``'scale'`` rescales depth from the model's training focal length to the scene
     camera's; ``'canonical'`` (or True: the engines' default) first resizes each image so
     that its focal length is the training one where that shrinks it (padded, as the
-    engines' letterbox), then rescales what is left; ``'partial'`` rescales by the square
+    engines' letterbox), then rescales what is left; ``'hybrid'`` (the engines' default)
+    rescales by the factor for a wider camera and by its square root for a zoomed one;
+    ``'partial'`` rescales by the square
     root of the factor (comparison only); ``'off'`` (or False) leaves depth as predicted.
     """
     from mtdp_ros.runtime.postprocess import check_focal_correction
@@ -121,17 +123,21 @@ def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, 
     return meter.score()
 
 
-def _focal_corrected(raw, intrinsics, train_focal_px, power=1.0):
+def _focal_corrected(raw, intrinsics, train_focal_px, correction='scale'):
     """Raw outputs with depth scaled per image by the engines' focal correction.
 
-    ``power`` < 1: a partial correction (the factor to that power), for comparison only.
+    ``correction``: 'scale' or 'hybrid' as the engines; 'partial' (comparison only): the
+    factor to the power PARTIAL_POWER whether the camera is wider or narrower.
     """
-    from mtdp_ros.runtime.postprocess import focal_correction_factor
+    from mtdp_ros.runtime.postprocess import corrected_depth_factor, focal_correction_factor
     if 'depth' not in raw or train_focal_px is None:
         return raw
     # Scenes are rendered at the model's input size: the letterbox scale is 1.
-    factors = [focal_correction_factor(row.tolist(), train_focal_px) ** power
-               for row in intrinsics]
+    factors = [focal_correction_factor(row.tolist(), train_focal_px) for row in intrinsics]
+    if correction == 'partial':
+        factors = [factor ** PARTIAL_POWER for factor in factors]
+    else:
+        factors = [corrected_depth_factor(factor, correction) for factor in factors]
     factors = torch.tensor(factors, dtype=raw['depth'].dtype, device=raw['depth'].device)
     return {**raw, 'depth': raw['depth'] * factors.view(-1, 1, 1, 1)}
 
@@ -190,9 +196,9 @@ def _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progre
             raw = _canonical_run(run, x, batch['intrinsics'].cpu(), config)
         else:
             raw = run(x)
-        if focal_correction in ('scale', 'partial'):
+        if focal_correction in ('hybrid', 'scale', 'partial'):
             raw = _focal_corrected(raw, batch['intrinsics'].cpu(), config.train_focal_px,
-                                   PARTIAL_POWER if focal_correction == 'partial' else 1.0)
+                                   focal_correction)
         meter.update({t: v.float() for t, v in raw.items()},
                      {t: batch[t] for t in config.tasks})
         done += len(seeds)
