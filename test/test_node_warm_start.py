@@ -173,7 +173,7 @@ def two_cameras(tmp_path_factory):
                       outputs=[f'{t}/edges' for t in topics.values()],
                       ready_timeout=120) as (node, client):
         yield {name: Camera(node, client, prefix, f'{TWO}/mtdp_perception',
-                            f'mtdp_perception: perception {name}')
+                            f'{TWO[1:]}/mtdp_perception: perception {name}')
                for name, prefix in topics.items()}
 
 

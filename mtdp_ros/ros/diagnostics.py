@@ -96,8 +96,12 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
         if running != requested:
             values['diffusion_steps_requested'] = str(requested)
             values['diffusion_steps_status'] = engine.steps_status(requested)
-        values['warm_start'] = str(settings.warm_start).lower()
-        values['warm_strength'] = f'{settings.warm_strength:g}'
+        # (Settings without warm-start fields, e.g. a caller's own: warm start off.)
+        if getattr(settings, 'warm_start', False):
+            values['warm_start'] = 'true'
+            values['warm_strength'] = f'{settings.warm_strength:g}'
+        else:
+            values['warm_start'] = 'false'
     if engine_state is not None and hasattr(engine_state, 'report'):
         values.update(engine_state.report())
     if camera_info_problem:
