@@ -490,7 +490,9 @@ def _process(reader, args, output_path, cameras, namespace, options, warm, bag_i
         results = run_batch(engine, [(camera.stream, settings[camera.name], msg, timestamp)
                                      for camera, msg, timestamp in entries],
                             statistics=statistics)
-        if results:
+        if results and warm.enabled:     # warm start: one engine call per frame
+            done[1] += sum(result.engine_s for _, result in results)
+        elif results:
             done[1] += results[0][1].engine_s      # one engine call for the whole batch
         done[0] += len(results)
         progress.update(done[0])

@@ -21,11 +21,12 @@ import sys
 from mtdp_ros.cli import CommandError
 from mtdp_ros.cli.options import add_model_argument
 from mtdp_ros.runtime.options import DEVICES, is_diffusion
+# The warm-start strength the node and mtdp bag default to as well (a light import).
+from mtdp_ros.runtime.warm_runner import DEFAULT_STRENGTH as DEFAULT_WARM_STRENGTH
 
-# Video evaluation defaults: sequences (--num) and warm-start strength (README, "TaskDiffusion
-# on video", measured the strength).
+# Video evaluation default: sequences (--num); the warm-start strength (measured: README,
+# "TaskDiffusion on video") is imported above.
 DEFAULT_SEQUENCES = 4
-DEFAULT_WARM_STRENGTH = 0.01
 # mtdp_ros.runtime.postprocess's FOCAL_CORRECTIONS and DEFAULT_FOCAL_CORRECTION, written out:
 # importing it here would import torch for every `mtdp` command line.
 FOCAL_CORRECTIONS = ('hybrid', 'canonical', 'scale', 'off')
