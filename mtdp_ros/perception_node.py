@@ -23,6 +23,12 @@ and publishers, statistics, the per-frame pipeline) is a
 keeps a list of them (one today) and owns the lifecycle, the parameters, the engine they
 share, the inference thread and diagnostics.
 
+Transitions never wait long for a frame: deactivate closes the
+:class:`~mtdp_ros.ros.output_gate.OutputGate` (nothing of the frame in flight is published
+after it) and returns; cleanup waits up to TRANSITION_WAIT s, then leaves the engine's
+release to the inference thread at the end of that frame. So parameters, diagnostics and
+transitions keep being served while a frame takes seconds.
+
 Stops: SIGINT and SIGTERM only set an event (later signals do nothing), the main thread
 leaves the executor loop and shuts down once; see :mod:`mtdp_ros.ros.stops`.
 """
@@ -47,6 +53,7 @@ from mtdp_ros.ros import engine_setup, node_settings, parameters
 from mtdp_ros.ros.diagnostics import build_status
 from mtdp_ros.ros.monitoring import STAGES, seconds_since_program_start
 from mtdp_ros.ros.engine_setup import StartupError
+from mtdp_ros.ros.output_gate import OutputGate
 from mtdp_ros.ros.outputs import OUTPUT_TOPICS
 from mtdp_ros.ros.qos import describe_qos, qos_profile
 from mtdp_ros.ros.runtime_log import RuntimeLogBridge
@@ -59,9 +66,10 @@ __all__ = ['NODE_NAME', 'OUTPUT_TOPICS', 'STAGES', 'PerceptionNode', 'StartupErr
 NODE_NAME = 'mtdp_perception'
 # Seconds the inference thread may take to finish its frame at shutdown.
 STOP_TIMEOUT = 3.0
-# Seconds a deactivate/cleanup transition waits for the frame in flight (a large model on
-# a CPU takes seconds per frame; the engine must not be released under it).
-TRANSITION_TIMEOUT = 60.0
+# Seconds cleanup waits for the frame in flight before leaving the engine's release to the
+# inference thread (a large model on a CPU takes seconds per frame; the executor must not
+# stall that long, and the engine must not be released under the frame).
+TRANSITION_WAIT = 1.0
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 ERROR = TransitionCallbackReturn.ERROR
@@ -110,6 +118,13 @@ class PerceptionNode(LifecycleNode):
         # Held by the inference thread for each frame: a transition that stops the outputs
         # or releases the engine takes it, so no frame is half-way through then.
         self._frame_lock = threading.Lock()
+        # Closed by every transition that stops the outputs: a frame in flight then
+        # publishes nothing more (see output_gate).
+        self._gate = OutputGate()
+        # An engine released by cleanup while a frame still used it: the inference thread
+        # closes it when that frame ends.
+        self._engine_to_close = None
+        self._handoff = threading.Lock()
         self._stopping = threading.Event()
         self._stopped = None            # set by stop(): whether the engine was released
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -165,6 +180,7 @@ class PerceptionNode(LifecycleNode):
         for stream in self.streams:
             stream.activated()
         self._active = True
+        self._gate.open()
         for stream in self.streams:
             self._image_subscriptions.append(subscribe_images(self, stream, self._input_qos))
             self._log.info(f'waiting for images on {stream.input_topic} '
@@ -174,18 +190,21 @@ class PerceptionNode(LifecycleNode):
 
     @_callback_returning(ERROR)
     def on_deactivate(self, state):
-        """Unsubscribe, and wait for the frame in flight: no outputs after this."""
-        self._deactivate(TRANSITION_TIMEOUT)
-        self._log.info('deactivated (inactive): no outputs')
+        """Unsubscribe and close the output gate: no outputs after this (no waiting)."""
+        busy = self._deactivate()
+        self._log.info('deactivated (inactive): no outputs' +
+                       ('; the frame in flight runs to its end, its outputs dropped'
+                        if busy else ''))
         return SUCCESS
 
     @_callback_returning(ERROR)
     def on_cleanup(self, state):
         """Release the engine and its (GPU) memory, destroy the output publishers."""
-        if not self._release_engine(TRANSITION_TIMEOUT):
-            self._log.error('cleanup: the frame in flight did not finish; engine kept')
-            return FAILURE
-        self._log.info('cleaned up (unconfigured): engine released')
+        if self._release_engine(TRANSITION_WAIT):
+            self._log.info('cleaned up (unconfigured): engine released')
+        else:
+            self._log.info('cleaned up (unconfigured): the engine is released when the '
+                           'frame in flight ends')
         return SUCCESS
 
     def on_shutdown(self, state):
@@ -198,8 +217,8 @@ class PerceptionNode(LifecycleNode):
 
     def on_error(self, state):
         """After a failed transition: release everything, back to unconfigured."""
-        self._deactivate(STOP_TIMEOUT)
-        self._release_engine(STOP_TIMEOUT)
+        self._deactivate()
+        self._release_engine(TRANSITION_WAIT)
         return SUCCESS
 
     def _configure(self):
@@ -222,45 +241,56 @@ class PerceptionNode(LifecycleNode):
         for stream in self.streams:
             stream.compressed = values['input.transport'] == 'compressed'
             stream.input_topic = self.resolve_topic_name(stream.image_topic)
-            stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos)
+            stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos,
+                                        gate=self._gate)
         info = self.streams[0].camera_info
         if info is not None and info.width > 0 and info.height > 0:
             engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
                                  self._log)
 
-    def _deactivate(self, timeout):
+    def _deactivate(self):
+        """Stop the outputs now; True when a frame is still in flight (it publishes nothing)."""
         self._active = False
+        self._gate.close()
         for subscription in self._image_subscriptions:
             self.destroy_subscription(subscription)
         self._image_subscriptions = []
         for stream in self.streams:
             stream.reset()
-        if self._frame_lock.acquire(timeout=timeout):
-            self._frame_lock.release()
-            return True
-        return False
+        return self._frame_lock.locked()
 
-    def _release_engine(self, timeout=STOP_TIMEOUT):
-        """Close the engine once no frame uses it; False when the frame in flight stays."""
-        if not self._frame_lock.acquire(timeout=timeout):
-            return False
+    def _release_engine(self, timeout=TRANSITION_WAIT):
+        """Release the engine; False when a frame still uses it (closed when it ends).
+
+        The outputs are stopped already (the gate is closed), so the publishers go now.
+        """
+        held = self._frame_lock.acquire(timeout=timeout)
         try:
             engine, self.engine = self.engine, None
+            self._settings = None
             for stream in self.streams:
                 if isinstance(stream.sink, PublisherSink):
                     stream.sink.destroy(self)
                 stream.sink = Sink()
                 stream.reset()
                 stream.release_outputs()
-            self._settings = None
-            if engine is not None:
-                engine.close()
-                del engine
-                gc.collect()
+            if not held:
+                with self._handoff:
+                    self._engine_to_close = engine
+                # The frame may have ended meanwhile, before it could see the handoff.
+                held = self._frame_lock.acquire(blocking=False)
+                engine = self._take_engine_to_close() if held else None
+            _close(engine)
         finally:
-            self._frame_lock.release()
+            if held:
+                self._frame_lock.release()
         self._runtime_log.detach()
-        return True
+        return held
+
+    def _take_engine_to_close(self):
+        with self._handoff:
+            engine, self._engine_to_close = self._engine_to_close, None
+            return engine
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, changed):
@@ -287,20 +317,47 @@ class PerceptionNode(LifecycleNode):
             if item is None:
                 continue
             with self._frame_lock:
-                if not self._active or self.engine is None or self._stopping.is_set():
+                engine, settings = self.engine, self._settings
+                if not self._active or engine is None or self._stopping.is_set():
                     continue
+                self._gate.begin_frame()
                 try:
-                    self._process(stream, *item)
+                    self._process(stream, engine, settings, *item)
                 except Exception as exc:  # noqa: B902 - the node must keep serving
                     if self._stopping.is_set() or not self.context.ok():
                         return
                     stream.statistics.counters.add('errors')
                     stream.warn('error', f'frame failed: {type(exc).__name__}: {exc}')
+            # Cleanup came during the frame: the engine is no one's now.
+            engine = self._take_engine_to_close()
+            if engine is not None:
+                _close(engine)
+                self._log.info('engine released (the frame in flight at cleanup ended)')
 
-    def _process(self, stream, msg, received_ns):
-        """One frame of ``stream`` through the engine; logs the first output."""
-        settings = self._settings.for_frames(stream.focal.rectified)
-        result = stream.process(self.engine, msg, settings, received_ns)
+    def _process(self, stream, engine, settings, msg, received_ns):
+        """One frame of ``stream`` through the engine; logs the first output.
+
+        Its outputs go out only while the gate lets this frame publish: a transition
+        during the frame drops them (counted as ``abandoned``).
+        """
+        settings = settings.for_frames(stream.focal.rectified)
+        frame = stream.prepare(msg, settings, received_ns)
+        if frame is None:
+            return
+        engine_started = time.perf_counter()
+        outputs = stream.infer(engine, frame, settings)
+        if outputs is None:
+            return
+        engine_s = time.perf_counter() - engine_started
+        result = None
+        if self._gate.frame_allowed():
+            result = stream.publish(frame, outputs, settings, engine.last_timing, engine_s)
+        if not self._gate.frame_allowed():
+            stream.statistics.counters.add('abandoned')
+            self._log.info(f'the outputs of a frame in flight when the outputs stopped '
+                           f'were dropped (it ended {engine_s:.1f} s after its inference '
+                           f'began)')
+            return
         if result is None or not result.first:
             return
         text = f'first output {stream.statistics.first_output_s:.2f} s after activation'
@@ -345,7 +402,7 @@ class PerceptionNode(LifecycleNode):
             return self._stopped
         deadline = time.monotonic() + STOP_TIMEOUT
         self._stopping.set()
-        self._deactivate(STOP_TIMEOUT)
+        self._deactivate()
         for stream in self.streams:
             stream.slot.close()
         self._worker.join(max(0.0, deadline - time.monotonic()))
@@ -360,6 +417,14 @@ class PerceptionNode(LifecycleNode):
         """Stop inference, release the engine, destroy the ROS entities."""
         self.stop()
         return super().destroy_node()
+
+
+def _close(engine):
+    """Close ``engine`` (None: nothing) and return its memory."""
+    if engine is not None:
+        engine.close()
+        del engine
+        gc.collect()
 
 
 def _leave_now(code):

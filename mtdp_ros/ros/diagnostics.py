@@ -67,6 +67,8 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
         'frames_in': str(statistics.input_rate.total),
         'frames_out': str(statistics.output_rate.total),
         'dropped': str(counters.get('dropped', 0)),
+        # Frames in flight when a transition stopped the outputs (their outputs dropped).
+        'abandoned': str(counters.get('abandoned', 0)),
         'rejected': str(counters.get('rejected', 0)),
         'errors': str(counters.get('errors', 0)),
         'device': engine.device,

@@ -17,21 +17,33 @@ from mtdp_ros.ros.stream import CameraStream, Sink
 
 
 class PublisherSink(Sink):
-    """A stream's output publishers: a message is built only when somebody subscribes."""
+    """A stream's output publishers: a message is built only when somebody subscribes.
 
-    def __init__(self, node, stream, model_tasks, qos):
+    ``gate``: the node's :class:`~mtdp_ros.ros.output_gate.OutputGate`; a message goes out
+    only while it lets the frame in flight publish (nothing after a transition).
+    """
+
+    def __init__(self, node, stream, model_tasks, qos, gate=None):
+        self._gate = gate
         # Only the outputs this model has are advertised (no points without depth).
         self.publishers = {
             topic: node.create_publisher(msg_type, stream.topic(topic), qos)
             for topic, msg_type in output_topics(model_tasks)}
 
     def wanted(self, topic):
-        """Whether ``topic`` has a subscriber."""
+        """Whether ``topic`` has a subscriber (and the frame may still publish)."""
+        if self._gate is not None and not self._gate.frame_allowed():
+            return False
         return self.publishers[topic].get_subscription_count() > 0
 
     def publish(self, topic, msg):
-        """Publish ``msg`` on ``topic``."""
-        self.publishers[topic].publish(msg)
+        """Publish ``msg`` on ``topic``, unless the gate has closed meanwhile."""
+        if self._gate is None:
+            self.publishers[topic].publish(msg)
+            return
+        with self._gate.publishing() as allowed:
+            if allowed:
+                self.publishers[topic].publish(msg)
 
     def destroy(self, node):
         """Destroy the publishers (cleanup)."""
