@@ -130,6 +130,7 @@ class PerceptionNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
         self.streams = [camera_stream(self, '')]
+        self._set_max_pixels(self.get_parameter('input.max_pixels').value)
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics',
                                                             10)
         # A steady clock: under use_sim_time without /clock, ROS-time timers never fire.
@@ -244,7 +245,11 @@ class PerceptionNode(LifecycleNode):
             stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos,
                                         gate=self._gate)
         info = self.streams[0].camera_info
-        if info is not None and info.width > 0 and info.height > 0:
+        if info is not None and info.width * info.height > self._settings.max_pixels:
+            # input.max_pixels was lowered after this camera_info came.
+            self._log.warning(f'no warm-up at the camera size {info.width}x{info.height}: '
+                              f'more than input.max_pixels ({self._settings.max_pixels})')
+        elif info is not None and info.width > 0 and info.height > 0:
             engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
                                  self._log)
 
@@ -301,7 +306,14 @@ class PerceptionNode(LifecycleNode):
                                              self._is_diffusion)
         return SetParametersResult(successful=not reason, reason=reason or '')
 
+    def _set_max_pixels(self, max_pixels):
+        for stream in self.streams:
+            stream.max_pixels = int(max_pixels)
+
     def _after_set_parameters(self, changed):
+        for parameter in changed:
+            if parameter.name == 'input.max_pixels':
+                self._set_max_pixels(parameter.value)
         if self._settings is None:     # unconfigured: configure reads the parameters
             return
         self._settings, updates = node_settings.apply_changes(
@@ -373,7 +385,8 @@ class PerceptionNode(LifecycleNode):
         status = build_status(f'{self.get_name()}: perception', self.state, stream.statistics,
                               engine=self.engine, settings=self._settings,
                               input_topic=stream.input_topic, input_qos=self._input_qos_name,
-                              startup_to_first_output_s=self._startup_to_first_output_s)
+                              startup_to_first_output_s=self._startup_to_first_output_s,
+                              camera_info_problem=stream.camera_info_problem)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]

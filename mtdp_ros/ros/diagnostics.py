@@ -22,14 +22,18 @@ def _fmt(value):
 
 
 def build_status(name, state, statistics, engine=None, settings=None, input_topic='',
-                 input_qos='', startup_to_first_output_s=None):
+                 input_qos='', startup_to_first_output_s=None, camera_info_problem=None):
     """One DiagnosticStatus: lifecycle state, rates, latencies, counters and the engine.
 
     ``engine`` and ``settings`` are None while the node is unconfigured.
+    ``camera_info_problem``: why the last camera_info was refused (None: it was used),
+    reported in every state as ``camera_info_problem`` (configure warms up at its size).
     """
     status = DiagnosticStatus()
     status.name = name
     values = {'lifecycle_state': state}
+    if camera_info_problem:
+        values['camera_info_problem'] = camera_info_problem
     if engine is None:
         status.level, status.message = DiagnosticStatus.OK, f'{state}: no engine'
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
