@@ -393,10 +393,12 @@ class PerceptionNode(LifecycleNode):
         self._diagnostics_publisher.publish(array)
 
     def _watchdog(self):
-        """Warn when no frame arrives while active, naming topic, QoS and publishers."""
+        """Warn when no frame arrives while active; count losses only with one publisher."""
         if not self._active or self._settings is None:
             return
         for stream in self.streams:
+            if stream.sequence_gaps is not None:
+                stream.sequence_gaps.publishers_changed(self.count_publishers(stream.input_topic))
             text = stream.watchdog.check(self, stream.statistics,
                                          self._settings.watchdog_timeout, stream.input_topic,
                                          self._input_qos, self._input_qos_name)

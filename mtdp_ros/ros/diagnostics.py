@@ -73,6 +73,8 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
         'dropped': str(counters.get('dropped', 0)),
         # Frames in flight when a transition stopped the outputs (their outputs dropped).
         'abandoned': str(counters.get('abandoned', 0)),
+        # Frames replaced in the subscription's history before the callback saw them.
+        'lost_before_callback': str(counters.get('lost_before_callback', 0)),
         'rejected': str(counters.get('rejected', 0)),
         'errors': str(counters.get('errors', 0)),
         'device': engine.device,

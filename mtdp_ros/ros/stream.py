@@ -165,6 +165,8 @@ class CameraStream:
         self.statistics = FrameStatistics()
         # The node's InputWatchdog of this camera (it asks the ROS graph who publishes).
         self.watchdog = None
+        # The node's SequenceGaps of the image subscription (frames lost before the callback).
+        self.sequence_gaps = None
         self.outputs = OutputBuilder()
         # Per-camera engine state carried from frame to frame (e.g. the previous diffusion
         # map of a warm start); forgotten by reset().

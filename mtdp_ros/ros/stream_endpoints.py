@@ -11,6 +11,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from mtdp_ros.ros.camera import FocalCorrection
 from mtdp_ros.ros.diagnostics import InputWatchdog
+from mtdp_ros.ros.input_loss import SequenceGaps
 from mtdp_ros.ros.outputs import output_topics
 from mtdp_ros.ros.qos import qos_profile
 from mtdp_ros.ros.stream import CameraStream, Sink
@@ -83,9 +84,19 @@ def subscribe_camera_info(node, stream, qos):
 
 
 def subscribe_images(node, stream, qos):
-    """Feed ``stream``'s image topic to ``stream.on_image``, stamped on arrival."""
+    """Feed ``stream``'s image topic to ``stream.on_image``, stamped on arrival.
+
+    Frames lost before the callback (gaps in the writer's sequence numbers, see
+    :mod:`~mtdp_ros.ros.input_loss`) are counted as ``lost_before_callback``;
+    ``stream.sequence_gaps`` is this subscription's counter (new with each subscription).
+    """
     clock = node.get_clock()
     msg_type = CompressedImage if stream.compressed else Image
-    return node.create_subscription(
-        msg_type, stream.image_topic,
-        lambda msg: stream.on_image(msg, clock.now().nanoseconds), qos)
+    gaps = stream.sequence_gaps = SequenceGaps()
+
+    def on_message(msg, info):
+        lost = gaps.seen(info.get('publication_sequence_number'))
+        if lost:
+            stream.statistics.counters.add('lost_before_callback', lost)
+        stream.on_image(msg, clock.now().nanoseconds)
+    return node.create_subscription(msg_type, stream.image_topic, on_message, qos)
