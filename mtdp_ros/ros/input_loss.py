@@ -36,7 +36,7 @@ class SequenceGaps:
             return int(sequence_number) - last - 1
 
     def publishers_changed(self, count):
-        """The topic has ``count`` publishers now; with several, counting pauses."""
+        """Take the topic's publisher count: with several, counting pauses."""
         with self._lock:
             single = count <= 1
             if single and not self.single_publisher:
