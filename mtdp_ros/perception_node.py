@@ -45,11 +45,12 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.exceptions import ParameterNotDeclaredException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
-from mtdp_ros.ros import engine_setup, node_settings, parameters
+from mtdp_ros.ros import engine_setup, node_settings, parameter_names, parameters
 from mtdp_ros.ros.diagnostics import build_status
 from mtdp_ros.ros.monitoring import STAGES, seconds_since_program_start
 from mtdp_ros.ros.engine_setup import StartupError
@@ -141,6 +142,8 @@ class PerceptionNode(LifecycleNode):
         self._worker = threading.Thread(target=self._run_inference, name='mtdp_inference',
                                         daemon=True)
         self._worker.start()
+        # Last: every parameter (per-camera ones included) is declared by now.
+        self._warn_unmatched_parameters(sys.argv[1:] + list(kwargs.get('cli_args') or []))
         if not self.autostart:
             self._log.info('autostart is false: unconfigured, no engine; waiting for the '
                            'configure transition on ~/change_state')
@@ -305,6 +308,27 @@ class PerceptionNode(LifecycleNode):
         reason = node_settings.check_changes(changed, current, self.engine, self._model_tasks,
                                              self._is_diffusion)
         return SetParametersResult(successful=not reason, reason=reason or '')
+
+    def _warn_unmatched_parameters(self, args):
+        """Warn about overrides no parameter takes and params files for other nodes."""
+        declared = self._parameters.keys()
+        unknown = parameter_names.unknown_names(self._parameter_overrides, declared)
+        if unknown:
+            self._log.warning('ignored: no parameter of this node is named ' +
+                              parameter_names.describe_unknown(unknown, declared))
+        for path in parameter_names.params_files(args):
+            problem = parameter_names.params_file_problem(
+                path, self.get_fully_qualified_name())
+            if problem:
+                self._log.warning(problem)
+
+    def _check_undeclared_parameters(self, parameter_list):
+        # rclpy's own lists the names as [] (a generator consumed by any()).
+        unknown = [p.name for p in parameter_list if p.name not in self._parameters]
+        if unknown:
+            raise ParameterNotDeclaredException(
+                parameter_names.describe_unknown(unknown, self._parameters.keys()))
+        super()._check_undeclared_parameters(parameter_list)
 
     def _set_max_pixels(self, max_pixels):
         for stream in self.streams:
