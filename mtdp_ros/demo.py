@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from mtdp_ros.models.tasks import display_order, get_task
+from mtdp_ros.runtime.options import BACKENDS, DEVICES, PRECISIONS
 
 NAMESPACE = '/mtdp_demo'
 # Colour topics (relative to the namespace, in the task table's display order) and the
@@ -46,9 +47,9 @@ def build_parser():
     parser.add_argument('--model', default='default',
                         help="model.preset: 'default', a preset, a checkpoint or config file")
     parser.add_argument('--checkpoint', default='', help='model.checkpoint (weights)')
-    parser.add_argument('--device', default='auto', choices=('auto', 'cuda', 'cpu'))
-    parser.add_argument('--backend', default='torch', choices=('torch', 'onnxruntime'))
-    parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16'))
+    parser.add_argument('--device', default='auto', choices=DEVICES)
+    parser.add_argument('--backend', default='torch', choices=BACKENDS)
+    parser.add_argument('--precision', default='fp32', choices=PRECISIONS)
     parser.add_argument('--tasks', default='', help='comma-separated tasks (all)')
     parser.add_argument('--steps', type=int, default=0, help='diffusion steps (0: trained)')
     parser.add_argument('--output', default='demo_output', help='folder for the pictures')

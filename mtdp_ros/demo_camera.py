@@ -36,6 +36,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from mtdp_ros.ros.image_input import SUPPORTED_ENCODINGS
 from mtdp_ros.ros.image_output import rgb_to_image_msg
 from mtdp_ros.ros.qos import qos_profile
+from mtdp_ros.ros.stops import leave_now
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 # A source's next() returns this while it has nothing to publish yet.
@@ -361,11 +362,7 @@ def main(args=None):
         camera.destroy_node()
         rclpy.try_shutdown()
     if not rendering_ended:
-        # A scene is still being rendered by PyTorch threads that cannot be interrupted;
-        # a normal interpreter exit would abort ("terminate called") under them.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        leave_now(0)        # a scene is still being rendered by PyTorch threads
     return 0
 
 

@@ -4,8 +4,7 @@ Subscribes to ``image`` (or ``image/compressed``) and ``camera_info``; publishes
 input's header and size, per enabled task: ``semantic/labels`` + ``semantic/color``,
 ``depth`` + ``depth/color``, ``normals`` + ``normals/color``, ``edges`` + ``edges/color``,
 ``human_parts/labels`` + ``human_parts/color``, ``saliency`` + ``saliency/color``, and the
-point cloud ``points`` (models with depth only). See DESIGN.md and README.md for the full
-interface.
+point cloud ``points`` (models with depth only). README.md gives the full interface.
 
 A managed (lifecycle) node: unconfigured -> configure (create the engine, warm it up at
 the camera's size when camera_info is known) -> inactive -> activate (subscribe, publish)
@@ -35,7 +34,6 @@ leaves the executor loop and shuts down once; see :mod:`mtdp_ros.ros.stops`.
 
 import functools
 import gc
-import os
 import sys
 import threading
 import time
@@ -58,7 +56,7 @@ from mtdp_ros.ros.output_gate import OutputGate
 from mtdp_ros.ros.outputs import OUTPUT_TOPICS
 from mtdp_ros.ros.qos import describe_qos, qos_profile
 from mtdp_ros.ros.runtime_log import RuntimeLogBridge
-from mtdp_ros.ros.stops import StopSignals
+from mtdp_ros.ros.stops import leave_now, StopSignals
 from mtdp_ros.ros.stream import Sink
 from mtdp_ros.ros.stream_endpoints import PublisherSink, camera_stream, subscribe_images
 
@@ -232,7 +230,7 @@ class PerceptionNode(LifecycleNode):
             raise StartupError('invalid parameters: ' + '; '.join(problems))
         self.engine = engine_setup.create_engine(values, self._runtime_log, self._log)
         self._model_tasks = tuple(self.engine.tasks)
-        self._is_diffusion = bool(self.engine.config.is_diffusion)
+        self._is_diffusion = self.engine.diffusion
         engine_setup.check_model_values(values, self.engine)
         if values['tasks'] is None:
             self.set_parameters([Parameter('tasks', Parameter.Type.STRING_ARRAY,
@@ -305,8 +303,7 @@ class PerceptionNode(LifecycleNode):
         """Reject invalid values of the dynamic parameters with a reason."""
         current = {name: self.get_parameter(name).value
                    for name in ('depth.color_min', 'depth.color_max')}
-        reason = node_settings.check_changes(changed, current, self.engine, self._model_tasks,
-                                             self._is_diffusion)
+        reason = node_settings.check_changes(changed, current, self.engine, self._model_tasks)
         return SetParametersResult(successful=not reason, reason=reason or '')
 
     def _warn_unmatched_parameters(self, args):
@@ -466,14 +463,6 @@ def _close(engine):
         gc.collect()
 
 
-def _leave_now(code):
-    # The frame in flight (a large model on a CPU can take seconds) runs in PyTorch threads
-    # that cannot be interrupted; a normal interpreter exit would abort under them.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def main(args=None):
     """Console entry point; returns the process exit code (0 on SIGINT / SIGTERM)."""
     signals = StopSignals()
@@ -489,13 +478,13 @@ def main(args=None):
             return 1
         signals.interrupt_startup = False
     except KeyboardInterrupt:
-        _leave_now(0)
+        leave_now(0)
     except rclpy.exceptions.ParameterException as exc:
         rclpy.logging.get_logger(NODE_NAME).error(f'invalid parameter: {exc}')
         rclpy.try_shutdown()
         return 1
     if signals.requested.is_set():      # a signal came as the start-up ended
-        _leave_now(0)
+        leave_now(0)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
@@ -516,7 +505,7 @@ def main(args=None):
     executor.shutdown(timeout_sec=1.0)
     rclpy.try_shutdown()
     if node.inference_running():
-        _leave_now(0)
+        leave_now(0)
     return 0
 
 

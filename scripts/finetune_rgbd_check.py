@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from mtdp_ros.models import build_model, load_checkpoint, resolve_model  # noqa: E402
-from mtdp_ros.training.rgbd import (TUMRGBD, evaluate_rgbd,  # noqa: E402
-                                    export_synthetic_tum)
+from mtdp_ros.training.finetune import evaluate_rgbd  # noqa: E402
+from mtdp_ros.training.tum import export_synthetic_tum, TUMRGBD  # noqa: E402
 from mtdp_ros.training.train import Trainer  # noqa: E402
 
 # Held-out synthetic scene seeds start at 424242 (training seeds stay below).

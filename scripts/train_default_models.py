@@ -81,7 +81,7 @@ def table(results):
 def model_card(name, config_text, model_config, train_cmd, eval_cmds, summary, env, results,
                size_bytes, budget, eval_set):
     """Markdown model card text."""
-    from mtdp_ros.training.synthetic import SCENE_CLASSES
+    from mtdp_ros.training.scene_sampling import SCENE_CLASSES
     classes = ', '.join(f'{k} {v.split(" (")[0]}' for k, v in sorted(SCENE_CLASSES.items()))
     steps, seen = summary['steps'], summary.get('images_seen')
     on_gpu = env['gpu'] != 'none'

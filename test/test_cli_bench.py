@@ -40,7 +40,7 @@ def _check_summary(summary, iters):
 @pytest.mark.slow  # the console command in a process: `make test-fast` leaves it out
 def test_mtdp_bench_json_command(tiny_checkpoints):
     result = subprocess.run(
-        _mtdp_command() + ['bench', '--config', tiny_checkpoints['mlore'], '--device', 'cpu',
+        _mtdp_command() + ['bench', '--model', tiny_checkpoints['mlore'], '--device', 'cpu',
                            '--iters', '4', '--warmup', '1', '--image-size', '120x200', '--json'],
         capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr
@@ -58,7 +58,7 @@ def test_mtdp_bench_json_command(tiny_checkpoints):
 
 
 def test_mtdp_bench_diffusion_steps_and_tasks(tiny_checkpoints, capsys):
-    code = mtdp(['bench', '--config', tiny_checkpoints['taskdiffusion'], '--device', 'cpu',
+    code = mtdp(['bench', '--model', tiny_checkpoints['taskdiffusion'], '--device', 'cpu',
                  '--steps', '2', '--tasks', 'depth,edge', '--iters', '2', '--warmup', '0',
                  '--json'])
     assert code == 0
@@ -75,12 +75,28 @@ def test_mtdp_bench_diffusion_steps_and_tasks(tiny_checkpoints, capsys):
     (['--tasks', 'flow'], 'unknown tasks'),
 ])
 def test_mtdp_bench_refuses_bad_requests(tiny_checkpoints, capsys, args, message):
-    code = mtdp(['bench', '--config', tiny_checkpoints['mlore'], '--device', 'cpu',
+    code = mtdp(['bench', '--model', tiny_checkpoints['mlore'], '--device', 'cpu',
                  '--iters', '1', '--warmup', '0', *args])
     assert code == 2
     assert message in capsys.readouterr().err
 
 
 def test_mtdp_bench_unknown_model(capsys):
-    assert mtdp(['bench', '--config', 'no_such_preset', '--iters', '1']) == 2
+    assert mtdp(['bench', '--model', 'no_such_preset', '--iters', '1']) == 2
     assert 'unknown model' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('command', ['bench', 'export'])
+def test_config_is_a_deprecated_alias_of_model(command, capsys):
+    # What bench and export called --model before: it still names the model, and says
+    # once that it is deprecated.
+    code = mtdp([command, '--config', 'no_such_preset', '--config', 'no_such_preset',
+                 *(['--output', 'x.onnx'] if command == 'export' else ['--iters', '1'])])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown model 'no_such_preset'" in err
+    assert err.count('--config is deprecated; use --model') == 1
+
+
+def test_export_requires_a_model(capsys):
+    assert mtdp(['export', '--output', 'x.onnx']) == 2
+    assert '--model is required' in capsys.readouterr().err

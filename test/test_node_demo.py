@@ -124,7 +124,7 @@ def test_video_source_ends_when_not_looping(tmp_path, domain):
 def test_synthetic_source_serves_rendered_scenes():
     pytest.importorskip('mtdp_ros.training.synthetic')
     from mtdp_ros.demo_camera import NOT_READY, SyntheticSource
-    from mtdp_ros.training.synthetic import intrinsics_for
+    from mtdp_ros.training.raycast import intrinsics_for
 
     class Log:
         def warning(self, text):

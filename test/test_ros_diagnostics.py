@@ -41,7 +41,7 @@ class RecordingLogger:
 
 def fake_engine(random_weights=False):
     config = SimpleNamespace(family='mlore', is_diffusion=False, trained_steps=None)
-    return SimpleNamespace(device='cpu', backend='torch', precision='fp32',
+    return SimpleNamespace(device='cpu', backend='torch', precision='fp32', diffusion=False,
                            model_name='tiny', config=config, random_weights=random_weights)
 
 

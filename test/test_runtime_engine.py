@@ -313,7 +313,7 @@ def test_bench_reports_time_to_first_output(mlore_reference, capsys):
     expected = 0.5 + startup['first_inference_s']
     assert startup['time_to_first_output_s'] == pytest.approx(expected, abs=2e-3)
     assert any('time to first output' in line for line in format_report(result))
-    code = mtdp(['bench', '--config', 'default', '--device', 'cpu', '--iters', '1',
+    code = mtdp(['bench', '--model', 'default', '--device', 'cpu', '--iters', '1',
                  '--warmup', '0', '--image-size', '48x64', '--reparameterize', 'false',
                  '--json'])
     assert code == 0
@@ -323,5 +323,5 @@ def test_bench_reports_time_to_first_output(mlore_reference, capsys):
     assert data['startup']['engine_creation_s'] > 0
     assert data['startup']['time_to_first_output_s'] > data['startup']['engine_creation_s']
     assert any(line.strip().startswith('time to first output') for line in printed)
-    assert mtdp(['bench', '--config', 'default', '--train-form', '--reparameterize', 'true',
+    assert mtdp(['bench', '--model', 'default', '--train-form', '--reparameterize', 'true',
                  '--device', 'cpu']) == 2

@@ -18,7 +18,7 @@ import yaml
 from mtdp_ros.cli import main as mtdp
 from mtdp_ros.models import build_model, load_checkpoint, reparameterize, save_checkpoint
 from mtdp_ros.runtime import create_engine, read_onnx_metadata, select_providers
-from mtdp_ros.runtime.ort_engine import CPU, CUDA, TENSORRT
+from mtdp_ros.runtime.ort_providers import CPU, CUDA, TENSORRT
 
 # Slow (ONNX exports of every family): `make test-fast` leaves it out.
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def exported(tmp_path_factory, mlore_reference, taskdiffusion_reference):
                                    ('taskdiffusion', taskdiffusion_reference, ['--steps', '3'])):
         config, checkpoint = _write_model_files(reference, directory, name)
         output = os.path.join(directory, f'{name}.onnx')
-        code = mtdp(['export', '--config', config, '--checkpoint', checkpoint,
+        code = mtdp(['export', '--model', config, '--checkpoint', checkpoint,
                      '--output', output, *extra])
         assert code == 0
         files[name] = (output, config, checkpoint)
@@ -265,7 +265,7 @@ def test_real_session_falls_back_to_cpu_with_a_warning(exported, caplog):
 
 
 def test_mtdp_bench_onnxruntime_json(exported, capsys):
-    code = mtdp(['bench', '--config', exported['mlore'][0], '--backend', 'onnxruntime',
+    code = mtdp(['bench', '--model', exported['mlore'][0], '--backend', 'onnxruntime',
                  '--device', 'cpu', '--iters', '3', '--warmup', '1', '--json'])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -276,9 +276,9 @@ def test_mtdp_bench_onnxruntime_json(exported, capsys):
 
 def test_mtdp_export_refuses_bad_requests(exported, tmp_path, capsys):
     _, config, checkpoint = exported['mlore']
-    assert mtdp(['export', '--config', config, '--output', str(tmp_path / 'x.txt')]) == 2
+    assert mtdp(['export', '--model', config, '--output', str(tmp_path / 'x.txt')]) == 2
     assert 'must end in .onnx' in capsys.readouterr().err
-    assert mtdp(['export', '--config', config, '--checkpoint', checkpoint, '--steps', '2',
+    assert mtdp(['export', '--model', config, '--checkpoint', checkpoint, '--steps', '2',
                  '--output', str(tmp_path / 'x.onnx')]) == 2
     assert 'TaskDiffusion' in capsys.readouterr().err
     assert not os.path.exists(tmp_path / 'x.onnx')

@@ -11,10 +11,13 @@ import yaml
 from mtdp_ros.models import build_model, load_checkpoint, resolve_model
 from mtdp_ros.training.config import load_config
 from mtdp_ros.training.losses import distillation_loss
-from mtdp_ros.training.rgbd import (
-    associate, FineTune, depth_edges, depth_from_msg, evaluate_rgbd, export_synthetic_tum,
-    IGNORE_INDEX, load_camera, make_sample, normals_from_depth, read_associations,
-    read_bag_frames, read_depth_png, TUM_CAMERAS, tum_frames, TUMRGBD, write_tum_folder)
+from mtdp_ros.training.finetune import evaluate_rgbd, FineTune
+from mtdp_ros.training.rgbd_labels import (depth_edges, IGNORE_INDEX, make_sample,
+                                           normals_from_depth)
+from mtdp_ros.training.rosbag_rgbd import depth_from_msg, read_bag_frames
+from mtdp_ros.training.tum import (associate, export_synthetic_tum, load_camera,
+                                   read_associations, read_depth_png, TUM_CAMERAS, tum_frames,
+                                   TUMRGBD, write_tum_folder)
 from mtdp_ros.training.synthetic import render_scene
 from mtdp_ros.training.train import Trainer
 

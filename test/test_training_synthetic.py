@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mtdp_ros.training import synthetic
-from mtdp_ros.training.synthetic import (
-    FOCAL_PER_WIDTH, render_batch, render_scene, ROOM_SURFACES, sample_scene, SCENE_CLASSES)
+from mtdp_ros.training import scene_sampling, synthetic
+from mtdp_ros.training.scene_sampling import (FOCAL_PER_WIDTH, ROOM_SURFACES, sample_scene,
+                                              SCENE_CLASSES)
+from mtdp_ros.training.synthetic import render_batch, render_scene
 
 H, W = 60, 80
 SEEDS = (0, 5, 17)
@@ -136,9 +137,9 @@ def test_semantic_classes_follow_the_surfaces(scenes):
         params = sample_scene(seed)
         classes = params['surfaces'][:, 0].astype(int)
         np.testing.assert_array_equal(scene['semseg'], classes[scene['instance']])
-        assert (scene['semseg'][scene['instance'] == 0] == synthetic.FLOOR).all()
+        assert (scene['semseg'][scene['instance'] == 0] == scene_sampling.FLOOR).all()
         assert (scene['semseg'][np.isin(scene['instance'], [2, 3, 4, 5])]
-                == synthetic.WALL).all()
+                == scene_sampling.WALL).all()
 
 
 def test_edges_lie_exactly_on_surface_changes_and_depth_jumps(scenes):

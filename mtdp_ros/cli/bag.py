@@ -24,7 +24,8 @@ import sys
 import time
 
 from mtdp_ros.cli import CommandError
-from mtdp_ros.cli.infer import add_engine_arguments, engine_from_args, parse_tasks
+from mtdp_ros.cli.infer import engine_from_args, parse_tasks
+from mtdp_ros.cli.options import add_engine_arguments
 
 DEFAULT_NAMESPACE = '/mtdp_perception'
 # The file in an output bag folder that says what it was made from (bag_fleet.py).

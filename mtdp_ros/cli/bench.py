@@ -4,6 +4,8 @@ import json
 import time
 
 from mtdp_ros.cli import CommandError
+from mtdp_ros.cli.options import add_engine_arguments, add_reparameterize_argument, \
+    reparameterize_option
 
 
 def _size(text):
@@ -22,29 +24,18 @@ def register(subparsers):
         'bench', help='benchmark an inference engine',
         description='Warm up, then measure p50/p95 latency, frames per second and peak memory '
                     'of the network alone and of the whole image-to-outputs path (batch 1).')
-    parser.add_argument('--config', default='default', metavar='PRESET|FILE',
-                        help='preset or default-model name, config or checkpoint file, or an '
-                             'exported .onnx (onnxruntime backend)')
-    parser.add_argument('--checkpoint', metavar='PATH', help='weights file')
-    parser.add_argument('--backend', choices=('torch', 'onnxruntime'), default='torch')
-    parser.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto')
-    parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
-    parser.add_argument('--steps', type=int, metavar='N', help='TaskDiffusion steps')
+    add_engine_arguments(parser)
     parser.add_argument('--iters', type=int, default=50, help='timed iterations (default 50)')
     parser.add_argument('--warmup', type=int, default=10, help='untimed iterations first')
     parser.add_argument('--image-size', metavar='HxW',
                         help='camera image size for the whole path (default: the model\'s)')
-    parser.add_argument('--tasks', help='comma-separated tasks (default: all)')
     parser.add_argument('--no-cuda-graphs', action='store_true',
                         help='torch backend: run eagerly on CUDA')
-    parser.add_argument('--reparameterize', choices=('auto', 'true', 'false'), default='auto',
-                        help='MLoRE fused into one convolution per task: auto (when it fits '
-                             'in half of the free device memory), true or false')
-    parser.add_argument('--train-form', action='store_true',
-                        help='same as --reparameterize false')
+    add_reparameterize_argument(
+        parser, help='MLoRE fused into one convolution per task: auto (when it fits in half '
+                     'of the free device memory), true or false')
     parser.add_argument('--providers', help='onnxruntime providers in order of preference, '
                                             'e.g. tensorrt,cuda,cpu')
-    parser.add_argument('--seed', type=int, default=0, help='TaskDiffusion noise seed')
     parser.add_argument('--json', action='store_true',
                         help='print the result as one JSON object on the last line')
     parser.set_defaults(func=run)
@@ -56,9 +47,7 @@ def run(args):
     from mtdp_ros.runtime.bench import format_report, run_benchmark
     if args.iters < 1 or args.warmup < 0:
         raise CommandError('--iters must be >= 1 and --warmup >= 0')
-    if args.train_form and args.reparameterize == 'true':
-        raise CommandError('--train-form contradicts --reparameterize true')
-    options = {'reparameterize': 'false' if args.train_form else args.reparameterize}
+    options = {'reparameterize': reparameterize_option(args)}
     if args.backend == 'torch':
         if args.providers:
             raise CommandError('--providers applies to the onnxruntime backend')
@@ -71,7 +60,7 @@ def run(args):
     image_size = _size(args.image_size) if args.image_size else None
     tasks = [t.strip() for t in args.tasks.split(',') if t.strip()] if args.tasks else None
     started = time.perf_counter()
-    engine = create_engine(args.config, checkpoint=args.checkpoint, backend=args.backend,
+    engine = create_engine(args.model, checkpoint=args.checkpoint, backend=args.backend,
                            device=args.device, precision=args.precision, steps=args.steps,
                            seed=args.seed, **options)
     creation_s = time.perf_counter() - started

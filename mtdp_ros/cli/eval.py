@@ -12,6 +12,8 @@ import math
 import sys
 
 from mtdp_ros.cli import CommandError
+from mtdp_ros.cli.options import add_model_argument
+from mtdp_ros.runtime.options import DEVICES, is_diffusion
 
 
 def register(subparsers):
@@ -20,8 +22,7 @@ def register(subparsers):
         'eval', help='evaluate a model (mIoU, depth errors, normal angles, edge F)',
         description='Evaluate on synthetic scenes (seeds SEED .. SEED+NUM-1), or on the '
                     'validation split of nyud:DIR / pascal:DIR (multi-task tarball layout).')
-    parser.add_argument('--model', default='default', metavar='NAME|PATH',
-                        help='preset or default-model name, .safetensors, or config file')
+    add_model_argument(parser)
     parser.add_argument('--checkpoint', metavar='PATH',
                         help='weights (authors\' .pth or .safetensors) for the model')
     parser.add_argument('--data', default='synthetic', metavar='synthetic|nyud:DIR|pascal:DIR')
@@ -31,7 +32,7 @@ def register(subparsers):
                         help='first synthetic scene (default 424242, the held-out range)')
     parser.add_argument('--steps', type=int, help='TaskDiffusion denoising steps')
     parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
+    parser.add_argument('--device', choices=DEVICES, default='auto')
     parser.add_argument('--train-form', action='store_true',
                         help='evaluate MLoRE blocks unfused (default: reparameterised)')
     parser.add_argument('--focal-scale', type=float, default=1.0, metavar='F',
@@ -48,13 +49,14 @@ def register(subparsers):
 def load_model(spec, checkpoint, device, fuse=True):
     """(model in eval mode on ``device``, random_weights) for a model spec and checkpoint."""
     from mtdp_ros.models import build_model, load_checkpoint, reparameterize, resolve_model
+    from mtdp_ros.models.reparam import fusable_blocks
     config, own_weights = resolve_model(spec)
     weights = checkpoint or own_weights
     model = build_model(config)
     if weights is not None:
         load_checkpoint(model, weights)
     model.eval()
-    if fuse and config.has_mlore:
+    if fuse and fusable_blocks(model):
         model = reparameterize(model)
     return model.to(device), weights is None
 
@@ -72,7 +74,7 @@ def format_table(summary):
 def run(args):
     """Evaluate and print (table to stderr with --json, JSON last on stdout)."""
     from mtdp_ros.training.evaluate import evaluate_model, parse_data_spec, summarize
-    from mtdp_ros.training.train import resolve_device
+    from mtdp_ros.runtime.options import resolve_device
     kind, _ = parse_data_spec(args.data)
     num = args.num if args.num is not None else (200 if kind == 'synthetic' else None)
     if num is not None and num < 1:
@@ -84,7 +86,7 @@ def run(args):
     if args.focal_scale != 1.0 and kind != 'synthetic':
         raise CommandError('--focal-scale applies to --data synthetic only')
     try:
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, '--device')
     except RuntimeError as exc:
         raise CommandError(str(exc)) from None
     model, random_weights = load_model(args.model, args.checkpoint, device,
@@ -92,10 +94,6 @@ def run(args):
     if random_weights:
         print(f'mtdp eval: warning: {args.model} has no trained weights here; evaluating '
               f'random weights', file=sys.stderr)
-    if args.steps is not None and not model.config.is_diffusion:
-        raise CommandError('--steps applies to TaskDiffusion models only')
-    if args.steps is not None and args.steps < 1:
-        raise CommandError('--steps must be >= 1')
 
     def progress(done, total):
         print(f'\r  evaluated {done}/{total}', end='', file=sys.stderr, flush=True)
@@ -109,7 +107,7 @@ def run(args):
     steps = args.steps or model.config.trained_steps
     header = f'{args.model} on {args.data}' + (f' ({num} images' if num else ' (all images') \
         + (f', seed {args.seed}' if kind == 'synthetic' else '') \
-        + (f', {steps} steps' if model.config.is_diffusion else '') \
+        + (f', {steps} steps' if is_diffusion(model.config) else '') \
         + (f', focal x{args.focal_scale:g}' if args.focal_scale != 1.0 else '') \
         + (', no focal correction' if args.no_focal_correction else '') + ')'
     table_stream = sys.stderr if args.json else sys.stdout

@@ -3,6 +3,8 @@
 import json
 
 from mtdp_ros.cli import CommandError
+from mtdp_ros.cli.options import add_model_argument, add_reparameterize_argument, \
+    reparameterize_option, require_model
 
 
 def register(subparsers):
@@ -13,9 +15,9 @@ def register(subparsers):
                     '"images" (1x3xHxW float32, normalised) and, for TaskDiffusion, "noise"; '
                     'one output per task, named after it, with the raw outputs. MLoRE is '
                     'exported re-parameterised; TaskDiffusion with --steps denoising steps.')
-    parser.add_argument('--config', required=True, metavar='PRESET|FILE',
-                        help='preset or default-model name, config file (.yaml/.json) or '
-                             'project checkpoint (.safetensors)')
+    add_model_argument(parser, default=None,
+                       help='preset or default-model name, config file (.yaml/.json) or '
+                            'project checkpoint (.safetensors)')
     parser.add_argument('--checkpoint', metavar='PATH',
                         help='weights (authors\' .pth or project .safetensors)')
     parser.add_argument('--steps', type=int, metavar='N',
@@ -23,11 +25,9 @@ def register(subparsers):
                              '(default: the trained count)')
     parser.add_argument('--output', required=True, metavar='FILE.onnx', help='output file')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset (>= 17)')
-    parser.add_argument('--reparameterize', choices=('auto', 'true', 'false'), default='auto',
-                        help='MLoRE blocks fused (true), unfused (false) or auto: fused when '
-                             'the fused weights fit in half of the available RAM')
-    parser.add_argument('--train-form', action='store_true',
-                        help='same as --reparameterize false')
+    add_reparameterize_argument(
+        parser, help='MLoRE blocks fused (true), unfused (false) or auto: fused when the '
+                     'fused weights fit in half of the available RAM')
     parser.add_argument('--external-data', action='store_true',
                         help='store the weights in FILE.onnx.data (automatic above 2 GiB)')
     parser.add_argument('--verify', action='store_true',
@@ -43,10 +43,9 @@ def run(args):
     from mtdp_ros.runtime import export_onnx
     if not args.output.endswith('.onnx'):
         raise CommandError(f'--output must end in .onnx, got {args.output}')
-    if args.train_form and args.reparameterize == 'true':
-        raise CommandError('--train-form contradicts --reparameterize true')
-    reparameterize = 'false' if args.train_form else args.reparameterize
-    info = export_onnx(args.config, args.output, checkpoint=args.checkpoint, steps=args.steps,
+    model = require_model(args)
+    reparameterize = reparameterize_option(args)
+    info = export_onnx(model, args.output, checkpoint=args.checkpoint, steps=args.steps,
                        opset=args.opset, reparameterize_mlore=reparameterize,
                        external_data=True if args.external_data else None, verify=args.verify)
     print(f"exported {info['model']} ({info['family']}) to {info['output']}: inputs "

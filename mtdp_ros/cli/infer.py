@@ -13,23 +13,11 @@ import cv2
 import numpy as np
 
 from mtdp_ros.cli import CommandError
+from mtdp_ros.cli.options import add_engine_arguments
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff',
                     '.webp')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.mpg', '.mpeg', '.m4v')
-
-
-def add_engine_arguments(parser):
-    """The engine's options, shared by the sub-commands that run a model on images."""
-    parser.add_argument('--model', default='default', metavar='NAME|PATH',
-                        help='preset or default-model name, .safetensors or config file')
-    parser.add_argument('--checkpoint', metavar='PATH', help='weights for the model')
-    parser.add_argument('--backend', choices=('torch', 'onnxruntime'), default='torch')
-    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
-    parser.add_argument('--precision', choices=('fp32', 'fp16'), default='fp32')
-    parser.add_argument('--steps', type=int, help='TaskDiffusion denoising steps')
-    parser.add_argument('--seed', type=int, default=0, help='TaskDiffusion noise seed')
-    parser.add_argument('--tasks', help='comma-separated tasks (default: all)')
 
 
 def parse_tasks(text):

@@ -7,6 +7,7 @@ Several GPUs: ``torchrun --nproc_per_node N -m mtdp_ros.cli train CONFIG.yaml`` 
 import json
 
 from mtdp_ros.cli import CommandError
+from mtdp_ros.runtime.options import DEVICES
 
 
 def register(subparsers):
@@ -22,7 +23,7 @@ def register(subparsers):
     parser.add_argument('--lr', type=float, help='peak learning rate')
     parser.add_argument('--time-budget-min', type=float, metavar='MIN',
                         help='fit the schedule into this wall time and stop within it')
-    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'))
+    parser.add_argument('--device', choices=DEVICES)
     parser.add_argument('--amp', choices=('auto', 'off', 'bf16', 'fp16'))
     parser.add_argument('--workers', type=int, help='data worker processes')
     parser.add_argument('--init', metavar='random|model|PATH',

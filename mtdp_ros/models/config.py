@@ -204,12 +204,20 @@ class ModelConfig:
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
     def from_dict(cls, data) -> 'ModelConfig':
-        """Build from the reference schema; unknown keys are an error (typos do not pass)."""
+        """Build from the reference schema; unknown keys are an error (typos do not pass).
+
+        A config object of a registered family's own class (see ``ModelFamily.config_class``)
+        is returned as it is, as a ModelConfig is.
+        """
         if isinstance(data, ModelConfig):
             return data
-        if not isinstance(data, dict):
-            raise ValueError(f'model config must be a mapping, got {type(data).__name__}')
         from .registry import get_family
+        if not isinstance(data, dict):
+            family = getattr(data, 'family', None)
+            config_class = get_family(family).config_class if isinstance(family, str) else None
+            if config_class is not None and isinstance(data, config_class):
+                return data
+            raise ValueError(f'model config must be a mapping, got {type(data).__name__}')
         if cls is ModelConfig and 'family' in data:
             # A family with a schema of its own (e.g. MT-CP) parses its dictionaries itself.
             config_class = get_family(data['family']).config_class

@@ -131,6 +131,20 @@ class MLoREBlock(nn.Module):
         """This block's inference form (:class:`FusedMLoREBlock`; needs eval mode)."""
         return FusedMLoREBlock(self)
 
+    def fused_extra_elements(self):
+        """State elements the fused form holds beyond this block's (sizes, no weights).
+
+        Fused: every expert's kernel and bias; per task the task-expert and base kernels,
+        the expert scale and three biases, the 1x1 projections; the routers, stacked.
+        """
+        channels = self.generic.in_channels
+        tasks = len(self.tasks)
+        kernel = channels * channels * 9
+        fused = (self.num_experts * (kernel + channels) + tasks * (2 * kernel + 3 * channels)
+                 + tasks * 2 * (channels * channels + channels)
+                 + sum(t.numel() for t in self.routers.parameters()))
+        return fused - sum(t.numel() for t in self.state_dict().values())
+
     def route(self, h, task):
         """Gates (B x N) and the task-expert mixing weight (B) for projected input ``h``."""
         raw = self.routers[task](h)

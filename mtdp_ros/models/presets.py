@@ -75,7 +75,7 @@ PRESETS = {
 
 # Small models for a robot camera: 240 x 320 is 640 x 480 at exactly half scale. They were
 # trained on synthetic scenes rendered directly at 240 x 320 by a pinhole camera with the
-# Kinect's field of view (mtdp_ros/training/synthetic.py: fx = fy = 518.8579 / 640 * width,
+# Kinect's field of view (mtdp_ros/training/raycast.py: fx = fy = 518.8579 / 640 * width,
 # principal point at the centre; no resize or crop in training), i.e. fx = 259.42895 px.
 DEFAULT_FOCAL_PX = NYUD_FOCAL_PX / 640.0 * 320
 _DEFAULT_BASE = {**NYUD_TASKS, 'image_size': [240, 320], 'embed_dim': 192, 'depth': 6,

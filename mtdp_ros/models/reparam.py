@@ -18,8 +18,6 @@ import copy
 import torch
 from torch import nn
 
-from .mlore_block import MLoREBlock
-
 
 def fusable_blocks(model: nn.Module):
     """The outermost submodules of ``model`` that have a ``fuse()`` method."""
@@ -87,19 +85,6 @@ def _state_bytes(module: nn.Module, bytes_per_element):
     return elements, elements * bytes_per_element
 
 
-def _fused_minus_train(block):
-    """State elements a block's fused form adds (see FusedMLoREBlock's buffers)."""
-    channels = block.generic.in_channels
-    tasks = len(block.tasks)
-    kernel = channels * channels * 9
-    # Fused: every expert's kernel and bias; per task the task-expert and base kernels,
-    # the expert scale and three biases, the 1x1 projections; the routers, stacked.
-    fused = (block.num_experts * (kernel + channels) + tasks * (2 * kernel + 3 * channels)
-             + tasks * 2 * (channels * channels + channels)
-             + sum(t.numel() for t in block.routers.parameters()))
-    return fused - sum(t.numel() for t in block.state_dict().values())
-
-
 def model_memory(config, model=None):
     """Sizes of a configuration's two forms, computed on the ``meta`` device (no weights).
 
@@ -108,7 +93,9 @@ def model_memory(config, model=None):
 
     Returns ``{'parameters': trainable parameters, 'train_elements': state elements of the
     train form (parameters and buffers), 'fused_elements': state elements of the fused form
-    (None without MLoRE blocks), 'train_mb'/'fused_mb': {'fp32': MiB, 'fp16': MiB}}``.
+    (None without a fusable block), 'train_mb'/'fused_mb': {'fp32': MiB, 'fp16': MiB}}``.
+    A fusable block tells how much its fused form adds by ``fused_extra_elements()``
+    (without it, the fused form is taken to be the same size).
     """
     if model is None:
         from .factory import build_model
@@ -120,9 +107,11 @@ def model_memory(config, model=None):
             'train_mb': {'fp32': train_elements * 4 / 2 ** 20,
                          'fp16': train_elements * 2 / 2 ** 20},
             'fused_elements': None, 'fused_mb': None}
-    blocks = [m for m in model.modules() if isinstance(m, MLoREBlock)]
+    blocks = fusable_blocks(model)
     if blocks:
-        fused_elements = train_elements + sum(_fused_minus_train(b) for b in blocks)
+        fused_elements = train_elements + sum(
+            b.fused_extra_elements() if hasattr(b, 'fused_extra_elements') else 0
+            for b in blocks)
         info.update(fused_elements=fused_elements,
                     fused_mb={'fp32': fused_elements * 4 / 2 ** 20,
                               'fp16': fused_elements * 2 / 2 ** 20})

@@ -21,6 +21,8 @@ import math
 import numpy as np
 from sensor_msgs.msg import CameraInfo
 
+from mtdp_ros.runtime.camera_geometry import scale_intrinsics
+
 # Distortion models whose coefficients the point cloud undoes (OpenCV's model).
 UNDISTORTED_MODELS = ('plumb_bob', 'rational_polynomial')
 
@@ -63,12 +65,6 @@ def _scales(info: CameraInfo, width, height):
             height / info.height if info.height else 1.0)
 
 
-def _scale_centre(c, scale):
-    # Integer pixel coordinates are pixel centres, so the image corner is at -0.5; scaling
-    # about that corner gives c' = (c + 0.5) * s - 0.5.
-    return (c + 0.5) * scale - 0.5
-
-
 def camera_matrix(info: CameraInfo, width, height, rectified=False):
     """(fx, fy, cx, cy) that apply to an image of ``width`` x ``height`` described by ``info``.
 
@@ -78,7 +74,7 @@ def camera_matrix(info: CameraInfo, width, height, rectified=False):
     """
     fx, fy, cx, cy = _focal_centre(info, rectified)
     scale_x, scale_y = _scales(info, width, height)
-    return (fx * scale_x, fy * scale_y, _scale_centre(cx, scale_x), _scale_centre(cy, scale_y))
+    return scale_intrinsics((fx, fy, cx, cy), (scale_y, scale_x))
 
 
 def _scaled_matrix(values, rows, cols, scale_x, scale_y):

@@ -87,7 +87,7 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
         'input_topic': input_topic,
         'input_qos': input_qos,
     })
-    if engine.config.is_diffusion:
+    if engine.diffusion:
         values['diffusion_steps'] = str(settings.steps or engine.config.trained_steps)
     for key in sorted(counters):
         if key.startswith('rejected_'):

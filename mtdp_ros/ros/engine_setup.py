@@ -58,18 +58,14 @@ def check_model_values(values, engine):
     after any change, so every call passes its own step count. StartupError if invalid.
     """
     model_tasks = tuple(engine.tasks)
-    is_diffusion = bool(engine.config.is_diffusion)
     problems = []
     if values['tasks'] is not None:
         reason = parameters.check_tasks(values['tasks'], model_tasks)
         if reason:
             problems.append(reason)
-    reason = parameters.check_steps(values['diffusion.steps'], is_diffusion,
-                                    engine.model_name)
-    if not reason and is_diffusion:
-        reason = engine.check_steps(values['diffusion.steps'] or None)
-        if not reason:
-            engine.prepare_steps(values['diffusion.steps'] or None)
+    reason = parameters.check_steps(values['diffusion.steps'], engine)
+    if not reason and engine.diffusion:
+        engine.prepare_steps(values['diffusion.steps'] or None)
     if reason:
         problems.append(reason)
     if problems:

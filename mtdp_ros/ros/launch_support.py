@@ -10,10 +10,10 @@
 
 import os
 
+from mtdp_ros.runtime.options import DEVICES, MAX_STEPS
+
 TRUE_WORDS = ('true', '1', 'yes', 'on')
 FALSE_WORDS = ('false', '0', 'no', 'off')
-DEVICE_CHOICES = ('auto', 'cuda', 'cpu')
-MAX_DIFFUSION_STEPS = 100
 
 
 def rviz_topics():
@@ -41,14 +41,14 @@ def parse_bool(name, text):
 
 
 def parse_steps(text):
-    """diffusion.steps from launch argument ``steps`` (a whole number 0..100)."""
+    """diffusion.steps from launch argument ``steps`` (a whole number 0..MAX_STEPS)."""
     try:
         steps = int(text.strip())
     except ValueError:
         steps = None
-    if steps is None or not 0 <= steps <= MAX_DIFFUSION_STEPS:
+    if steps is None or not 0 <= steps <= MAX_STEPS:
         raise LaunchArgumentError(
-            f"launch argument 'steps' must be a whole number 0..{MAX_DIFFUSION_STEPS} "
+            f"launch argument 'steps' must be a whole number 0..{MAX_STEPS} "
             f'(0 or empty: the trained steps), got {text!r}')
     return steps
 
@@ -94,9 +94,9 @@ def node_parameters_from_arguments(values):
     if value('checkpoint'):
         overrides['model.checkpoint'] = value('checkpoint')
     if value('device'):
-        if value('device') not in DEVICE_CHOICES:
+        if value('device') not in DEVICES:
             raise LaunchArgumentError(
-                f"launch argument 'device' must be one of {list(DEVICE_CHOICES)}, got "
+                f"launch argument 'device' must be one of {list(DEVICES)}, got "
                 f'{value("device")!r}')
         overrides['engine.device'] = value('device')
     if value('tasks'):

@@ -63,7 +63,7 @@ def settings_from(values, model_tasks):
     return Settings(**fields)
 
 
-def check_changes(changed, current, engine, model_tasks, is_diffusion):
+def check_changes(changed, current, engine, model_tasks):
     """The reason to reject parameter changes ``changed`` (rclpy Parameters), or None.
 
     ``current``: the present depth.color_min and depth.color_max (name -> value).
@@ -82,10 +82,7 @@ def check_changes(changed, current, engine, model_tasks, is_diffusion):
         elif parameter.name == 'diffusion.steps':
             reason = parameters.check_value(spec, value)
             if engine is not None and not reason:
-                reason = parameters.check_steps(value, is_diffusion, engine.model_name)
-                if not reason and is_diffusion:
-                    # What this engine cannot run (a fixed .onnx file's other counts).
-                    reason = engine.check_steps(value or None)
+                reason = parameters.check_steps(value, engine)
         else:
             reason = parameters.check_value(spec, value)
         if parameter.name in current:

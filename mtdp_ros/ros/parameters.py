@@ -2,8 +2,10 @@
 
 ``SPECS`` lists name, default, description, range or choices, and whether the value can
 change while the node runs (``dynamic``) or needs a restart (declared read-only). The
-node declares them with :func:`declare_all`, validates the start-up values with
-:func:`validate_startup` (fail fast) and every later change with :func:`validate_change`.
+node declares them with :func:`declare_all` and validates the start-up values with
+:func:`validate_startup` (fail fast); its parameter callback checks every later change with
+:func:`check_value` and the model-dependent checks (:func:`check_tasks`, :func:`check_steps`).
+The engine options' choices and the step limit come from ``mtdp_ros.runtime.options``.
 """
 
 from dataclasses import dataclass
@@ -16,9 +18,8 @@ from rclpy.parameter import Parameter
 
 from mtdp_ros.models.tasks import task_names
 from mtdp_ros.ros.image_input import DEFAULT_MAX_PIXELS
+from mtdp_ros.runtime.options import BACKENDS, DEVICES, MAX_STEPS, PRECISIONS, REPARAMETERIZE
 
-# The most DDIM steps a user may ask for (the published TaskDiffusion models use 3).
-MAX_DIFFUSION_STEPS = 100
 INT32_MAX = 2 ** 31 - 1
 
 
@@ -44,16 +45,16 @@ SPECS = (
     Spec('model.checkpoint', '',
          "Weights overriding the model's own: a .safetensors file or the authors' .pth "
          "checkpoint ('' = the model's own, or random weights with a warning)."),
-    Spec('engine.backend', 'torch', 'Inference engine.', choices=('torch', 'onnxruntime')),
+    Spec('engine.backend', 'torch', 'Inference engine.', choices=BACKENDS),
     Spec('engine.device', 'auto',
          "'auto' (CUDA when present, else the CPU with a warning), 'cuda' (error when "
-         "absent) or 'cpu'.", choices=('auto', 'cuda', 'cpu')),
+         "absent) or 'cpu'.", choices=DEVICES),
     Spec('engine.precision', 'fp32', 'Arithmetic precision (fp16 on CUDA only).',
-         choices=('fp32', 'fp16')),
+         choices=PRECISIONS),
     Spec('engine.reparameterize', 'auto',
          "MLoRE experts fused into one convolution per task: 'auto' (when the fused weights "
          "fit in half of the device's free memory, else the train form with a logged "
-         "reason), 'true' or 'false'.", choices=('auto', 'true', 'false')),
+         "reason), 'true' or 'false'.", choices=REPARAMETERIZE),
     Spec('input.transport', 'raw',
          "'raw': subscribe to image (sensor_msgs/Image); 'compressed': subscribe to "
          "image/compressed (sensor_msgs/CompressedImage, decoded with OpenCV).",
@@ -88,7 +89,7 @@ SPECS = (
          f"{', '.join(task_names())}); unset = all of the model's.", dynamic=True),
     Spec('diffusion.steps', 0,
          'DDIM steps of a TaskDiffusion model (0 = the steps it was trained with); '
-         'must stay 0 for MLoRE models.', dynamic=True, int_range=(0, MAX_DIFFUSION_STEPS)),
+         'must stay 0 for MLoRE models.', dynamic=True, int_range=(0, MAX_STEPS)),
     Spec('diffusion.seed', 0, "Seed of the sampler's initial noise (TaskDiffusion).",
          dynamic=True, int_range=(0, INT32_MAX)),
     Spec('publish.color', True,
@@ -191,12 +192,16 @@ def check_tasks(tasks, model_tasks):
     return None
 
 
-def check_steps(steps, is_diffusion, model_name):
-    """None when ``steps`` suits the model, else the reason."""
-    if steps and not is_diffusion:
-        return (f'diffusion.steps applies to TaskDiffusion models only; {model_name} has no '
-                f'denoising steps (keep it 0)')
-    return None
+def check_steps(steps, engine):
+    """None when ``engine`` can run diffusion.steps ``steps`` (0: its trained count), else why.
+
+    The engine's own check (``Engine.check_steps``: the family, the range, what a fixed
+    ``.onnx`` file holds), worded for the parameter.
+    """
+    reason = engine.check_steps(steps or None)
+    if not reason:
+        return None
+    return f'diffusion.steps: {reason}' + ('' if engine.diffusion else ' (keep it 0)')
 
 
 def check_depth_range(minimum, maximum):

@@ -3,10 +3,13 @@
 Ctrl-C under ``ros2 launch`` delivers two SIGINTs (the terminal's to the process group,
 then the one launch forwards), and process managers send SIGTERM. The node must end with
 exit code 0 and without a traceback in every case, so the handlers here never interrupt
-the shutdown: they only record the request.
+the shutdown: they only record the request. :func:`leave_now` ends a process whose
+PyTorch threads are still busy.
 """
 
+import os
 import signal
+import sys
 import threading
 
 
@@ -49,3 +52,15 @@ class StopSignals:
         if self.interrupt_startup:
             self.interrupt_startup = False
             raise KeyboardInterrupt
+
+
+def leave_now(code):
+    """End the process at once with exit ``code``, after flushing stdout and stderr.
+
+    For a process whose work runs in PyTorch threads that cannot be interrupted (a frame
+    in flight, a scene being rendered: seconds on a CPU): a normal interpreter exit would
+    abort under them ("terminate called").
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

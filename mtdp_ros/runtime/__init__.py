@@ -9,12 +9,10 @@ Usage::
     outputs = engine.infer(rgb_uint8_image, intrinsics=(fx, fy, cx, cy))
 """
 
-from .engine import BACKENDS, check_choice, DEVICES, Engine, PRECISIONS, resolve_device
-from .onnx_export import export_onnx, read_onnx_metadata
-from .ort_engine import OrtEngine, select_providers
-from .postprocess import postprocess, postprocess_task, to_numpy
-from .preprocess import Letterbox, letterbox, normalisation, plan_letterbox, unletterbox
-from .torch_engine import TorchEngine
+import sys
+import types
+
+from .options import BACKENDS, check_choice, DEVICES, PRECISIONS, resolve_device
 
 __all__ = [
     'BACKENDS', 'DEVICES', 'Engine', 'Letterbox', 'OrtEngine', 'PRECISIONS',
@@ -23,10 +21,47 @@ __all__ = [
     'select_providers', 'to_numpy', 'unletterbox',
 ]
 
+# Where each public name lives. They are imported on first use, so that importing
+# ``mtdp_ros.runtime.options`` (the launch files do) does not load PyTorch and ONNX.
+_LAZY = {
+    'Engine': 'engine', 'export_onnx': 'onnx_export', 'read_onnx_metadata': 'onnx_export',
+    'OrtEngine': 'ort_engine', 'select_providers': 'ort_providers',
+    'postprocess': 'postprocess', 'postprocess_task': 'postprocess', 'to_numpy': 'postprocess',
+    'Letterbox': 'preprocess', 'letterbox': 'preprocess', 'normalisation': 'preprocess',
+    'plan_letterbox': 'preprocess', 'unletterbox': 'preprocess', 'TorchEngine': 'torch_engine',
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    import importlib
+    value = getattr(importlib.import_module(f'.{module}', __name__), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """This package: its public ``postprocess`` is the function, not the module of that name.
+
+    Importing a submodule binds it as an attribute of its package. Eagerly imported, the
+    function's binding came afterwards and won; imported lazily, the module would hide the
+    function, so that one binding is not kept (``__getattr__`` then gives the function).
+    """
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 def create_engine(model='default', checkpoint=None, backend='torch', device='auto',
                   precision='fp32', steps=None, seed=0, **options):
-    """Create an inference engine for ``model`` (see the module docstring and DESIGN.md).
+    """Create an inference engine for ``model`` (see the module docstring and the README).
 
     ``model``: a preset or default-model name, a config/``.safetensors`` file, a ModelConfig
     or config dict; for ``backend='onnxruntime'`` also an exported ``.onnx`` file.
@@ -44,6 +79,8 @@ def create_engine(model='default', checkpoint=None, backend='torch', device='aut
     ``trt_cache_dir`` (TensorRT engines), ``trt_workspace_mb`` (TensorRT's workspace
     limit; default ORT's).
     """
+    from .ort_engine import OrtEngine
+    from .torch_engine import TorchEngine
     check_choice('backend', backend, BACKENDS)
     check_choice('device', device, DEVICES)
     check_choice('precision', precision, PRECISIONS)

@@ -14,17 +14,13 @@ import torch
 
 from mtdp_ros.models import ModelConfig, resolve_model
 
+from .options import check_seed, check_steps, is_diffusion, MAX_STEPS
 from .postprocess import check_intrinsics, focal_correction_factor
 from .preprocess import plan_letterbox
 
 LOGGER = logging.getLogger('mtdp_ros.runtime')
 # Explicit: once `launch` is imported in a process, every new logger starts non-propagating.
 LOGGER.propagate = True
-BACKENDS = ('torch', 'onnxruntime')
-DEVICES = ('auto', 'cuda', 'cpu')
-PRECISIONS = ('fp32', 'fp16')
-# More DDIM steps than this is a typo, not a request (the published models use 3).
-MAX_STEPS = 100
 # Cached per-image-size state (letterbox plans, CUDA graphs) is bounded: a camera has one size.
 CACHE_LIMIT = 4
 
@@ -39,59 +35,15 @@ def warn(message):
     LOGGER.warning(message)
 
 
-def check_choice(name, value, choices):
-    """Return ``value`` if it is one of ``choices``; ValueError naming the option otherwise."""
-    if value not in choices:
-        raise ValueError(f'{name} must be one of {choices}, got {value!r}')
-    return value
-
-
-def check_steps(steps, config: ModelConfig, allow_none=True):
-    """Validate a DDIM step count (None keeps the default) for a diffusion model."""
-    if steps is None:
-        if allow_none:
-            return None
-        raise ValueError('steps must be given')
-    if not config.is_diffusion:
-        raise ValueError(f'steps apply to TaskDiffusion models only; {config.family} has none')
-    if isinstance(steps, bool) or int(steps) != steps:
-        raise ValueError(f'steps must be a positive integer, got {steps!r}')
-    steps = int(steps)
-    if not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f'steps must lie in 1..{MAX_STEPS}, got {steps}')
-    return steps
-
-
-def check_seed(seed):
-    """Validate a sampler seed (a non-negative integer)."""
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
-    return int(seed)
-
-
-def resolve_device(device):
-    """'cuda' or 'cpu' for a requested device; RuntimeError when CUDA is asked for but absent."""
-    check_choice('device', device, DEVICES)
-    if device == 'auto':
-        if torch.cuda.is_available():
-            return 'cuda'
-        warn('device auto: CUDA is not available, running on the CPU (slow)')
-        return 'cpu'
-    if device == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError('device cuda was requested but CUDA is not available '
-                           '(no GPU, no driver, or a CPU-only PyTorch build); '
-                           'use device auto or cpu')
-    return device
-
-
 def resolve_engine_model(model, checkpoint=None):
     """(ModelConfig, checkpoint path/mapping or None, display name) for a model spec.
 
     ``model``: a preset or default-model name, a ``.safetensors``/``.yaml``/``.json`` file
-    (see ``mtdp_ros.models.resolve_model``), a ModelConfig or a config dict.
+    (see ``mtdp_ros.models.resolve_model``), a config dict or a config object (ModelConfig,
+    or the config class a family registered).
     ``checkpoint`` (a path or a state-dict mapping) overrides the spec's own weights.
     """
-    if isinstance(model, (ModelConfig, dict)):
+    if isinstance(model, dict) or not isinstance(model, (str, os.PathLike)):
         config = ModelConfig.from_dict(model)
         spec_checkpoint = None
         name = config.name or config.family
@@ -120,11 +72,11 @@ class Engine:
         self.random_weights = bool(random_weights)
         self.device = device
         self.precision = precision
-        self.default_steps = None
-        if config.is_diffusion:
-            self.default_steps = check_steps(steps, config) or config.trained_steps
-        elif steps is not None:
-            check_steps(steps, config)
+        # Whether the family samples in steps (the registry says; see options.is_diffusion).
+        self.diffusion = is_diffusion(config)
+        # Validated here, where the engine's default enters (None for other families).
+        steps = check_steps(steps, config)
+        self.default_steps = (steps or config.trained_steps) if self.diffusion else None
         self.seed = check_seed(seed)
         self.last_timing = {'preprocess_ms': 0.0, 'model_ms': 0.0, 'postprocess_ms': 0.0}
         self._plans = OrderedDict()
@@ -157,17 +109,25 @@ class Engine:
         return check_steps(steps, self.config)
 
     # ------------------------------------------------------------------ step counts
+    def runnable_steps(self, steps):
+        """``(resolved count, None)`` when this engine can run ``steps``, else ``(None, why)``.
+
+        The one check of a requested count: ``check_steps``, ``prepare_steps`` and
+        ``wait_for_steps`` all ask it (an engine that cannot run some counts adds its
+        reasons by overriding it).
+        """
+        try:
+            return self.resolve_steps(steps), None
+        except ValueError as exc:
+            return None, str(exc)
+
     def check_steps(self, steps):
         """None when this engine can run ``steps`` (None: its default), else the reason."""
-        try:
-            self.resolve_steps(steps)
-        except ValueError as exc:
-            return str(exc)
-        return None
+        return self.runnable_steps(steps)[1]
 
     def available_steps(self):
         """Step counts that run now without preparation (empty for MLoRE models)."""
-        return range(1, MAX_STEPS + 1) if self.config.is_diffusion else ()
+        return range(1, MAX_STEPS + 1) if self.diffusion else ()
 
     def prepare_steps(self, steps):
         """Make ``steps`` ready to run; True when it is ready now (ValueError if impossible).
@@ -176,7 +136,7 @@ class Engine:
         graph) does it in the background and returns False; until it is ready, calls asking
         for that count run the count that served before (see ``OrtEngine``).
         """
-        reason = self.check_steps(steps)
+        _, reason = self.runnable_steps(steps)
         if reason:
             raise ValueError(reason)
         return True

@@ -12,8 +12,7 @@ import re
 import torch
 
 from .engine import LOGGER
-
-CHOICES = ('auto', 'true', 'false')
+from .options import REPARAMETERIZE as CHOICES
 # The rest of the free memory is left for activations, CUDA graphs, the ONNX Runtime arena
 # and the other processes of the robot.
 AUTO_FRACTION = 0.5
@@ -61,15 +60,15 @@ def decide(config, option, device, precision, free_bytes=None, model=None):
 
     ``free_bytes`` overrides the measured free memory (tests, planning for another device).
     ``model``: the built train-form model, counted instead of a ``meta`` build.
-    Models without MLoRE blocks never fuse; ``true`` on them is refused by the model.
+    A model with no fusable block (no ``fuse()``, see ``models.reparam``) never fuses.
     """
     option = normalize_option(option)
-    if not config.has_mlore:
-        return False, f'{config.family} has no MLoRE blocks'
-    if option != 'auto':
-        return option == 'true', f'reparameterize {option}'
     from mtdp_ros.models.reparam import model_memory
     sizes = model_memory(config, model)
+    if sizes['fused_elements'] is None:
+        return False, f'{config.family} has no block to fuse (no MLoRE blocks)'
+    if option != 'auto':
+        return option == 'true', f'reparameterize {option}'
     element_bytes = 2 if precision == 'fp16' and torch.device(device).type == 'cuda' else 4
     fused = sizes['fused_elements'] * element_bytes
     train = sizes['train_elements'] * element_bytes

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from mtdp_ros.models import build_model, load_checkpoint, reparameterize
-from mtdp_ros.models.mlore_block import FusedMLoREBlock
 
-from .engine import check_steps, resolve_engine_model, warn
+from .engine import resolve_engine_model, warn
+from .options import check_steps, is_diffusion
 
 DEFAULT_OPSET = 17
 FORMAT_TAG = 'mtdp_ros.onnx/1'
@@ -49,9 +49,10 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.tasks = tuple(model.config.tasks)
         self.steps = steps
+        self.diffusion = is_diffusion(model.config)
 
     def forward(self, images, noise=None):
-        if self.model.config.is_diffusion:
+        if self.diffusion:
             outputs = self.model(images, steps=self.steps, noise=noise)
         else:
             outputs = self.model(images)
@@ -81,7 +82,7 @@ def example_inputs(config, seed=0):
     """Draw seeded (images[, noise]) inputs of the shapes the graph takes."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn((1, 3, *config.image_size), generator=generator)
-    if not config.is_diffusion:
+    if not is_diffusion(config):
         return (images,)
     grid = config.grid_size
     noise = torch.randn((1, config.noise_channels, *grid), generator=generator)
@@ -102,10 +103,9 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
     import onnx
 
     config, checkpoint, name = resolve_engine_model(model, checkpoint)
-    if config.is_diffusion:
-        steps = check_steps(steps, config) or config.trained_steps
-    elif steps is not None:
-        check_steps(steps, config)
+    steps = check_steps(steps, config)
+    if is_diffusion(config):
+        steps = steps or config.trained_steps
     if opset < DEFAULT_OPSET:
         raise ValueError(f'opset must be >= {DEFAULT_OPSET}, got {opset}')
     output = os.fspath(output)
@@ -114,7 +114,7 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
     if checkpoint is None:
         warn(f'{name}: exporting random weights (no checkpoint given or shipped)')
     network = prepare_model(config, checkpoint, reparameterize_mlore)
-    reparameterized = any(isinstance(m, FusedMLoREBlock) for m in network.modules())
+    reparameterized = bool(getattr(network, 'is_reparameterized', False))
     wrapper = ExportWrapper(network, steps).eval()
     inputs = example_inputs(config)
     input_names = ['images', 'noise'][:len(inputs)]

@@ -11,8 +11,6 @@ Providers are chosen from a preference list (default TensorRT, CUDA, CPU), filte
 skipped, and any fallback ORT makes when a session starts, is logged.
 """
 
-import hashlib
-import json
 import os
 import threading
 import time
@@ -22,126 +20,13 @@ import numpy as np
 import torch
 
 from . import memory
-from .engine import (CACHE_LIMIT, Engine, LOGGER, MAX_STEPS, StageTimer, check_choice,
-                     check_steps, resolve_engine_model, warn)
+from .engine import CACHE_LIMIT, Engine, LOGGER, resolve_engine_model, StageTimer, warn
 from .onnx_export import export_onnx, FORMAT_TAG, read_onnx_metadata
+from .options import check_choice, check_steps, DEVICES, is_diffusion, MAX_STEPS
+from .ort_cache import cached_graph_path, checkpoint_identity, default_cache_dir
+from .ort_providers import GPU_PROVIDERS, select_providers, TENSORRT
 from .postprocess import host_to_numpy, postprocess, to_host_async
 from .preprocess import letterbox, normalisation
-
-TENSORRT = 'TensorrtExecutionProvider'
-CUDA = 'CUDAExecutionProvider'
-CPU = 'CPUExecutionProvider'
-GPU_PROVIDERS = (TENSORRT, CUDA)
-DEFAULT_PREFERENCE = (TENSORRT, CUDA, CPU)
-PROVIDER_ALIASES = {'tensorrt': TENSORRT, 'trt': TENSORRT, 'cuda': CUDA, 'cpu': CPU}
-
-
-def default_cache_dir():
-    """Where exported graphs and TensorRT engines are cached (``MTDP_CACHE_DIR`` overrides)."""
-    root = os.environ.get('MTDP_CACHE_DIR')
-    if root:
-        return root
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return os.path.join(base, 'mtdp_ros')
-
-
-def provider_name(name):
-    """Full ORT provider name for a name or alias (tensorrt/trt, cuda, cpu)."""
-    if name in DEFAULT_PREFERENCE:
-        return name
-    full = PROVIDER_ALIASES.get(str(name).lower())
-    if full is None:
-        raise ValueError(f'unknown execution provider {name!r}; use tensorrt, cuda or cpu '
-                         f'(or {", ".join(DEFAULT_PREFERENCE)})')
-    return full
-
-
-def select_providers(device, precision, available, preference=None, trt_cache_dir=None,
-                     device_id=0, trt_workspace_mb=None):
-    """Choose the providers (with options) to request from ORT; note every fallback.
-
-    ``available``: ``onnxruntime.get_available_providers()``. ``device`` 'cpu' keeps only the
-    CPU; 'cuda' requires a GPU provider (RuntimeError otherwise); 'auto' uses a GPU provider
-    when one is available and falls back to the CPU with a note. The CPU provider always
-    ends the list as ORT's own last resort.
-
-    Provider options (ORT's names): TensorRT gets ``device_id``, ``trt_fp16_enable``
-    (precision fp16), ``trt_engine_cache_enable``/``trt_engine_cache_path`` and
-    ``trt_timing_cache_enable``/``trt_timing_cache_path`` (``trt_cache_dir``: built engines
-    are reused across runs), and ``trt_max_workspace_size`` (bytes, from
-    ``trt_workspace_mb``; unset: ORT's default). CUDA gets ``device_id``; the CPU none.
-    """
-    check_choice('device', device, ('auto', 'cuda', 'cpu'))
-    explicit = preference is not None
-    preference = DEFAULT_PREFERENCE if preference is None else preference
-    if isinstance(preference, str):
-        preference = [p for p in preference.split(',') if p.strip()]
-    wanted = []
-    for name in preference:
-        full = provider_name(name.strip() if isinstance(name, str) else name)
-        if full not in wanted:
-            wanted.append(full)
-    if not wanted:
-        raise ValueError('the provider list is empty')
-    notes = []
-    chosen = []
-    for name in wanted:
-        if name in GPU_PROVIDERS and device == 'cpu':
-            continue
-        if name not in available:
-            # Only a provider the user asked for by name is a fallback worth a warning.
-            level = 'warning' if explicit else 'info'
-            notes.append((level, f'{name} is not available in this onnxruntime build '
-                         f'(available: {", ".join(available)})'))
-            continue
-        chosen.append(name)
-    if device == 'cuda' and not any(p in GPU_PROVIDERS for p in chosen):
-        raise RuntimeError('device cuda was requested but onnxruntime offers no GPU provider '
-                           f'among {wanted} (available: {", ".join(available)}); install '
-                           'onnxruntime-gpu or use device auto or cpu')
-    if device == 'auto' and not any(p in GPU_PROVIDERS for p in chosen):
-        notes.append(('warning', 'no GPU execution provider: running on the CPU'))
-    if CPU not in chosen:
-        chosen.append(CPU)
-    if trt_workspace_mb is not None and (isinstance(trt_workspace_mb, bool)
-                                         or not trt_workspace_mb > 0):
-        raise ValueError(f'trt_workspace_mb must be a positive number, got {trt_workspace_mb!r}')
-    fp16 = precision == 'fp16'
-    if fp16 and TENSORRT not in chosen:
-        notes.append(('warning', 'precision fp16 applies to the TensorRT provider only; '
-                                 'running fp32'))
-    providers = []
-    for name in chosen:
-        if name == TENSORRT:
-            cache = trt_cache_dir or os.path.join(default_cache_dir(), 'tensorrt')
-            options = {'device_id': device_id, 'trt_fp16_enable': fp16,
-                       'trt_engine_cache_enable': True, 'trt_engine_cache_path': cache,
-                       'trt_timing_cache_enable': True, 'trt_timing_cache_path': cache}
-            if trt_workspace_mb is not None:
-                options['trt_max_workspace_size'] = int(trt_workspace_mb * 2 ** 20)
-            providers.append((name, options))
-        elif name == CUDA:
-            providers.append((name, {'device_id': device_id}))
-        else:
-            providers.append((name, {}))
-    return providers, notes
-
-
-def _checkpoint_identity(checkpoint):
-    """Return a string that changes when the checkpoint's content changes."""
-    if checkpoint is None:
-        return 'random'
-    if isinstance(checkpoint, (str, os.PathLike)):
-        stat = os.stat(checkpoint)
-        return f'{os.path.abspath(checkpoint)}:{stat.st_size}:{stat.st_mtime_ns}'
-    digest = hashlib.sha256()
-    state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else checkpoint
-    for key in sorted(state):
-        value = state[key]
-        digest.update(key.encode())
-        if isinstance(value, torch.Tensor):
-            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class OrtEngine(Engine):
@@ -154,7 +39,7 @@ class OrtEngine(Engine):
                  reparameterize='auto', trt_workspace_mb=None):
         import onnxruntime as ort
         self._ort = ort
-        check_choice('device', device, ('auto', 'cuda', 'cpu'))
+        check_choice('device', device, DEVICES)
         self.onnx_file = None
         if isinstance(model, (str, os.PathLike)) and str(model).endswith('.onnx'):
             if checkpoint is not None:
@@ -164,10 +49,13 @@ class OrtEngine(Engine):
             config, name, random_weights = meta['config'], meta['name'], meta['random_weights']
             self.onnx_file = os.fspath(model)
             self._file_steps = meta['steps']
-            if config.is_diffusion and steps is not None and steps != meta['steps']:
-                raise ValueError(f'{model} was exported for {meta["steps"]} steps, not {steps}; '
-                                 f'export it again with --steps {steps}')
-            steps = meta['steps'] if config.is_diffusion else None
+            if is_diffusion(config):
+                if check_steps(steps, config) not in (None, meta['steps']):
+                    raise ValueError(f'{model} was exported for {meta["steps"]} steps, not '
+                                     f'{steps}; export it again with --steps {steps}')
+                steps = meta['steps']
+            else:
+                steps = None    # the graph has no step count: a requested one means nothing
             self.reparameterized = meta['reparameterized']
             self.reparameterize_reason = 'as exported in the file'
         else:
@@ -177,7 +65,7 @@ class OrtEngine(Engine):
             fuse, self.reparameterize_reason = memory.decide(config, reparameterize, 'cpu',
                                                              'fp32')
             memory.log_decision(fuse, self.reparameterize_reason)
-            self.reparameterized = bool(fuse and config.has_mlore)
+            self.reparameterized = fuse
         self.cache_dir = cache_dir or default_cache_dir()
         self.checkpoint = checkpoint
         self.requested_device = device
@@ -233,19 +121,14 @@ class OrtEngine(Engine):
 
     def _cache_path(self, steps):
         """Where the cached export for ``steps`` lives (whether or not it exists yet)."""
-        if self.checkpoint is not None and not hasattr(self, '_checkpoint_key'):
-            self._checkpoint_key = _checkpoint_identity(self.checkpoint)
-        key = json.dumps({'config': self.config.to_dict(), 'steps': steps,
-                          'checkpoint': getattr(self, '_checkpoint_key', 'random'),
-                          'reparameterized': self.reparameterized,
-                          'format': FORMAT_TAG}, sort_keys=True)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        suffix = f'-s{steps}' if steps is not None else ''
-        return os.path.join(self.cache_dir, 'onnx', f'{self.model_name}-{digest}{suffix}.onnx')
+        if not hasattr(self, '_checkpoint_key'):
+            self._checkpoint_key = checkpoint_identity(self.checkpoint)
+        return cached_graph_path(self.cache_dir, self.model_name, self.config, steps,
+                                 self._checkpoint_key, self.reparameterized, FORMAT_TAG)
 
     def _file_reason(self, steps):
         """Why the given .onnx file cannot run ``steps`` (None when it can)."""
-        if self.onnx_file is None or not self.config.is_diffusion or steps == self._file_steps:
+        if self.onnx_file is None or not self.diffusion or steps == self._file_steps:
             return None
         return (f'{self.onnx_file} was exported for {self._file_steps} steps; it cannot run '
                 f'{steps} (export another file with `mtdp export --steps {steps}`)')
@@ -268,21 +151,19 @@ class OrtEngine(Engine):
         return path
 
     # ------------------------------------------------------------------ step counts
-    def check_steps(self, steps):
-        """None when ``steps`` can run (now or after a background export), else why not."""
-        reason = super().check_steps(steps)
-        if reason:
-            return reason
-        steps = self.resolve_steps(steps)
-        reason = self._file_reason(steps)
-        if reason:
-            return reason
-        with self._prepare_lock:
-            return self._prepare_failed.get(steps)
+    def runnable_steps(self, steps):
+        """As Engine's, and no count a given file lacks or whose preparation failed."""
+        steps, reason = super().runnable_steps(steps)
+        if reason is None:
+            reason = self._file_reason(steps)
+        if reason is None:
+            with self._prepare_lock:
+                reason = self._prepare_failed.get(steps)
+        return (None, reason) if reason else (steps, None)
 
     def available_steps(self):
         """Step counts that run without an export: loaded sessions and cached graphs."""
-        if not self.config.is_diffusion:
+        if not self.diffusion:
             return ()
         if self.onnx_file is not None:
             return (self._file_steps,)
@@ -300,10 +181,9 @@ class OrtEngine(Engine):
         ``serving_steps`` (the count that served before) and ``last_steps`` says which count
         ran; a failed preparation is logged and reported by ``check_steps``.
         """
-        reason = self.check_steps(steps)
+        steps, reason = self.runnable_steps(steps)
         if reason:
             raise ValueError(reason)
-        steps = self.resolve_steps(steps)
         with self._prepare_lock:
             if steps in self._preparing:
                 return False
@@ -339,9 +219,9 @@ class OrtEngine(Engine):
 
     def wait_for_steps(self, steps, timeout=None):
         """Block until a background preparation of ``steps`` ends; True when it is ready."""
-        if self.check_steps(steps):
+        steps, reason = self.runnable_steps(steps)
+        if reason:
             return False
-        steps = self.resolve_steps(steps)
         with self._prepare_lock:
             done = self._preparing.get(steps)
         if done is not None and not done.wait(timeout):
@@ -405,7 +285,7 @@ class OrtEngine(Engine):
     # ------------------------------------------------------------------ running
     def _run(self, session, x, tasks, seed):
         """Raw outputs ``{task: tensor}`` on ``self.torch_device`` for a model input tensor."""
-        noise = self._noise_array(seed) if self.config.is_diffusion else None
+        noise = self._noise_array(seed) if self.diffusion else None
         if not self.io_binding:
             feeds = {'images': x.numpy()}
             if noise is not None:
@@ -470,7 +350,7 @@ class OrtEngine(Engine):
     def benchmark_network(self, iters, warmup=0, tasks=None, steps=None):
         """Per-iteration latency (ms) of the ORT graph alone on a model-size input."""
         tasks = self.select_tasks(tasks)
-        steps = check_steps(steps, self.config) if steps is not None else self.default_steps
+        steps = self.resolve_steps(steps)
         generator = torch.Generator().manual_seed(0)
         x = torch.randn((1, 3, *self.config.image_size), generator=generator)
         x = x.to(self.torch_device)

@@ -66,7 +66,7 @@ class TorchEngine(Engine):
         if checkpoint is not None:
             load_checkpoint(model, checkpoint)
         model.eval()
-        self.reparameterized = bool(fuse and config.has_mlore)
+        self.reparameterized = fuse
         if self.reparameterized:
             model = reparameterize(model, inplace=True)
         self.model = model.to(device=self.torch_device, dtype=self.dtype).eval()
@@ -98,7 +98,7 @@ class TorchEngine(Engine):
 
     def device_noise(self, seed):
         """Return the initial map for ``seed`` on the device, in the model's dtype (cached)."""
-        if not self.config.is_diffusion:
+        if not self.diffusion:
             return None
         noise = self._noise.get(seed)
         if noise is None:
@@ -111,7 +111,7 @@ class TorchEngine(Engine):
     def run_network(self, x, tasks, steps, noise):
         """Raw outputs of the network for a normalised 1 x 3 x h x w input (no grad)."""
         with torch.no_grad():
-            if self.config.is_diffusion:
+            if self.diffusion:
                 return self.model(x, tasks=tasks, steps=steps, noise=noise)
             return self.model(x, tasks=tasks)
 
@@ -163,7 +163,7 @@ class TorchEngine(Engine):
         all tasks and the requested ones are picked after the replay: one capture serves
         every task selection. MLoRE computes only the requested branches: keyed by them.
         """
-        graph_tasks = self.tasks if self.config.is_diffusion else tuple(tasks)
+        graph_tasks = self.tasks if self.diffusion else tuple(tasks)
         return (tuple(image_size), steps, graph_tasks)
 
     def _infer_cpu(self, image, plan, tasks, steps, seed):

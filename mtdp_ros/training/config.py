@@ -22,6 +22,8 @@ import os
 
 import yaml
 
+from ..runtime.options import DEVICES
+
 # Held-out synthetic scenes start here (``mtdp eval --data synthetic --seed 424242``):
 # training seeds must stay below, validation seeds in between.
 HELD_OUT_SEED = 424242
@@ -105,7 +107,7 @@ CHOICES = {
     ('train', 'optimizer'): ('adam', 'adamw'),
     ('train', 'schedule'): ('poly', 'constant'),
     ('train', 'amp'): ('auto', 'off', 'bf16', 'fp16'),
-    ('train', 'device'): ('auto', 'cpu', 'cuda'),
+    ('train', 'device'): DEVICES,
     ('loss', 'balancing'): ('fixed', 'lps'),
     ('finetune', 'batchnorm'): ('frozen', 'train'),
 }

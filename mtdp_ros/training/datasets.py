@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..models.tasks import get_task
+from ..runtime.preprocess import plan_letterbox
 from .matfile import loadmat
 
 IGNORE_INDEX = 255
@@ -362,18 +363,23 @@ class TrainTransform:
                         sample[key][..., 0] *= -1
             sample['image'] = photometric_distortion(sample['image'], self.rng)
         else:
-            height, width = sample['image'].shape[:2]
-            scale = min(self.size[0] / height, self.size[1] / width)
-            sample = self._scale(sample, scale)
+            # The runtime's letterbox: the size the engines scale a camera image to.
+            plan = plan_letterbox(sample['image'].shape[:2], self.size)
+            scale = min(self.size[0] / plan.image_size[0], self.size[1] / plan.image_size[1])
+            sample = self._scale(sample, scale, plan.resized_size)
         sample = self._pad(sample)
         return to_tensors(sample)
 
     @staticmethod
-    def _scale(sample, scale):
+    def _scale(sample, scale, resized_size=None):
+        """``sample`` resized by ``scale`` (to ``resized_size`` (h, w) when given)."""
         if abs(scale - 1.0) < 1e-6:
             return sample
         height, width = sample['image'].shape[:2]
-        new = (max(1, int(width * scale)), max(1, int(height * scale)))
+        if resized_size is not None:
+            new = (int(resized_size[1]), int(resized_size[0]))
+        else:
+            new = (max(1, int(width * scale)), max(1, int(height * scale)))
         out = {}
         for key, value in sample.items():
             if key == 'name':

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from ..runtime.options import check_steps, is_diffusion
 from ..runtime.preprocess import check_image, letterbox, normalisation, plan_letterbox, \
     unletterbox
 from ..models.tasks import find_task
@@ -57,11 +58,8 @@ def _letterbox_batch(images, model_size, config, device):
 
 @torch.no_grad()
 def _forward(model, x, steps):
-    config = model.config
-    if config.is_diffusion:
+    if is_diffusion(model.config):
         return model(x, steps=steps)
-    if steps is not None:
-        raise ValueError('--steps applies to TaskDiffusion models only')
     return model(x)
 
 
@@ -78,7 +76,7 @@ def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, 
     from the model's training focal length to the scene camera's (no effect for a model
     whose config states no ``train_focal_px``; the data sets' cameras are not modelled).
     """
-    from .synthetic import check_focal_scale
+    from .raycast import check_focal_scale
     kind, root = parse_data_spec(data)
     if num is not None and num < 1:
         raise ValueError(f'--num must be >= 1, got {num}')
@@ -86,6 +84,8 @@ def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, 
     if kind != 'synthetic' and focal_scale != 1.0:
         raise ValueError('--focal-scale applies to --data synthetic only')
     config = model.config
+    # The one check of a step count given to an evaluation (mtdp eval passes its --steps).
+    steps = check_steps(steps, config, '--steps')
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()

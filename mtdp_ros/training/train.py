@@ -21,6 +21,7 @@ from torch import nn
 
 from ..models import build_model, load_checkpoint, ModelConfig, resolve_model, save_checkpoint
 from ..models.pretrained import load_pretrained_encoder
+from ..runtime import options
 from .config import load_config
 from .losses import MultiTaskLoss
 
@@ -42,11 +43,11 @@ def model_config_from(spec):
 
 
 def resolve_device(name):
-    """torch.device for 'auto' | 'cpu' | 'cuda' (RuntimeError when CUDA is asked but absent)."""
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError('train.device is cuda but no CUDA device is available')
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    """torch.device for train.device 'auto' | 'cpu' | 'cuda' (see runtime.options).
+
+    Under torchrun, CUDA is this process's GPU (``LOCAL_RANK``).
+    """
+    name = options.resolve_device(name, 'train.device')
     if name == 'cuda' and 'LOCAL_RANK' in os.environ:
         return torch.device('cuda', int(os.environ['LOCAL_RANK']))
     return torch.device(name)
@@ -230,10 +231,10 @@ class Trainer:
         self.model.to(self.device)
         self.model.train()
         self.tasks = self.model_config.tasks
-        # RGB-D recordings: semseg has no labels (distilled and/or frozen, see rgbd.py).
+        # RGB-D recordings: semseg has no labels (distilled and/or frozen, see finetune.py).
         self.finetune = None
         if config['data']['source'] in ('tum', 'rosbag'):
-            from .rgbd import FineTune
+            from .finetune import FineTune
             self.finetune = FineTune(self.model, config['finetune'],
                                      config['data']['source']).to(self.device)
         self.loss_tasks = self.finetune.loss_tasks if self.finetune else self.tasks
@@ -241,7 +242,7 @@ class Trainer:
         self.criterion = MultiTaskLoss(
             self.loss_tasks, loss_cfg['weights'], edge_w=loss_cfg['edge_w'],
             load_balancing=loss_cfg['load_balancing'],
-            aux_weight=loss_cfg['aux_weight'] if self.model_config.is_diffusion else 0.0,
+            aux_weight=loss_cfg['aux_weight'] if options.is_diffusion(self.model_config) else 0.0,
             balancing=loss_cfg['balancing'], lps=loss_cfg['lps'])
         self.sync_batchnorm = use_sync_batchnorm(train['sync_batchnorm'], self.device,
                                                  self.distributed)
@@ -569,7 +570,8 @@ class Trainer:
     def _validate_rgbd(self):
         """Metrics on ``data.val_root`` (RGB-D sources); {} when none is given."""
         from .evaluate import summarize
-        from .rgbd import build_rgbd_dataset, evaluate_rgbd
+        from .finetune import evaluate_rgbd
+        from .rgbd import build_rgbd_dataset
         data, cfg = self.config['data'], self.config['eval']
         if not data['val_root']:
             return {}
