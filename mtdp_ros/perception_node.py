@@ -48,7 +48,8 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
-from mtdp_ros.ros import engine_setup, node_settings, parameter_names, parameters
+from mtdp_ros.ros import (engine_setup, memory_return, node_settings, parameter_names,
+                          parameters)
 from mtdp_ros.ros.diagnostics import build_status
 from mtdp_ros.ros.monitoring import STAGES, seconds_since_program_start
 from mtdp_ros.ros.engine_setup import StartupError
@@ -468,9 +469,13 @@ def main(args=None):
     signals = StopSignals()
     signals.install()
     node = None
+    # Before the middleware starts: memory of a rare large frame goes back afterwards.
+    returned = memory_return.prepare()
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = PerceptionNode()
+        if returned:
+            node.get_logger().info(f'large-frame memory given back: {returned}')
         if node.autostart and not node.run_autostart():
             # The failed transition logged its reason.
             node.destroy_node()
