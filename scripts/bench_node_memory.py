@@ -61,7 +61,7 @@ def main():
         assert node.wait_for_log('ready', 180.0), node.log()
         assert client.wait_for_subscribers('image'), node.log()
         for msg_type, topic in topics:
-            assert client.wait_for_publishers(topic), node.log()
+            assert client.wait_for_publishers(topic, timeout=120.0), node.log()
         figures = {'big': args.big, 'small': args.small, 'big_count': args.big_count,
                    'small_count': args.small_count, 'model': args.model or 'tiny_mlore'}
 
