@@ -10,13 +10,14 @@ import os
 
 from launch import LaunchDescription
 from launch.actions import (DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction,
-                            SetEnvironmentVariable)
+                            RegisterEventHandler, SetEnvironmentVariable)
+from launch.event_handlers import OnProcessExit
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from mtdp_ros.ros.launch_support import (fastdds_transports, node_parameters_from_arguments,
-                                         parse_number)
+                                         parse_number, stop_launch_on_failure)
 
 PACKAGE = 'mtdp_ros'
 ARGUMENTS = (
@@ -83,7 +84,11 @@ def launch_setup(context, *args, **kwargs):
             'fixed_frame': 'camera_optical_frame',
             'fastdds_transports': values['fastdds_transports'],
         }.items())
-    return environment + [camera, perception]
+    # The camera failing (an unreadable video...) ends the demo with exit code 1, as the
+    # node does (perception.launch.py).
+    on_camera_exit = RegisterEventHandler(OnProcessExit(target_action=camera,
+                                                        on_exit=stop_launch_on_failure))
+    return environment + [camera, on_camera_exit, perception]
 
 
 def generate_launch_description():

@@ -5,6 +5,10 @@ Example::
     ros2 launch mtdp_ros perception.launch.py image_topic:=/camera/color/image_raw
         camera_info_topic:=/camera/color/camera_info device:=cuda use_rviz:=true
 
+Several cameras on one engine (topics ``front/image``, ``front/depth``...)::
+
+    ros2 launch mtdp_ros perception.launch.py cameras:=[front,left]
+
 Arguments left empty keep the value of ``params_file`` (or the node's default).
 """
 
@@ -12,13 +16,16 @@ import os
 
 from launch import LaunchDescription
 import launch.logging
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import (DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler,
+                            SetEnvironmentVariable)
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from mtdp_ros.ros.launch_support import (fastdds_transports, find_rviz2,
                                          node_parameters_from_arguments, parse_bool,
-                                         rviz_arguments)
+                                         rviz_arguments, rviz_namespace,
+                                         stop_launch_on_failure)
 
 PACKAGE = 'mtdp_ros'
 # (name, default, description): the launch arguments of this file.
@@ -27,6 +34,10 @@ ARGUMENTS = (
      'Camera image topic (sensor_msgs/Image); <image_topic>/compressed is used with '
      'input.transport compressed.'),
     ('camera_info_topic', '/camera/camera_info', 'CameraInfo topic of that camera.'),
+    ('cameras', '',
+     'Several cameras on one engine, e.g. [front,left]: each subscribes <name>/image and '
+     '<name>/camera_info and publishes under <name>/ (remap those per camera); RViz shows '
+     'the first (empty: one camera on image_topic).'),
     ('namespace', '', 'Namespace of the node and its output topics.'),
     ('node_name', 'mtdp_perception', 'Name of the node.'),
     ('params_file', '',
@@ -38,6 +49,10 @@ ARGUMENTS = (
     ('tasks', '', 'Comma-separated tasks, e.g. semseg,depth (empty: all of the model).'),
     ('steps', '', 'diffusion.steps of a TaskDiffusion model (empty or 0: trained steps).'),
     ('device', '', 'engine.device: auto, cuda or cpu (empty: params_file / auto).'),
+    ('input_reliability', '',
+     "Reliability of the image and camera_info subscriptions: 'best_effort' for a "
+     "best-effort camera, 'reliable' (empty: the default, reliable, or params_file's "
+     'qos_overrides./<topic>.subscription.reliability; README, Transport and QoS).'),
     ('autostart', 'true',
      'Node parameter autostart: true configures and activates the (lifecycle) node at '
      'start-up; false leaves it unconfigured for a lifecycle manager.'),
@@ -82,13 +97,16 @@ def launch_setup(context, *args, **kwargs):
     transports = fastdds_transports(values['fastdds_transports'], os.environ)
     if transports:
         actions.append(SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', transports))
-    actions += [Node(
+    node = Node(
         package=PACKAGE, executable='perception_node',
         name=values['node_name'], namespace=values['namespace'],
         parameters=parameters, output='screen', emulate_tty=True,
         remappings=[('image', image_topic),
                     ('image/compressed', image_topic.rstrip('/') + '/compressed'),
-                    ('camera_info', values['camera_info_topic'])])]
+                    ('camera_info', values['camera_info_topic'])])
+    # A node that fails (bad parameters, no CUDA...) ends the launch with exit code 1.
+    actions += [node, RegisterEventHandler(OnProcessExit(target_action=node,
+                                                         on_exit=stop_launch_on_failure))]
     if parse_bool('use_rviz', values['use_rviz']):
         if find_rviz2() is None:
             launch.logging.get_logger('perception.launch').warning(
@@ -97,7 +115,8 @@ def launch_setup(context, *args, **kwargs):
         else:
             rviz_args, rviz_remappings = rviz_arguments(
                 os.path.join(package_share(), 'rviz', 'perception.rviz'),
-                values['namespace'], values['fixed_frame'].strip())
+                rviz_namespace(values['namespace'], overrides.get('cameras')),
+                values['fixed_frame'].strip())
             actions.append(Node(package='rviz2', executable='rviz2', name='rviz2',
                                 arguments=rviz_args, remappings=rviz_remappings,
                                 output='log'))

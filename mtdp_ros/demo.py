@@ -152,7 +152,8 @@ class Recorder:
 
     def _on_diagnostics(self, msg):
         for status in msg.status:
-            if status.name.startswith('mtdp_perception'):
+            # The node's status is named '<namespace>/<node name>: perception'.
+            if status.name == f'{NAMESPACE.lstrip("/")}/mtdp_perception: perception':
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
 
     def first_output_arrived(self):
@@ -212,7 +213,9 @@ def points_view(msg, size=480, extent=8.0):
     """The cloud seen from above (x right, z forward up the picture), points in colour."""
     from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy, unpack_rgb
     cloud = cloud_msg_to_numpy(msg).reshape(-1, 4)
-    cloud = cloud[np.isfinite(cloud[:, 2])]
+    # Points with a non-finite x or z are not drawn (their pixel would be the integer value
+    # of a NaN or an infinity, which is undefined).
+    cloud = cloud[np.isfinite(cloud[:, 0]) & np.isfinite(cloud[:, 2])]
     canvas = np.full((size, size, 3), 24, np.uint8)
     if cloud.size == 0:
         return label(canvas, 'points: no valid depth')

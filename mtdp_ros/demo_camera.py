@@ -285,8 +285,13 @@ class DemoCamera(Node):
         self.finished = False
         self._timer = self.create_timer(1.0 / self.rate, self._tick)
         self.add_on_set_parameters_callback(self._on_set)
-        self.get_logger().info(f'publishing {source} frames on {self.image_publisher.topic_name}'
-                               f' at {self.rate:g} Hz')
+        self._source_name = source
+        # "publishing" is logged with the first frame: a synthetic scene takes 20-40 s to
+        # render on a CPU, and a camera subscriber may not be matched yet.
+        waits = (f' and {self.wait_for_subscribers} subscriber(s) are matched'
+                 if self.wait_for_subscribers else '')
+        self.get_logger().info(f'{source} source ready; the first frame goes to '
+                               f'{self.image_publisher.topic_name} once it exists{waits}')
 
     def _on_set(self, changed):
         for parameter in changed:
@@ -323,6 +328,10 @@ class DemoCamera(Node):
         self.info_publisher.publish(info)
         self.image_publisher.publish(msg)
         self.published += 1
+        if self.published == 1:
+            self.get_logger().info(f'publishing {self._source_name} frames on '
+                                   f'{self.image_publisher.topic_name} at {self.rate:g} Hz '
+                                   f'(first frame {width}x{height})')
         if self.max_frames and self.published >= self.max_frames:
             self.finished = True
 

@@ -19,8 +19,14 @@ So a slow model never builds a backlog, and memory stays bounded at any input ra
 Everything of one camera (the slot, camera_info and focal correction, the output messages
 and publishers, statistics, the per-frame pipeline) is a
 :class:`~mtdp_ros.ros.stream.CameraStream` (``mtdp bag`` runs the same one); the node
-keeps a list of them (one today) and owns the lifecycle, the parameters, the engine they
-share, the inference thread and diagnostics.
+keeps a list of them and owns the lifecycle, the parameters, the engine they share, the
+inference thread and diagnostics.
+
+Several cameras (parameter ``cameras``, e.g. ``[front,left]``): one stream per name, its
+topics under ``<name>/``; the inference thread takes the newest waiting frame of every
+camera (at most ``cameras.max_batch``, round-robin beyond) and runs them as one batch
+through the one engine (:mod:`mtdp_ros.ros.batching`); /diagnostics has a status per
+camera plus the engine's.
 
 Transitions never wait long for a frame: deactivate closes the
 :class:`~mtdp_ros.ros.output_gate.OutputGate` (nothing of the frame in flight is published
@@ -50,16 +56,18 @@ from rclpy.signals import SignalHandlerOptions
 
 from mtdp_ros.ros import (engine_setup, memory_return, node_settings, parameter_names,
                           parameters)
-from mtdp_ros.ros.diagnostics import build_status
+from mtdp_ros.ros.batching import BatchScheduler, BatchStatistics, run_batch
+from mtdp_ros.ros.diagnostics import build_engine_status, build_status
 from mtdp_ros.ros.monitoring import STAGES, seconds_since_program_start
 from mtdp_ros.ros.engine_setup import StartupError
 from mtdp_ros.ros.output_gate import OutputGate
 from mtdp_ros.ros.outputs import OUTPUT_TOPICS
-from mtdp_ros.ros.qos import describe_qos, qos_profile
+from mtdp_ros.ros.qos import deprecated_aliases, describe_qos, qos_profile
 from mtdp_ros.ros.runtime_log import RuntimeLogBridge
 from mtdp_ros.ros.stops import leave_now, StopSignals
 from mtdp_ros.ros.stream import Sink
-from mtdp_ros.ros.stream_endpoints import PublisherSink, camera_stream, subscribe_images
+from mtdp_ros.ros.stream_endpoints import (PublisherSink, QoSOverrideError, camera_stream,
+                                           input_qos, subscribe_images)
 
 __all__ = ['NODE_NAME', 'OUTPUT_TOPICS', 'STAGES', 'PerceptionNode', 'StartupError', 'main']
 
@@ -96,7 +104,7 @@ class PerceptionNode(LifecycleNode):
     Constructing it declares the parameters and creates only the diagnostics, the camera
     stream with its camera_info subscription, and the inference thread; the engine comes
     with configure. Everything of one camera lives in its
-    :class:`~mtdp_ros.ros.stream.CameraStream` (``streams``: one today); the node keeps the
+    :class:`~mtdp_ros.ros.stream.CameraStream` (``streams``: one per camera); the node keeps the
     lifecycle, the parameters, the shared engine, the inference thread and diagnostics.
     """
 
@@ -110,9 +118,8 @@ class PerceptionNode(LifecycleNode):
         self._model_tasks = ()
         self._is_diffusion = False
         self._image_subscriptions = []
-        self._input_qos = None
-        self._input_qos_name = ''
         self._active = False
+        self._warmed_size = None        # 'WxH' of the warm-up at configure, if any
         self._startup_to_first_output_s = None
         self._runtime_log = RuntimeLogBridge(self._log)
         # Held by the inference thread for each frame: a transition that stops the outputs
@@ -129,8 +136,14 @@ class PerceptionNode(LifecycleNode):
         self._stopped = None            # set by stop(): whether the engine was released
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
-        self.streams = [camera_stream(self, '')]
-        self._set_max_pixels(self.get_parameter('input.max_pixels').value)
+        # Invalid camera names: one unnamed stream, and configure fails saying why.
+        values = parameters.current_values(self)
+        self.camera_names = [n for n in parameters.camera_names(values) if n]
+        self.streams = [camera_stream(self, name) for name in self.camera_names or ['']]
+        self._set_max_pixels(values['input.max_pixels'])
+        self._max_batch = int(values['cameras.max_batch'])
+        self._scheduler = BatchScheduler(self.streams, self._max_batch)
+        self.batch_statistics = BatchStatistics()
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics',
                                                             10)
         # A steady clock: under use_sim_time without /clock, ROS-time timers never fire.
@@ -185,10 +198,16 @@ class PerceptionNode(LifecycleNode):
         self._active = True
         self._gate.open()
         for stream in self.streams:
-            self._image_subscriptions.append(subscribe_images(self, stream, self._input_qos))
+            subscription = subscribe_images(self, stream, stream.input_qos)
+            self._image_subscriptions.append(subscription)
             self._log.info(f'waiting for images on {stream.input_topic} '
-                           f'({self._input_qos_name}: {describe_qos(self._input_qos)})')
-        self._log.info('ready (active): the first frame of a new size warms the engine up')
+                           f'({describe_qos(subscription.qos_profile)})')
+        if self._warmed_size is None:
+            self._log.info('ready (active): the first frame warms the engine up (no '
+                           'camera_info at configure)')
+        else:
+            self._log.info(f'ready (active): warmed up at {self._warmed_size}; a frame of '
+                           f'another size warms the engine up again')
         return SUCCESS
 
     @_callback_returning(ERROR)
@@ -229,6 +248,18 @@ class PerceptionNode(LifecycleNode):
         problems = parameters.validate_startup(values)
         if problems:
             raise StartupError('invalid parameters: ' + '; '.join(problems))
+        for warning in deprecated_aliases(values):
+            self._log.warning(warning)
+        # QoS (qos_overrides.* over the defaults) is checked before the model loads.
+        input_default = qos_profile(values['input.qos'], values['input.qos_depth'])
+        try:
+            for stream in self.streams:
+                stream.compressed = values['input.transport'] == 'compressed'
+                stream.input_topic = self.resolve_topic_name(stream.image_topic)
+                stream.input_qos = input_qos(self, stream.input_topic, input_default)
+                input_qos(self, stream.info_topic, input_default)
+        except QoSOverrideError as exc:
+            raise StartupError(f'invalid QoS override: {exc}') from None
         self.engine = engine_setup.create_engine(values, self._runtime_log, self._log)
         self._model_tasks = tuple(self.engine.tasks)
         self._is_diffusion = self.engine.diffusion
@@ -238,22 +269,34 @@ class PerceptionNode(LifecycleNode):
                                            list(self._model_tasks))])
             values['tasks'] = list(self._model_tasks)
         self._settings = node_settings.settings_from(values, self._model_tasks)
-        self._input_qos = qos_profile(values['input.qos'], values['input.qos_depth'])
-        self._input_qos_name = values['input.qos']
         output_qos = qos_profile(values['output.qos'], values['output.qos_depth'])
+        try:
+            for stream in self.streams:
+                stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos,
+                                            gate=self._gate)
+        except QoSOverrideError as exc:
+            raise StartupError(f'invalid QoS override: {exc}') from None
+        warmed = []
         for stream in self.streams:
-            stream.compressed = values['input.transport'] == 'compressed'
-            stream.input_topic = self.resolve_topic_name(stream.image_topic)
-            stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos,
-                                        gate=self._gate)
-        info = self.streams[0].camera_info
-        if info is not None and info.width * info.height > self._settings.max_pixels:
-            # input.max_pixels was lowered after this camera_info came.
-            self._log.warning(f'no warm-up at the camera size {info.width}x{info.height}: '
-                              f'more than input.max_pixels ({self._settings.max_pixels})')
-        elif info is not None and info.width > 0 and info.height > 0:
-            engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
-                                 self._log)
+            info = stream.camera_info
+            if info is None or info.width <= 0 or info.height <= 0:
+                continue
+            # One warm-up per camera geometry (size and focal plan: canonical letterboxes
+            # differ by focal length).
+            geometry = (info.height, info.width, tuple(info.k))
+            if geometry in warmed:
+                continue
+            warmed.append(geometry)
+            if info.width * info.height > self._settings.max_pixels:
+                # input.max_pixels was lowered after this camera_info came.
+                self._log.warning(f'no warm-up at the camera size {info.width}x{info.height}: '
+                                  f'more than input.max_pixels ({self._settings.max_pixels})')
+                continue
+            if engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
+                                    self._log, stream.focal, info):
+                size = f'{info.width}x{info.height}'
+                self._warmed_size = size if self._warmed_size is None else \
+                    f'{self._warmed_size}, {size}'
 
     def _deactivate(self):
         """Stop the outputs now; True when a frame is still in flight (it publishes nothing)."""
@@ -281,6 +324,7 @@ class PerceptionNode(LifecycleNode):
                 stream.sink = Sink()
                 stream.reset()
                 stream.release_outputs()
+            self._warmed_size = None
             if not held:
                 with self._handoff:
                     self._engine_to_close = engine
@@ -302,6 +346,10 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, changed):
         """Reject invalid values of the dynamic parameters with a reason."""
+        for parameter in changed:
+            reason = parameters.check_unconfigured_only(parameter.name, self.state)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
         current = {name: self.get_parameter(name).value
                    for name in ('depth.color_min', 'depth.color_max')}
         reason = node_settings.check_changes(changed, current, self.engine, self._model_tasks)
@@ -346,9 +394,8 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------ inference thread
     def _run_inference(self):
         while not self._stopping.is_set():
-            stream = self.streams[0]
-            item = stream.slot.take(timeout=0.5)
-            if item is None:
+            batch = self._scheduler.take(timeout=0.5)
+            if not batch:
                 continue
             with self._frame_lock:
                 engine, settings = self.engine, self._settings
@@ -356,45 +403,49 @@ class PerceptionNode(LifecycleNode):
                     continue
                 self._gate.begin_frame()
                 try:
-                    self._process(stream, engine, settings, *item)
+                    self._process(batch, engine, settings)
                 except Exception as exc:  # noqa: B902 - the node must keep serving
                     if self._stopping.is_set() or not self.context.ok():
                         return
-                    stream.statistics.counters.add('errors')
-                    stream.warn('error', f'frame failed: {type(exc).__name__}: {exc}')
+                    for stream, _ in batch:
+                        self._frame_failed(stream, exc)
             # Cleanup came during the frame: the engine is no one's now.
             engine = self._take_engine_to_close()
             if engine is not None:
                 _close(engine)
                 self._log.info('engine released (the frame in flight at cleanup ended)')
 
-    def _process(self, stream, engine, settings, msg, received_ns):
-        """One frame of ``stream`` through the engine; logs the first output.
+    def _frame_failed(self, stream, exc):
+        stream.statistics.counters.add('errors')
+        stream.warn('error', f'frame from {stream.input_topic} failed: '
+                             f'{type(exc).__name__}: {exc}')
 
-        Its outputs go out only while the gate lets this frame publish: a transition
-        during the frame drops them (counted as ``abandoned``).
+    def _process(self, batch, engine, settings):
+        """The frames of ``batch`` ([(stream, item)]) through the engine; logs first outputs.
+
+        Their outputs go out only while the gate lets these frames publish: a transition
+        during them drops the rest (counted as ``abandoned``).
         """
-        settings = settings.for_frames(stream.focal.rectified)
-        frame = stream.prepare(msg, settings, received_ns)
-        if frame is None:
-            return
-        engine_started = time.perf_counter()
-        outputs = stream.infer(engine, frame, settings)
-        if outputs is None:
-            return
-        engine_s = time.perf_counter() - engine_started
-        result = None
-        if self._gate.frame_allowed():
-            result = stream.publish(frame, outputs, settings, engine.last_timing, engine_s)
+        entries = [(stream, settings.for_frames(stream.focal.rectified,
+                                                self.streams.index(stream)), *item)
+                   for stream, item in batch]
+        results = run_batch(engine, entries, on_error=self._frame_failed,
+                            statistics=self.batch_statistics)
         if not self._gate.frame_allowed():
-            stream.statistics.counters.add('abandoned')
-            self._log.info(f'the outputs of a frame in flight when the outputs stopped '
-                           f'were dropped (it ended {engine_s:.1f} s after its inference '
-                           f'began)')
+            # A transition came during the frames: the gate refused their outputs.
+            for stream, _ in batch:
+                stream.statistics.counters.add('abandoned')
+            self._log.info(f'the outputs of {len(batch)} frame(s) in flight when the outputs '
+                           f'stopped were dropped')
             return
-        if result is None or not result.first:
-            return
+        for stream, result in results:
+            if result.first:
+                self._first_output(stream)
+
+    def _first_output(self, stream):
         text = f'first output {stream.statistics.first_output_s:.2f} s after activation'
+        if stream.name:
+            text = f'camera {stream.name}: {text}'
         if self._startup_to_first_output_s is None:
             self._startup_to_first_output_s = seconds_since_program_start()
             text += f' ({self._startup_to_first_output_s:.2f} s after the program start)'
@@ -402,16 +453,27 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------ monitoring
     def _publish_diagnostics(self):
-        """Publish one DiagnosticStatus: lifecycle state, rates, latencies, the engine."""
-        stream = self.streams[0]
-        status = build_status(f'{self.get_name()}: perception', self.state, stream.statistics,
-                              engine=self.engine, settings=self._settings,
-                              input_topic=stream.input_topic, input_qos=self._input_qos_name,
-                              startup_to_first_output_s=self._startup_to_first_output_s,
-                              camera_info_problem=stream.camera_info_problem)
+        """Publish the DiagnosticStatus of each camera (and of the engine, with several)."""
+        # With the namespace: two nodes named alike in two namespaces must not collide.
+        node_name = self.get_fully_qualified_name().lstrip('/')
+        statuses = []
+        for stream in self.streams:
+            name = f'{node_name}: perception'
+            if stream.name:
+                name += f' {stream.name}'
+            statuses.append(build_status(
+                name, self.state, stream.statistics, engine=self.engine,
+                settings=self._settings, input_topic=stream.input_topic,
+                input_qos=describe_qos(stream.input_qos) if stream.input_qos else '',
+                startup_to_first_output_s=self._startup_to_first_output_s,
+                camera_info_problem=stream.camera_info_problem))
+        if self.camera_names:
+            statuses.append(build_engine_status(
+                f'{node_name}: engine', self.state, self.engine,
+                self.batch_statistics, self.camera_names, self._max_batch))
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
+        array.status = statuses
         self._diagnostics_publisher.publish(array)
 
     def _watchdog(self):
@@ -423,7 +485,7 @@ class PerceptionNode(LifecycleNode):
                 stream.sequence_gaps.publishers_changed(self.count_publishers(stream.input_topic))
             text = stream.watchdog.check(self, stream.statistics,
                                          self._settings.watchdog_timeout, stream.input_topic,
-                                         self._input_qos, self._input_qos_name)
+                                         stream.input_qos)
             if text is not None:
                 self._log.warning(text)
 
@@ -442,6 +504,7 @@ class PerceptionNode(LifecycleNode):
         self._deactivate()
         for stream in self.streams:
             stream.slot.close()
+        self._scheduler.close()
         self._worker.join(max(0.0, deadline - time.monotonic()))
         self._stopped = not self._worker.is_alive() and self._release_engine(0.0)
         return self._stopped

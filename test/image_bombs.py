@@ -1,4 +1,4 @@
-"""Hostile compressed images: small messages whose headers declare huge pictures.
+"""Hostile compressed images: small messages declaring huge pictures or costly decoding.
 
 Shared by test/test_ros_image_io.py and scripts/bench_input_memory.py.
 """
@@ -44,6 +44,31 @@ def bmp_rle_declaring(width, height):
     info = struct.pack('<IiiHHIIiiII', 40, width, height, 1, 8, 1, 16, 2835, 2835, 256, 0)
     return (b'BM' + struct.pack('<IHHI', 1110, 0, 0, 54 + 1024) + info + bytes(1024) +
             b'\x00\x01' * 8)
+
+
+def progressive_scan_bomb(width, height, scans):
+    """A progressive JPEG of a flat grey picture with ``scans`` extra empty scans.
+
+    The last scan of libjpeg's progressive script (a luma AC refinement, a few bytes for a
+    flat picture) is repeated before EOI: each copy makes libjpeg pass over every block
+    again ("Inconsistent progression sequence" is only a warning). 4096 x 3072 with 20,000
+    copies is the reported 33-55 s stall in about 600 kB.
+    """
+    ok, data = cv2.imencode('.jpg', np.full((height, width, 3), 128, np.uint8),
+                            [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    data = data.tobytes()
+    assert data.endswith(b'\xff\xd9')
+    last_scan = data[data.rfind(b'\xff\xda'):-2]
+    return data[:-2] + last_scan * scans + b'\xff\xd9'
+
+
+def png16_zero(width, height, channels=3):
+    """An all-zero 16-bit PNG (inflates about 1000:1: 73 kB for 4096 x 3072 RGB)."""
+    ok, data = cv2.imencode('.png', np.zeros((height, width, channels), np.uint16),
+                            [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    assert ok
+    return data.tobytes()
 
 
 def bombs():

@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import Parameter as ParameterMsg
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -284,6 +284,14 @@ class RosClient:
             return future.result().results
         finally:
             self.node.destroy_client(client)
+
+    def get_parameters(self, node_name, names, timeout=30.0):
+        """Values of parameters ``names`` of ``node_name`` (as ``ros2 param get``)."""
+        request = GetParameters.Request()
+        request.names = list(names)
+        response = self._call(GetParameters, f'{node_name}/get_parameters', request, timeout)
+        return {name: Parameter.from_parameter_msg(ParameterMsg(name=name, value=value)).value
+                for name, value in zip(names, response.values)}
 
     # ---------------------------------------------------------------- lifecycle
     def _call(self, srv_type, service, request, timeout):

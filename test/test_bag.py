@@ -31,7 +31,7 @@ TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 NAMESPACE = '/mtdp_perception'
 # Node-relative output topics of the NYUD tasks of the tiny model.
-IMAGE_OUTPUTS = ('semantic/labels', 'semantic/color', 'depth', 'depth/color', 'normals',
+IMAGE_OUTPUTS = ('semantic/labels', 'semantic/color', 'depth/image', 'depth/color', 'normals',
                  'normals/color', 'edges', 'edges/color')
 # Frame sizes differ from the model's 64 x 96 input, and from one another.
 FRAME_SIZES = ((48, 80), (60, 60), (48, 80))
@@ -162,7 +162,7 @@ def test_every_frame_on_every_topic(tmp_path, model, engine, in_storage, encodin
 
     topics = read_bag(out_path)
     expected = [engine.infer(rgb) for rgb in decoded_frames(frames, encoding)]
-    raw_topics = {'semantic/labels': 'semseg', 'depth': 'depth', 'normals': 'normals',
+    raw_topics = {'semantic/labels': 'semseg', 'depth/image': 'depth', 'normals': 'normals',
                   'edges': 'edge'}
     for relative in IMAGE_OUTPUTS:
         records = topics[f'{NAMESPACE}/{relative}']
@@ -205,7 +205,7 @@ def test_copy_input_carries_input_topics(tmp_path, model):
                    '--namespace', '/robot/perception', '--tasks', 'depth') == 0
     inputs = read_bag(in_path)
     outputs = read_bag(out_path)
-    assert set(outputs) == {topic, '/camera/camera_info', '/robot/perception/depth',
+    assert set(outputs) == {topic, '/camera/camera_info', '/robot/perception/depth/image',
                             '/robot/perception/depth/color', '/robot/perception/points',
                             '/robot/perception/depth/camera_info'}
     for copied in (topic, '/camera/camera_info'):
@@ -252,15 +252,15 @@ def test_errors_leave_no_output(tmp_path, model, capsys):
     # --copy-input of an input topic that is also an output topic.
     clash_path = str(tmp_path / 'clash')
     with Writer(clash_path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        connection = writer.add_connection('/cam/depth', 'sensor_msgs/msg/Image',
+        connection = writer.add_connection('/cam/depth/image', 'sensor_msgs/msg/Image',
                                            typestore=TYPESTORE)
         writer.write(connection, BAG_TIMES[0], TYPESTORE.serialize_cdr(
             _image_msg(pattern_image(48, 80), 'rgb8', 0), 'sensor_msgs/msg/Image'))
     capsys.readouterr()
-    assert run_bag(model, clash_path, '--out', out_path, '--image-topic', '/cam/depth',
+    assert run_bag(model, clash_path, '--out', out_path, '--image-topic', '/cam/depth/image',
                    '--namespace', '/cam', '--copy-input') == 2
     error = capsys.readouterr().err.strip()
-    assert '--copy-input would write /cam/depth twice' in error and '\n' not in error
+    assert '--copy-input would write /cam/depth/image twice' in error and '\n' not in error
     assert sorted(os.listdir(tmp_path)) == ['clash', 'empty', 'in', 'not_a_bag']
 
     existing = tmp_path / 'existing'
@@ -301,8 +301,8 @@ def test_output_options(tmp_path, model, engine, capsys):
                    '--points-stride', '2') == 0
     topics = read_bag(out_path)
     assert set(topics) == {f'{NAMESPACE}/{t}' for t in
-                           ('semantic/labels', 'depth', 'depth/camera_info', 'normals', 'edges',
-                            'points')}
+                           ('semantic/labels', 'depth/image', 'depth/camera_info', 'normals',
+                            'edges', 'points')}
     for index, (_, raw, _) in enumerate(topics[f'{NAMESPACE}/points']):
         cloud = cloud_msg_to_numpy(deserialize_message(raw, PointCloud2))
         depth = engine.infer(frames[index])['depth']
@@ -314,7 +314,7 @@ def test_output_options(tmp_path, model, engine, capsys):
                    '--tasks', 'depth', '--depth-color-min', '1', '--depth-color-max', '3') == 0
     from mtdp_ros.ros.colormaps import depth_to_color
     topics = read_bag(out_path)
-    assert set(topics) == {f'{NAMESPACE}/depth', f'{NAMESPACE}/depth/color'}
+    assert set(topics) == {f'{NAMESPACE}/depth/image', f'{NAMESPACE}/depth/color'}
     for index, (_, raw, _) in enumerate(topics[f'{NAMESPACE}/depth/color']):
         color = image_msg_to_numpy(deserialize_message(raw, Image))
         depth = engine.infer(frames[index])['depth']
@@ -352,18 +352,20 @@ def test_depth_is_corrected_for_the_camera_as_in_the_node(tmp_path):
     assert main(['bag', in_path, '--out', corrected, '--model', checkpoint] + common) == 0
     assert main(['bag', in_path, '--out', plain, '--model', checkpoint,
                  '--no-focal-correction'] + common) == 0
-    corrected_depth = read_bag(corrected)[f'{NAMESPACE}/depth']
-    plain_depth = read_bag(plain)[f'{NAMESPACE}/depth']
+    corrected_depth = read_bag(corrected)[f'{NAMESPACE}/depth/image']
+    plain_depth = read_bag(plain)[f'{NAMESPACE}/depth/image']
     for index, (height, width) in enumerate(FRAME_SIZES):
         fx = 0.9 * width     # _camera_info_msg's focal length; cx, cy at the centre
         intrinsics = (fx, fx, width / 2, height / 2)
         want = engine.infer(frames[index], tasks=['depth'], intrinsics=intrinsics)['depth']
-        factor = engine.last_focal_factor
-        assert factor != pytest.approx(1.0, abs=0.05)
         got = image_msg_to_numpy(deserialize_message(corrected_depth[index][1], Image))
         np.testing.assert_array_equal(got, want)
+        # (depth.focal_correction's default rescales depth by the camera's focal ratio,
+        # by its square root where the camera zooms in)
         unscaled = image_msg_to_numpy(deserialize_message(plain_depth[index][1], Image))
-        np.testing.assert_allclose(got, unscaled * factor, rtol=1e-6)
+        np.testing.assert_array_equal(unscaled,
+                                      engine.infer(frames[index], tasks=['depth'])['depth'])
+        assert not np.allclose(got, unscaled, equal_nan=True)
 
 
 def test_unusable_camera_info_fails(tmp_path, model, capsys):

@@ -303,8 +303,8 @@ def test_ray_worker_killed_mid_bag_is_retried(tmp_path, model, ray_cluster, caps
     # In the output exactly once, whole, and nothing temporary left.
     assert sorted(os.listdir(out)) == ['long', 'short']
     assert json.load(open(os.path.join(out, 'long', 'mtdp_manifest.json')))['frames'] == 60
-    assert [t for t, _ in read_bag(os.path.join(out, 'long'))['/mtdp_perception/depth']] == [
-        1_000_000_000 * (index + 1) for index in range(60)]
+    depth = read_bag(os.path.join(out, 'long'))['/mtdp_perception/depth/image']
+    assert [t for t, _ in depth] == [1_000_000_000 * (index + 1) for index in range(60)]
 
 
 def test_worker_plan_per_gpu_or_cpu():

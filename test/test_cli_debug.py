@@ -16,6 +16,23 @@ def test_an_error_is_one_line_without_debug(tmp_path, capsys, monkeypatch):
         f'mtdp train: error: training config not found: {tmp_path / "absent.yaml"}']
 
 
+def test_infer_checks_its_input_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    # The model does not exist either: the input, checked first, is what the error names
+    # (a mistyped path no longer waits for a model to load).
+    monkeypatch.delenv('MTDP_DEBUG', raising=False)
+    missing = tmp_path / 'nope.jpg'
+    assert main(['infer', str(missing), '--model', 'no_such_model', '--out',
+                 str(tmp_path / 'out')]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f'mtdp infer: error: input not found: {missing}']
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert main(['infer', str(empty), '--model', 'no_such_model', '--out',
+                 str(tmp_path / 'out')]) == 2
+    assert 'no images' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+
+
 def test_debug_flag_prints_the_traceback_and_the_hidden_cause(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv('MTDP_DEBUG', raising=False)
     assert main(['--debug', 'train', str(tmp_path / 'absent.yaml')]) == 2

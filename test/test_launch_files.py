@@ -8,6 +8,7 @@ parser through rclpy.
 import ast
 import glob
 import os
+from types import SimpleNamespace
 import xml.etree.ElementTree as ElementTree
 
 import pytest
@@ -122,6 +123,8 @@ def test_launch_arguments_become_typed_node_parameters(tmp_path):
     ('steps', '-1', ["'steps'", "'-1'"]),
     ('steps', '101', ["'steps'", "'101'"]),
     ('use_rviz', 'maybe', ["'use_rviz'", 'true or false', "'maybe'"]),
+    ('input_reliability', 'sensor_data', ["'input_reliability'", "'best_effort'",
+                                          "'sensor_data'"]),
     ('autostart', 'yes please', ["'autostart'", 'true or false']),
     ('device', 'gpu', ["'device'", "['auto', 'cuda', 'cpu']", "'gpu'"]),
     ('tasks', ', ,', ["'tasks'", 'semseg,depth']),
@@ -131,6 +134,23 @@ def test_a_bad_launch_argument_is_named_with_the_accepted_values(name, value, wo
         launch_support.node_parameters_from_arguments(dict(ARGUMENT_DEFAULTS, **{name: value}))
     for word in words:
         assert word in str(error.value), (word, str(error.value))
+
+
+def test_input_reliability_becomes_the_standard_qos_parameters_of_the_inputs():
+    values = dict(ARGUMENT_DEFAULTS, input_reliability='best_effort')
+    overrides = launch_support.node_parameters_from_arguments(values)
+    assert ARGUMENT_DEFAULTS['image_topic'] == '/camera/image_raw'
+    assert {name: value for name, value in overrides.items() if name != 'autostart'} == {
+        'qos_overrides./camera/image_raw.subscription.reliability': 'best_effort',
+        'qos_overrides./camera/image_raw/compressed.subscription.reliability': 'best_effort',
+        'qos_overrides./camera/camera_info.subscription.reliability': 'best_effort'}
+    # Relative topics live in the node's namespace (as the node resolves them).
+    relative = dict(values, image_topic='cam/image', camera_info_topic='cam/info',
+                    namespace='/front/', input_reliability='reliable')
+    assert sorted(launch_support.node_parameters_from_arguments(relative))[1:] == [
+        'qos_overrides./front/cam/image.subscription.reliability',
+        'qos_overrides./front/cam/image/compressed.subscription.reliability',
+        'qos_overrides./front/cam/info.subscription.reliability']
 
 
 def test_a_mistyped_params_file_is_named_not_ignored(tmp_path):
@@ -244,6 +264,54 @@ def test_bad_arguments_stop_the_launch_before_any_process(tmp_path):
         evaluate_launch_setup(DEMO_LAUNCH, {'rate': 'fast'})
 
 
+def test_a_failed_process_stops_the_launch_with_its_reason():
+    # The OnProcessExit handler (no launch needed: the event is duck-typed).
+    failed = SimpleNamespace(process_name='perception_node-1', returncode=1)
+    with pytest.raises(launch_support.ProcessFailedError,
+                       match='perception_node-1 exited with code 1'):
+        launch_support.stop_launch_on_failure(failed, None)
+    killed = SimpleNamespace(process_name='demo_camera-1', returncode=-9)
+    with pytest.raises(launch_support.ProcessFailedError, match='killed by signal 9'):
+        launch_support.stop_launch_on_failure(killed, None)
+    clean = SimpleNamespace(process_name='perception_node-1', returncode=0)
+    assert launch_support.stop_launch_on_failure(clean, None) is None
+
+
+def exit_handlers(actions):
+    """The OnProcessExit handlers among ``actions``."""
+    from launch.actions import RegisterEventHandler
+    from launch.event_handlers import OnProcessExit
+    return [action.event_handler for action in actions
+            if isinstance(action, RegisterEventHandler)
+            and isinstance(action.event_handler, OnProcessExit)]
+
+
+def process_exited(action, returncode):
+    """The real ProcessExited event launch emits when ``action``'s process ends."""
+    from launch.events.process import ProcessExited
+    return ProcessExited(action=action, name=f'{action.node_executable}-1', cmd=[], cwd=None,
+                         env=None, pid=1, returncode=returncode)
+
+
+def test_the_launch_files_watch_their_processes_exit(monkeypatch):
+    require_launch_api()
+    import launch
+    from launch_ros.actions import Node
+    monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
+    context = launch.LaunchContext()
+    for path, executable in ((PERCEPTION_LAUNCH, 'perception_node'),
+                             (DEMO_LAUNCH, 'demo_camera')):
+        actions = evaluate_launch_setup(path, {})
+        process, = [a for a in actions if isinstance(a, Node)]
+        assert process.node_executable == executable
+        handler, = exit_handlers(actions)
+        assert handler.matches(process_exited(process, 1))
+        assert not handler.matches(process_exited(Node(package='x', executable='y'), 1))
+        with pytest.raises(launch_support.ProcessFailedError, match=f'{executable}-1 exited'):
+            handler.handle(process_exited(process, 1), context)
+        assert handler.handle(process_exited(process, 0), context) is None
+
+
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, 'config', '*.yaml')))
 
 
@@ -297,8 +365,85 @@ def test_package_xml_is_format_3_with_the_runtime_dependencies():
     assert root.findtext('name') == 'mtdp_ros'
     assert root.findtext('license') == 'Apache-2.0'
     exec_depends = {element.text for element in root.findall('exec_depend')}
-    assert {'rclpy', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'cv_bridge',
-            'python3-numpy', 'python3-opencv', 'python3-yaml', 'launch', 'launch_ros',
-            'rviz2'} <= exec_depends
+    assert {'rclpy', 'sensor_msgs', 'std_msgs', 'diagnostic_msgs', 'python3-numpy',
+            'python3-opencv', 'python3-yaml', 'python3-torch', 'python3-onnxruntime-pip',
+            'python3-rosbags-pip', 'launch', 'launch_ros'} <= exec_depends
+    # A headless robot needs no RViz (nor Qt); cv_bridge is an optional fallback only.
+    assert not {'rviz2', 'cv_bridge'} & exec_depends
     assert root.find('export/build_type').text == 'ament_python'
     assert os.path.isfile(os.path.join(REPO, 'resource', 'mtdp_ros'))
+
+
+@pytest.mark.parametrize('text, names', [
+    ('', []), ('[]', []), ('[front,left]', ['front', 'left']),
+    (" [ 'front' , rear/wide ] ", ['front', 'rear/wide']), ('front,left', ['front', 'left']),
+])
+def test_the_cameras_argument_becomes_the_cameras_parameter(text, names):
+    overrides = launch_support.node_parameters_from_arguments(
+        dict(ARGUMENT_DEFAULTS, cameras=text))
+    assert overrides.get('cameras', []) == names
+    # RViz shows the first camera's outputs (in the node's namespace).
+    expected = {'': 'robot', '[]': 'robot'}.get(text, f'robot/{names[0]}' if names else '')
+    assert launch_support.rviz_namespace('/robot/', names) == expected
+
+
+@pytest.mark.parametrize('text, words', [
+    ('[front,front]', 'twice'), ('[1cam]', "'1cam'"), ('[/abs]', "'/abs'"),
+    ('[a b]', "'a b'"),
+])
+def test_a_bad_cameras_argument_is_named(text, words):
+    with pytest.raises(LaunchArgumentError, match="'cameras'") as error:
+        launch_support.node_parameters_from_arguments(dict(ARGUMENT_DEFAULTS, cameras=text))
+    assert words in str(error.value)
+
+
+def test_the_launch_file_points_rviz_at_the_first_camera(tmp_path, monkeypatch):
+    require_launch_api()
+    monkeypatch.setenv('AMENT_PREFIX_PATH', fake_rviz2_prefix(tmp_path / 'prefix'))
+    actions = evaluate_launch_setup(PERCEPTION_LAUNCH, {
+        'use_rviz': 'true', 'namespace': 'robot', 'cameras': '[front,left]'})
+    from launch_ros.actions import Node
+    nodes = [a for a in actions if isinstance(a, Node)]
+    assert [(n.node_package, n.node_executable) for n in nodes] == [
+        ('mtdp_ros', 'perception_node'), ('rviz2', 'rviz2')]
+    # launch_ros keeps each remapping as (substitutions, substitutions): plain text here.
+    remappings = {''.join(part.text for part in source): ''.join(part.text for part in target)
+                  for source, target in nodes[1]._Node__remappings}
+    assert remappings['/points'] == '/robot/front/points'
+
+
+ROSDEP_KEYS = os.path.join(REPO, 'test', 'rosdep_keys.txt')
+DEPEND_TAGS = ('depend', 'build_depend', 'buildtool_depend', 'build_export_depend',
+               'exec_depend', 'test_depend', 'doc_depend')
+
+
+def test_every_package_xml_key_is_one_rosdep_knows():
+    # test/rosdep_keys.txt: the keys scripts/check_rosdep_keys.py found in rosdep's own
+    # YAML files (rosdistro copy named by digests in its header); `rosdep install` fails
+    # on the first key it cannot resolve (ament_python was one).
+    known = {}
+    with open(ROSDEP_KEYS, encoding='utf-8') as stream:
+        for line in stream:
+            if line.strip() and not line.startswith('#'):
+                key, source = line.split()
+                known[key] = source
+    root = ElementTree.parse(os.path.join(REPO, 'package.xml')).getroot()
+    keys = [element.text.strip() for element in root if element.tag in DEPEND_TAGS]
+    unknown = [key for key in keys if key not in known]
+    assert not unknown, (f'package.xml keys {unknown} are not in {ROSDEP_KEYS}: run '
+                         f'scripts/check_rosdep_keys.py --rosdistro <copy> --write')
+    assert set(known) == set(keys), 'rosdep_keys.txt lists keys package.xml no longer has'
+    assert all(source.endswith('.yaml') for source in known.values())
+
+
+@pytest.mark.skipif(not os.path.isdir(os.environ.get('MTDP_ROSDISTRO', '/nonexistent')),
+                    reason='MTDP_ROSDISTRO (an offline copy of ros/rosdistro) not set')
+def test_rosdep_keys_against_a_rosdistro_copy():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'check_rosdep_keys', os.path.join(REPO, 'scripts', 'check_rosdep_keys.py'))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    keys = script.package_keys(os.path.join(REPO, 'package.xml'))
+    _, problems = script.check(os.environ['MTDP_ROSDISTRO'], 'jazzy', 'ubuntu', 'noble', keys)
+    assert not problems

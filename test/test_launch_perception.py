@@ -9,6 +9,7 @@ launch_testing plugin after ``colcon build``.
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,7 +88,7 @@ class TestPerceptionLaunch(unittest.TestCase):
         rclpy.try_shutdown(context=cls.context)
 
     def test_outputs_carry_the_input_header(self):
-        received = {'depth': [], 'semantic/labels': []}
+        received = {'depth/image': [], 'semantic/labels': []}
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         for topic, store in received.items():
             self.node.create_subscription(Image, f'/launch_test/{topic}', store.append, qos)
@@ -105,6 +106,39 @@ class TestPerceptionLaunch(unittest.TestCase):
             self.assertTrue(store, f'nothing arrived on /launch_test/{topic}')
             self.assertEqual(store[-1].header.frame_id, 'launch_test_frame')
             self.assertEqual((store[-1].width, store[-1].height), (64, 48))
+
+
+# What `ros2 launch mtdp_ros perception.launch.py tasks:=foo` runs (ros2launch's
+# launch_a_launch_file: a LaunchService, its return code is the exit code).
+FAILING_LAUNCH = """
+import sys
+import launch
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+service = launch.LaunchService(argv=sys.argv[2:])
+service.include_launch_description(launch.LaunchDescription([
+    launch.actions.IncludeLaunchDescription(PythonLaunchDescriptionSource(sys.argv[1]),
+                                            launch_arguments=[a.split(':=', 1)
+                                                              for a in sys.argv[2:]])]))
+sys.exit(service.run())
+"""
+
+
+class TestFailingNodeFailsTheLaunch(unittest.TestCase):
+    """A node that exits non-zero at start-up makes the launch exit non-zero, saying why."""
+
+    def test_unknown_task(self):
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id(__name__ + '.failing')),
+                   ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+        done = subprocess.run(
+            [sys.executable, '-c', FAILING_LAUNCH,
+             os.path.join(REPO, 'launch', 'perception.launch.py'),
+             'tasks:=foo', 'namespace:=launch_test_failing', 'device:=cpu',
+             'use_rviz:=false'],
+            env=env, capture_output=True, text=True, timeout=300)
+        output = done.stdout + done.stderr
+        self.assertNotEqual(done.returncode, 0, output)
+        self.assertIn("unknown tasks ['foo']", output)
+        self.assertIn('exited with code 1', output)
 
 
 @launch_testing.post_shutdown_test()

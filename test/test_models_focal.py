@@ -13,7 +13,9 @@ DEFAULT_FX = KINECT_FX / 2
 def test_depth_models_state_their_training_focal_length(mlore_reference):
     for name, config in PRESETS.items():
         if config.dataset == 'NYUD':
-            assert config.train_focal_px == KINECT_FX, name
+            # Full 640-pixel-wide Kinect frames, or scaled ones (MT-CP's tiny preset).
+            width = config.image_size[1] if config.family == 'mtcp' else 640
+            assert config.train_focal_px == pytest.approx(KINECT_FX * width / 640), name
         else:
             assert config.train_focal_px is None, name       # PASCAL: no depth head
     for name, config in DEFAULT_MODELS.items():

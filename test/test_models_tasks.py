@@ -36,7 +36,7 @@ RVIZ_FILE = os.path.join(os.path.dirname(__file__), '..', 'rviz', 'perception.rv
 # The output topics of DESIGN.md (relative to the node's namespace): raw, colour.
 CONTRACT_TOPICS = {
     'semseg': ('semantic/labels', 'semantic/color'),
-    'depth': ('depth', 'depth/color'),
+    'depth': ('depth/image', 'depth/color'),
     'human_parts': ('human_parts/labels', 'human_parts/color'),
     'sal': ('saliency', 'saliency/color'),
     'normals': ('normals', 'normals/color'),
@@ -131,8 +131,8 @@ def test_a_registered_task_is_post_processed_published_and_coloured_like_its_ori
     np.testing.assert_array_equal(colorize(copy, ours), colorize(original, theirs))
 
     stem = tasks.get_task(copy).topic_stem
-    raw_topic, color_topic = (f'{stem}/labels' if tasks.get_task(original).kind == 'labels'
-                              else stem), f'{stem}/color'
+    suffix = {'labels': '/labels', 'depth': '/image'}.get(tasks.get_task(original).kind, '')
+    raw_topic, color_topic = f'{stem}{suffix}', f'{stem}/color'
     topics = dict(output_topics([copy]))
     assert set(topics) == {raw_topic, color_topic}
     header = Header(frame_id='camera')

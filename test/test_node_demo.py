@@ -88,6 +88,30 @@ def test_folder_source_publishes_the_images_in_order_with_camera_info(tmp_path, 
                                [40.0, 39.5, 40.0, 29.5])
 
 
+def test_publishing_is_logged_with_the_first_frame_not_before(tmp_path, domain):
+    # demo.launch.py logged "publishing at 10 Hz" while the first scene was still being
+    # rendered; the rate is now logged when the first frame goes out.
+    log_path = tmp_path / 'camera.log'
+    camera = start_camera(domain, log_path, '/first', source='pattern', width=64,
+                          height=48, rate=10.0, qos='reliable', wait_for_subscribers=1)
+    client = RosClient(domain, name='first_frame_test')
+    try:
+        assert client.spin_until(lambda: 'source ready' in log_path.read_text(), 60), \
+            log_path.read_text()
+        # No subscriber yet: the camera holds its first frame, and says it is not publishing.
+        assert 'publishing' not in log_path.read_text()
+        client.subscribe(Image, '/first/image', RELIABLE)
+        frames = receive(client, camera, '/first/image', 1)
+        assert frames, log_path.read_text()
+        assert client.spin_until(
+            lambda: 'publishing pattern frames on /first/image at 10 Hz (first frame 64x48)'
+            in log_path.read_text(), 10), log_path.read_text()
+    finally:
+        client.close()
+        camera.kill()
+        camera.wait(10)
+
+
 def test_video_source_ends_when_not_looping(tmp_path, domain):
     path = str(tmp_path / 'clip.avi')
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), 10.0, (64, 48))
@@ -149,6 +173,22 @@ def run_demo(tmp_path, domain, *extra):
                '--output', str(tmp_path / 'out'), *extra]
     return subprocess.run(command, env=ros_env(domain), cwd=REPO, capture_output=True,
                           text=True, timeout=150)
+
+
+def test_points_view_draws_only_points_with_finite_coordinates():
+    from std_msgs.msg import Header
+
+    from mtdp_ros.demo import points_view
+    from mtdp_ros.ros.pointcloud import pack_rgb, points_to_msg
+    magenta = pack_rgb(np.array([[[255, 0, 255]]], np.uint8))[0, 0]
+    points = np.array([[[0.0, 0.0, 1.0, magenta], [0.0, 0.0, 2.0, magenta],
+                        [np.nan, 0.0, 1.0, magenta], [np.inf, 0.0, 1.0, magenta],
+                        [0.5, 0.0, np.nan, magenta]]], np.float32)
+    view = points_view(points_to_msg(points, Header()))
+    drawn = np.argwhere((view == [255, 0, 255]).all(axis=-1))
+    # The two valid points, on the centre column (x = 0); nothing at the left edge, where
+    # the integer value of a NaN x used to be clipped to.
+    assert len(drawn) == 2 and (drawn[:, 1] == view.shape[1] // 2).all()
 
 
 def test_mtdp_demo_writes_a_mosaic_per_output_and_prints_rate_and_latency(tmp_path, domain):

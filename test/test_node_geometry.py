@@ -10,13 +10,14 @@ import time
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from mtdp_ros.ros.image_output import image_msg_to_numpy
 from mtdp_ros.ros.pointcloud import cloud_msg_to_numpy
 from mtdp_ros.runtime import create_engine
 
-from ros_harness import (TINY_MLORE, domain_id, image_msg, make_stamp, pattern_image,
+from ros_harness import (RELIABLE, TINY_MLORE, domain_id, image_msg, make_stamp, pattern_image,
                          serving_node, write_checkpoint)
 
 WIDTH, HEIGHT = 64, 48
@@ -29,7 +30,20 @@ pytestmark = pytest.mark.slow
 # about 68 px, against 40 px in "training".
 TRAIN_FOCAL_PX = 40.0
 EXPECTED_FACTOR = 0.5 * (50.0 * 85 / 64 + 52.0 * 64 / 48) / TRAIN_FOCAL_PX
-TOPICS = ('depth', 'depth/camera_info', 'points')
+DEPTH_IMAGE = 'depth/image'
+
+
+def camera_info_topic_of(image_topic):
+    """The camera_info topic an image_transport CameraSubscriber pairs with ``image_topic``.
+
+    image_transport's getCameraInfoTopic: ``camera_info`` in the image topic's namespace.
+    """
+    namespace = image_topic.rsplit('/', 1)[0] if '/' in image_topic else ''
+    return f'{namespace}/camera_info' if namespace else 'camera_info'
+
+
+DEPTH_INFO = camera_info_topic_of(DEPTH_IMAGE)
+TOPICS = (DEPTH_IMAGE, DEPTH_INFO, 'points')
 
 
 def rectified_camera_info():
@@ -51,11 +65,11 @@ def geometry(tmp_path_factory):
     config = {**TINY_MLORE, 'train_focal_px': TRAIN_FOCAL_PX}
     checkpoint = write_checkpoint(directory, config, name='tiny_focal.safetensors')
     params = {'model.preset': checkpoint, 'camera.rectified': True, 'input.qos': 'reliable',
-              'watchdog.timeout': 600.0}
+              'watchdog.timeout': 600.0, 'depth.focal_correction': 'scale'}
     engine = create_engine(checkpoint, device='cpu')
     try:
         with serving_node(domain_id(__name__), directory, params,
-                          subscriptions=[(Image, 'depth'), (CameraInfo, 'depth/camera_info'),
+                          subscriptions=[(Image, DEPTH_IMAGE), (CameraInfo, DEPTH_INFO),
                                          (PointCloud2, 'points')],
                           publishers=[(Image, 'image'), (CameraInfo, 'camera_info')],
                           inputs=['image', 'camera_info']) as (node, client):
@@ -88,8 +102,8 @@ def test_without_camera_info_depth_is_uncorrected_and_said_once(geometry):
     node, client, _, _, engine = geometry
     rgb = pattern_image(HEIGHT, WIDTH, seed=3)
     for _ in range(2):
-        stamp = _serve_until(geometry, rgb, ('depth',))
-    depth = image_msg_to_numpy(client.messages_with_stamp('depth', stamp)[0])
+        stamp = _serve_until(geometry, rgb, ('depth/image',))
+    depth = image_msg_to_numpy(client.messages_with_stamp('depth/image', stamp)[0])
     np.testing.assert_allclose(depth, engine.infer(rgb)['depth'], rtol=1e-4)
     # Nothing to describe the depth image (nor a cloud) without camera_info.
     assert not client.messages_with_stamp('depth/camera_info', stamp)
@@ -102,8 +116,11 @@ def test_depth_camera_info_and_cloud_of_a_rectified_camera(geometry):
     info = rectified_camera_info()
     rgb = pattern_image(HEIGHT, WIDTH, seed=4)
     stamp = _serve_until(geometry, rgb, TOPICS, info=info)
-    depth_msg = client.messages_with_stamp('depth', stamp)[0]
-    depth_info = client.messages_with_stamp('depth/camera_info', stamp)[0]
+    # Paired as a CameraSubscriber pairs them: <ns>/image with <ns>/camera_info, one of
+    # each per stamp, the same header.
+    assert DEPTH_INFO == 'depth/camera_info'
+    depth_msg, = client.messages_with_stamp(DEPTH_IMAGE, stamp)
+    depth_info, = client.messages_with_stamp(DEPTH_INFO, stamp)
     cloud_msg = client.messages_with_stamp('points', stamp)[0]
     # depth/camera_info: the depth image's header and size, K from P, zero D.
     assert depth_info.header == depth_msg.header
@@ -144,3 +161,35 @@ def test_camera_info_with_nan_distortion_is_rejected_with_a_warning(geometry):
     assert np.isfinite(cloud[..., :3]).mean() > 0.9
     depth_info = client.messages_with_stamp('depth/camera_info', stamp)[0]
     assert list(depth_info.p) == list(good.p)
+
+
+def _diagnostic_value(client, key):
+    """The value of ``key`` in the latest /diagnostics status of the node, or None."""
+    for array in reversed(client.received.get('/diagnostics', [])):
+        for status in array.status:
+            if status.name.endswith(': perception'):
+                return {kv.key: kv.value for kv in status.values}.get(key)
+    return None
+
+
+def test_nan_in_p_is_never_republished_and_diagnostics_say_why(geometry):
+    node, client, _, _, _ = geometry
+    client.subscribe(DiagnosticArray, '/diagnostics', RELIABLE)
+    good = rectified_camera_info()
+    rgb = pattern_image(HEIGHT, WIDTH, seed=6)
+    _serve_until(geometry, rgb, TOPICS, info=good)
+    bad = rectified_camera_info()
+    bad.p = [50.0, 0.0, 31.0, float('nan'), 0.0, 52.0, 24.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    _serve_until(geometry, rgb, TOPICS, info=bad)
+    # The warning may be throttled (one per kind per 5 s): /diagnostics says it anyway.
+    client.received['/diagnostics'].clear()
+    assert client.spin_until(lambda: 'projection matrix P contains NaN or inf' in (
+        _diagnostic_value(client, 'camera_info_problem') or ''), 20), node.log()
+    stamp = _serve_until(geometry, rgb, TOPICS)
+    depth_info = client.messages_with_stamp('depth/camera_info', stamp)[0]
+    assert list(depth_info.p) == list(good.p)
+    # A usable camera_info clears it.
+    _serve_until(geometry, rgb, TOPICS, info=good)
+    client.received['/diagnostics'].clear()
+    assert client.spin_until(lambda: _diagnostic_value(client, 'lifecycle_state') is not None
+                             and _diagnostic_value(client, 'camera_info_problem') is None, 20)

@@ -80,10 +80,26 @@ def test_bad_configuration_fails_at_start_with_a_clear_error(processes, name):
     assert 'Traceback' not in process.log()
 
 
+def test_qos_defaults_are_standard_parameters(processes):
+    # Before the tests that stop the 'reliable' node.
+    started, client = processes
+    node = started['reliable']
+    assert node.wait_for_log('ready', 90), node.log()
+    names = ['qos_overrides./strict/image.subscription.reliability',
+             'qos_overrides./strict/image.subscription.depth',
+             'qos_overrides./strict/camera_info.subscription.reliability',
+             'qos_overrides./strict/depth/image.publisher.reliability',
+             'qos_overrides./strict/depth/image.publisher.depth',
+             'qos_overrides./strict/points.publisher.history']
+    values = client.get_parameters('/strict/mtdp_perception', names)
+    assert list(values.values()) == ['reliable', 5, 'reliable', 'reliable', 10, 'keep_last']
+    assert 'deprecated' not in node.log()
+
+
 def test_default_qos_namespace_remapping_watchdog_and_sigint(processes):
     started, client = processes
     node = started['default_qos']
-    client.subscribe(Image, '/robot1/depth', RELIABLE)
+    client.subscribe(Image, '/robot1/depth/image', RELIABLE)
     client.subscribe(Image, '/robot1/semantic/color', RELIABLE)
     # A reliable camera (the default QoS of ROS publishers), read with the default
     # input.qos: reliable (best effort loses most large frames: README, Transport and QoS).
@@ -100,16 +116,16 @@ def test_default_qos_namespace_remapping_watchdog_and_sigint(processes):
     while answered is None and time.monotonic() < deadline:
         stamp = make_stamp()
         publisher.publish(image_msg(rgb, stamp=stamp))
-        if client.wait_for_stamp(['/robot1/depth', '/robot1/semantic/color'], stamp, 1.0):
+        if client.wait_for_stamp(['/robot1/depth/image', '/robot1/semantic/color'], stamp, 1.0):
             answered = stamp
     assert answered is not None, node.log()
-    msg = client.messages_with_stamp('/robot1/depth', answered)[0]
+    msg = client.messages_with_stamp('/robot1/depth/image', answered)[0]
     assert (msg.width, msg.height, msg.encoding) == (64, 48, '32FC1')
     # Silence: the watchdog names the topic, the QoS and the publisher count.
     assert node.wait_for_log('1 publisher(s) exist', 10), node.log()
     warning = [line for line in node.log().splitlines() if '1 publisher(s) exist' in line][-1]
     assert 'no image received on /cam/image_raw' in warning
-    assert 'reliable: reliable' in warning
+    assert 'subscribed with QoS reliable, keep_last 5' in warning
     # Ctrl-C while frames keep arriving: exit code 0 within 5 s.
     big = image_msg(pattern_image(480, 640))
     for _ in range(20):
@@ -127,17 +143,17 @@ def test_watchdog_explains_a_qos_mismatch(processes):
     assert node.wait_for_log('ready', 90), node.log()
     # Nobody publishes yet.
     assert node.wait_for_log('no publisher exists on this topic', 10), node.log()
-    client.subscribe(Image, '/strict/depth', RELIABLE)
+    client.subscribe(Image, '/strict/depth/image', RELIABLE)
     publisher = client.publisher(Image, '/strict/image', reliable=False)
-    assert client.wait_for_publishers('/strict/depth')
+    assert client.wait_for_publishers('/strict/depth/image')
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and 'publish best_effort' not in node.log():
         publisher.publish(image_msg(pattern_image(48, 64), stamp=make_stamp()))
         client.spin_for(0.2)
     log = node.log()
     assert 'publish best_effort, which a reliable subscription never receives' in log, log
-    assert 'set input.qos to sensor_data' in log
-    assert not client.received['/strict/depth']
+    assert 'set qos_overrides./strict/image.subscription.reliability to best_effort' in log
+    assert not client.received['/strict/depth/image']
     code, seconds = node.interrupt(timeout=5.0)
     assert code == 0, node.log()
 

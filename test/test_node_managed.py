@@ -56,7 +56,8 @@ def service_name(name):
 
 def diagnostics_of(client, name):
     """The key/values of the newest /diagnostics status of node ``name`` ({} if none)."""
-    wanted = f'{NODES[name][1]}: perception'
+    # The namespace is part of the name: two nodes named alike in two namespaces differ.
+    wanted = f'{service_name(name).lstrip("/")}: perception'
     for array in reversed(client.received['/diagnostics']):
         for status in array.status:
             if status.name == wanted:
@@ -81,11 +82,12 @@ def serve_one(client, publisher, topic, timeout=30.0):
     return None
 
 
-def test_lifecycle_transitions_over_ros(nodes):
+def test_lifecycle_transitions_over_ros(nodes, tmp_path):
     started, client = nodes
+    smaller = write_config(tmp_path, dict(TINY_MLORE, image_size=[32, 48]), name='small.json')
     node = started['managed']
     managed = service_name('managed')
-    depth_topic, image_topic = '/managed/depth', '/managed/image'
+    depth_topic, image_topic = '/managed/depth/image', '/managed/image'
     client.subscribe(Image, depth_topic, RELIABLE)
     images = client.publisher(Image, image_topic, reliable=True)
     infos = client.publisher(CameraInfo, '/managed/camera_info', reliable=True)
@@ -116,6 +118,9 @@ def test_lifecycle_transitions_over_ros(nodes):
     # activate: outputs flow; the time to the first output is reported.
     assert client.change_state(managed, 'activate'), node.log()
     assert client.lifecycle_state(managed) == 'active'
+    # Warmed up at configure: activation says so (not that the first frame will warm up).
+    assert 'ready (active): warmed up at 64x48' in node.log(), node.log()
+    assert 'the first frame' not in node.log()
     assert client.wait_for_subscribers(image_topic), node.log()
     assert serve_one(client, images, depth_topic) is not None, node.log()
     assert node.wait_for_log('first output', 10), node.log()
@@ -146,8 +151,16 @@ def test_lifecycle_transitions_over_ros(nodes):
     values = wait_for_diagnostics(client, 'managed', bool)
     assert values.get('lifecycle_state') == 'unconfigured' and 'model' not in values, values
 
-    # configure and activate again: a new engine, outputs flow again.
+    # Unconfigured, the model can change (a lifecycle manager switching models); once
+    # configured it is read-only again.
+    (result,) = client.set_parameters(managed, {'model.preset': smaller})
+    assert result.successful, result.reason
+
+    # configure and activate again: a new engine (the new model), outputs flow again.
     assert client.change_state(managed, 'configure'), node.log()
+    assert node.wait_for_log('input 32x48', 10), node.log()
+    (result,) = client.set_parameters(managed, {'model.checkpoint': '/tmp/x.safetensors'})
+    assert not result.successful and 'only while the node is unconfigured' in result.reason
     assert client.change_state(managed, 'activate'), node.log()
     assert node.log().count('engine: model') == 2
     assert client.wait_for_subscribers(image_topic), node.log()
@@ -187,7 +200,7 @@ def test_diagnostics_and_watchdog_run_under_sim_time_without_clock(nodes):
 
     def two_statuses():
         count[:] = [status for array in client.received['/diagnostics']
-                    for status in array.status if status.name == 'sim_node: perception']
+                    for status in array.status if status.name == 'sim/sim_node: perception']
         return len(count) >= 2
     assert client.spin_until(two_statuses, 20), node.log()
     values = {kv.key: kv.value for kv in count[-1].values}
@@ -203,7 +216,7 @@ def test_a_model_without_depth_advertises_no_points(nodes):
     assert client.wait_for_publishers('/nodepth/semantic/labels'), node.log()
     assert client.wait_for_publishers('/nodepth/edges'), node.log()
     assert client.node.count_publishers('/nodepth/points') == 0
-    assert client.node.count_publishers('/nodepth/depth') == 0
+    assert client.node.count_publishers('/nodepth/depth/image') == 0
 
 
 def test_cleanup_leaves_no_reference_to_the_engine(tmp_path):

@@ -23,7 +23,7 @@ from ros_harness import (NODE_NAME, TINY_MLORE, camera_info, domain_id, image_ms
 # Slow (a node process over real DDS): `make test-fast` leaves it out.
 pytestmark = pytest.mark.slow
 
-IMAGE_TOPICS = ['semantic/labels', 'semantic/color', 'depth', 'depth/color', 'normals',
+IMAGE_TOPICS = ['semantic/labels', 'semantic/color', 'depth/image', 'depth/color', 'normals',
                 'normals/color', 'edges', 'edges/color']
 ALL_TOPICS = IMAGE_TOPICS + ['points']
 
@@ -91,13 +91,13 @@ def test_every_output_has_the_input_header_size_encoding_and_range(perception):
         assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (stamp.sec, stamp.nanosec)
     encodings = {t: out[t].encoding for t in IMAGE_TOPICS}
     assert encodings == {'semantic/labels': 'mono8', 'semantic/color': 'rgb8',
-                         'depth': '32FC1', 'depth/color': 'rgb8', 'normals': '32FC3',
+                         'depth/image': '32FC1', 'depth/color': 'rgb8', 'normals': '32FC3',
                          'normals/color': 'rgb8', 'edges': '32FC1', 'edges/color': 'rgb8'}
     labels = image_msg_to_numpy(out['semantic/labels'])
     assert labels.max() < 40
     np.testing.assert_array_equal(image_msg_to_numpy(out['semantic/color']),
                                   label_palette(256)[labels])
-    depth = image_msg_to_numpy(out['depth'])
+    depth = image_msg_to_numpy(out['depth/image'])
     valid = np.isfinite(depth)
     assert valid.any() and np.all(depth[valid] > 0)
     normals = image_msg_to_numpy(out['normals'])
@@ -135,7 +135,7 @@ def test_every_camera_encoding_is_served(perception):
         stamps[encoding] = stamp
         send(perception, image_msg(rgb, encoding, stamp=stamp, frame_id=f'cam_{encoding}'))
         # One at a time: a newer frame would replace a waiting one (by design).
-        assert client.wait_for_stamp(['depth', 'semantic/labels'], stamp, 20), \
+        assert client.wait_for_stamp(['depth/image', 'semantic/labels'], stamp, 20), \
             (encoding, node.log())
     for encoding, stamp in stamps.items():
         msg = client.messages_with_stamp('semantic/labels', stamp)[0]
@@ -154,7 +154,7 @@ def test_tasks_and_switches_change_while_running(perception):
         assert result.successful, result.reason
         stamp = frames.next_stamp()
         send(perception, image_msg(pattern_image(48, 64), stamp=stamp))
-        assert client.wait_for_stamp(['depth', 'depth/color'], stamp, 20), node.log()
+        assert client.wait_for_stamp(['depth/image', 'depth/color'], stamp, 20), node.log()
         client.spin_for(0.5)
         assert not client.messages_with_stamp('semantic/labels', stamp)
         assert not client.messages_with_stamp('normals', stamp)
@@ -162,13 +162,13 @@ def test_tasks_and_switches_change_while_running(perception):
         assert result.successful, result.reason
         stamp = frames.next_stamp()
         send(perception, image_msg(pattern_image(48, 64), stamp=stamp))
-        assert client.wait_for_stamp(['depth'], stamp, 20), node.log()
+        assert client.wait_for_stamp(['depth/image'], stamp, 20), node.log()
         client.spin_for(0.5)
         assert not client.messages_with_stamp('depth/color', stamp)
     finally:
-        results = set_params(client, tasks=['semseg', 'depth', 'normals', 'edge'],
-                             publish__color=True)
-        assert all(r.successful for r in results)
+        # The documented reset: ['all'] (the CLI types "[]" as a bool array).
+        results = set_params(client, tasks=['all'], publish__color=True)
+        assert all(r.successful for r in results), [r.reason for r in results]
     stamp = frames.next_stamp()
     send(perception, image_msg(pattern_image(48, 64), stamp=stamp))
     assert client.wait_for_stamp(IMAGE_TOPICS, stamp, 20), node.log()
@@ -183,7 +183,9 @@ def test_tasks_and_switches_change_while_running(perception):
     ({'points.color': 'purple'}, "points.color must be one of ['image', 'semantic']"),
     ({'points.stride': 0}, 'out of range'),
     ({'depth.color_min': 5.0, 'depth.color_max': 2.0}, 'must exceed depth.color_min'),
-    ({'model.preset': 'mlore_nyud_vitL'}, 'read-only'),
+    ({'model.preset': 'mlore_nyud_vitL'},
+     'model.preset can change only while the node is unconfigured (now active)'),
+    ({'model.checkpoint': '/tmp/other.safetensors'}, 'model.checkpoint can change only'),
     ({'engine.device': 'cpu'}, 'read-only'),
     ({'publish.color': 'yes'}, 'type'),
 ])
@@ -203,8 +205,8 @@ def test_depth_colour_range_is_dynamic(perception):
         assert all(r.successful for r in results), [r.reason for r in results]
         stamp = frames.next_stamp()
         send(perception, image_msg(pattern_image(48, 64), stamp=stamp))
-        assert client.wait_for_stamp(['depth/color', 'depth'], stamp, 20), node.log()
-        depth = image_msg_to_numpy(client.messages_with_stamp('depth', stamp)[0])
+        assert client.wait_for_stamp(['depth/color', 'depth/image'], stamp, 20), node.log()
+        depth = image_msg_to_numpy(client.messages_with_stamp('depth/image', stamp)[0])
         colours = image_msg_to_numpy(client.messages_with_stamp('depth/color', stamp)[0])
         # Every valid depth is nearer than 999 m: all pixels get the near-end colour.
         valid = np.isfinite(depth)
@@ -240,7 +242,7 @@ def test_malformed_frames_are_rejected_and_the_node_keeps_serving(perception):
         # The node answers the next valid frame.
         good = frames.next_stamp()
         send(perception, image_msg(pattern_image(48, 64), stamp=good))
-        assert client.wait_for_stamp(['depth', 'semantic/labels'], good, 20), \
+        assert client.wait_for_stamp(['depth/image', 'semantic/labels'], good, 20), \
             (words, node.log())
         assert node.wait_for_log(words, 5), (words, node.log())
     client.spin_for(0.5)
@@ -286,7 +288,7 @@ def test_a_flood_keeps_memory_bounded_and_serves_the_newest_frame(perception):
     # Warm the node up at this size first (allocations of the first frame of a size).
     stamp = frames.next_stamp()
     send(perception, image_msg(rgb, stamp=stamp))
-    assert client.wait_for_stamp(['depth'], stamp, 30), node.log()
+    assert client.wait_for_stamp(['depth/image'], stamp, 30), node.log()
     client.spin_for(0.5)
     rss_before = node.rss_mb()
     dropped_before = int(diagnostics_values(client).get('dropped', '0'))
@@ -298,8 +300,8 @@ def test_a_flood_keeps_memory_bounded_and_serves_the_newest_frame(perception):
         image_pub.publish(template)
         stamps.append(stamp)
         client.executor.spin_once(timeout_sec=0)
-    assert client.wait_for_stamp(['depth', 'semantic/labels'], stamps[-1], 30), node.log()
-    served = [s for s in stamps if client.messages_with_stamp('depth', s)]
+    assert client.wait_for_stamp(['depth/image', 'semantic/labels'], stamps[-1], 30), node.log()
+    served = [s for s in stamps if client.messages_with_stamp('depth/image', s)]
     assert len(served) < 300                  # frames were dropped, not queued
     rss_after = node.rss_mb()
     # 300 frames of 0.9 MB would be 270 MB if they were queued.

@@ -52,9 +52,9 @@ def get_parameter(client, name, timeout=30.0):
 def test_transitions_during_a_slow_frame_return_and_publish_nothing_of_it(tmp_path):
     config = write_config(tmp_path, SLOW_MLORE, name='slow_mlore.json')
     params = {'model.preset': config, 'input.qos': 'reliable', 'diagnostics.period': 0.5}
-    subscriptions = [(Image, 'depth'), (DiagnosticArray, '/diagnostics')]
+    subscriptions = [(Image, 'depth/image'), (DiagnosticArray, '/diagnostics')]
     with serving_node(domain_id(__name__), tmp_path, params, subscriptions,
-                      outputs=('depth',), ready_timeout=120.0) as (node, client):
+                      outputs=('depth/image',), ready_timeout=120.0) as (node, client):
         publisher = client.publisher(Image, 'image', reliable=True)
         rgb = pattern_image(480, 640)
         slow = make_stamp()
@@ -68,12 +68,12 @@ def test_transitions_during_a_slow_frame_return_and_publish_nothing_of_it(tmp_pa
         result = client.set_parameters(NODE_NAME, {'depth.color_max': 7.5}, timeout=60.0)
         assert result[0].successful, result[0].reason
         assert get_parameter(client, 'depth.color_max').double_value == 7.5
-        assert not client.messages_with_stamp('depth', slow), \
+        assert not client.messages_with_stamp('depth/image', slow), \
             'the frame ended before the transition: make SLOW_MLORE slower'
 
         # Deactivate answers before the frame ends, and none of its outputs came.
         assert client.change_state(NODE_NAME, 'deactivate', timeout=120.0)
-        assert not client.messages_with_stamp('depth', slow), node.log()
+        assert not client.messages_with_stamp('depth/image', slow), node.log()
         assert DROPPED not in node.log(), 'deactivate waited for the frame'
         after = next_diagnostics(client, lambda v: v.get('lifecycle_state') == 'inactive')
         assert after, node.log()
@@ -87,7 +87,7 @@ def test_transitions_during_a_slow_frame_return_and_publish_nothing_of_it(tmp_pa
         if cleaned_while_busy:
             assert node.wait_for_log('the frame in flight at cleanup ended', 30.0), node.log()
         client.spin_until(lambda: next_diagnostics(client, bool, 10.0), 30.0)
-        assert not client.messages_with_stamp('depth', slow), node.log()
+        assert not client.messages_with_stamp('depth/image', slow), node.log()
 
         # Configured and activated again, the node serves (and counts the dropped frame).
         assert client.change_state(NODE_NAME, 'configure', timeout=120.0), node.log()
@@ -95,7 +95,7 @@ def test_transitions_during_a_slow_frame_return_and_publish_nothing_of_it(tmp_pa
         assert client.wait_for_subscribers('image'), node.log()
         fresh = make_stamp()
         publisher.publish(image_msg(rgb, stamp=fresh))
-        assert client.wait_for_stamp(['depth'], fresh, 180.0), node.log()
+        assert client.wait_for_stamp(['depth/image'], fresh, 180.0), node.log()
         values = next_diagnostics(client, lambda v: 'abandoned' in v)
         assert values.get('abandoned') == '1', values
-        assert not client.messages_with_stamp('depth', slow)
+        assert not client.messages_with_stamp('depth/image', slow)

@@ -64,7 +64,7 @@ def test_two_sigints_during_start_up_end_the_node_cleanly(nodes):
 def test_signals_while_frames_flow_end_the_node_cleanly(nodes, name):
     started, client = nodes
     node = started[name]
-    topic = f'/{name}/depth'
+    topic = f'/{name}/depth/image'
     client.subscribe(Image, topic, RELIABLE)
     publisher = client.publisher(Image, f'/{name}/image', reliable=True)
     assert client.wait_for_subscribers(f'/{name}/image', timeout=90), node.log()

@@ -1,6 +1,8 @@
 """Colour maps of the node's outputs: palette, depth rainbow, normals, probabilities."""
 
+import cv2
 import numpy as np
+import pytest
 
 from mtdp_ros.ros import colormaps
 
@@ -67,6 +69,53 @@ def test_probabilities_are_grey_levels():
     rgb = colormaps.probability_to_color(probability)
     assert np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 1] == rgb[..., 2])
     np.testing.assert_array_equal(rgb[0, :, 0], [0, 255, 64, 0, 255, 0])
+
+
+def test_normals_with_any_non_finite_component_are_black():
+    normals = np.array([[[np.nan, 0, 0], [0, np.inf, 0], [0, 0, -np.inf],
+                         [np.inf, -np.inf, 0], [0, 0, -1]]], np.float32)
+    rgb = colormaps.normals_to_color(normals)
+    np.testing.assert_array_equal(rgb[0, :4], np.zeros((4, 3), np.uint8))
+    np.testing.assert_array_equal(rgb[0, 4], [128, 128, 0])
+
+
+def test_normal_components_beyond_unit_length_saturate():
+    # Not unit vectors (a model's raw output): clipped, not folded back by an absolute value.
+    normals = np.array([[[-1.5, 2.0, -1.0000001]]], np.float32)
+    np.testing.assert_array_equal(colormaps.normals_to_color(normals)[0, 0], [0, 255, 0])
+
+
+def test_infinite_depth_and_probability_are_invalid():
+    depth = np.array([[1.0, np.inf, -np.inf, 5.0]], np.float32)
+    rgb = colormaps.depth_to_color(depth)
+    np.testing.assert_array_equal(rgb[0, 1:3], np.zeros((2, 3), np.uint8))
+    np.testing.assert_array_equal(rgb[0, 0], colormaps.TURBO_RGB[0])
+    np.testing.assert_array_equal(rgb[0, 3], colormaps.TURBO_RGB[255])
+    probability = np.array([[np.inf, -np.inf, 1.0]], np.float32)
+    np.testing.assert_array_equal(colormaps.probability_to_color(probability)[0, :, 0],
+                                  [0, 0, 255])
+
+
+@pytest.mark.parametrize('nan_level', [0, 255, 77])
+def test_invalid_colours_do_not_depend_on_the_integer_value_of_nan(monkeypatch, nan_level):
+    # OpenCV's convertScaleAbs turns NaN into 0 up to 4.x and into 255 from 5.0 (the value
+    # is undefined): whatever it gives, invalid pixels must come out black.
+    real = cv2.convertScaleAbs
+
+    def convert_with_nan_level(src, *args, **kwargs):
+        levels = real(src, *args, **kwargs)
+        levels[np.isnan(src)] = nan_level
+        return levels
+
+    monkeypatch.setattr(cv2, 'convertScaleAbs', convert_with_nan_level)
+    depth = np.array([[1.0, np.nan, 2.0]], np.float32)
+    np.testing.assert_array_equal(colormaps.depth_to_color(depth)[0, 1], [0, 0, 0])
+    normals = np.array([[[0, 0, 1], [np.nan, np.nan, np.nan], [np.nan, 0, 0]]], np.float32)
+    np.testing.assert_array_equal(colormaps.normals_to_color(normals)[0, 1:],
+                                  np.zeros((2, 3), np.uint8))
+    probability = np.array([[0.5, np.nan]], np.float32)
+    np.testing.assert_array_equal(colormaps.probability_to_color(probability)[0, 1],
+                                  [0, 0, 0])
 
 
 def test_colour_images_keep_the_size():

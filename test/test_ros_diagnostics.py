@@ -8,7 +8,8 @@ from types import SimpleNamespace
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.qos import ReliabilityPolicy
 
-from mtdp_ros.ros.diagnostics import STAGES, FrameStatistics, InputWatchdog, build_status
+from mtdp_ros.ros.diagnostics import (STAGES, STARTUP_GRACE, FrameStatistics, InputWatchdog,
+                                      build_status)
 from mtdp_ros.ros.qos import qos_profile
 from mtdp_ros.ros.runtime_log import RUNTIME_LOGGER, RuntimeLogBridge
 
@@ -121,11 +122,40 @@ def test_watchdog_names_the_qos_mismatch_and_throttles():
     clock.now += 4.0
     text = watchdog.check(node, statistics, 3.0, '/image', qos, 'reliable')
     assert 'no image received on /image for 4 s' in text
-    assert 'camera publish best_effort' in text and 'set input.qos to sensor_data' in text
+    assert 'camera publish best_effort' in text
+    assert 'set qos_overrides./image.subscription.reliability to best_effort' in text
+    assert 'input_reliability:=best_effort' in text
     clock.now += 1.0
     assert watchdog.check(node, statistics, 3.0, '/image', qos, 'reliable') is None
     clock.now += 5.0
     assert watchdog.check(node, statistics, 3.0, '/image', qos, 'reliable') is not None
+
+
+def test_watchdog_gives_a_starting_camera_time_before_its_first_frame():
+    # A matching publisher that has not sent a frame yet (the demo camera renders its
+    # first scene for 20-40 s): no "is the camera streaming?" during start-up.
+    clock = FakeClock()
+    statistics = FrameStatistics(clock=clock)
+    statistics.activated()
+    camera = SimpleNamespace(node_name='camera', qos_profile=SimpleNamespace(
+        reliability=ReliabilityPolicy.RELIABLE))
+    node = SimpleNamespace(get_publishers_info_by_topic=lambda topic: [camera])
+    watchdog = InputWatchdog(clock=clock)
+    qos = qos_profile('reliable', 5)
+    warnings = []
+    for _ in range(int(STARTUP_GRACE) - 1):
+        clock.now += 1.0
+        warnings.append(watchdog.check(node, statistics, 3.0, '/image', qos))
+    assert warnings == [None] * len(warnings)
+    clock.now += 1.0
+    text = watchdog.check(node, statistics, 3.0, '/image', qos)
+    assert text.endswith(f'none has sent a frame for {STARTUP_GRACE:.0f} s since activation; '
+                         'is the camera streaming?')
+    # Once frames came, silence is reported after the timeout as before.
+    statistics.frame_in()
+    clock.now += 6.0            # past the timeout and the 5 s between two warnings
+    assert watchdog.check(node, statistics, 3.0, '/image', qos).endswith(
+        '1 publisher(s) exist: is the camera streaming?')
 
 
 def test_runtime_log_bridge_forwards_records_and_warnings_once_until_detached():
@@ -155,3 +185,20 @@ def test_runtime_log_bridge_forwards_records_and_warnings_once_until_detached():
     assert ('warning', 'after detach') not in logger.records
     # The process's own logging configuration is back (records reach the root again).
     assert (configured.propagate, configured.level, list(configured.handlers)) == before
+
+
+def test_diffusion_steps_report_what_runs_not_what_was_asked():
+    # ONNX Runtime exporting 2 steps in the background: 1 step keeps running.
+    config = SimpleNamespace(family='taskdiffusion', is_diffusion=True, trained_steps=3)
+    engine = SimpleNamespace(device='cpu', backend='onnxruntime', precision='fp32', diffusion=True,
+                             model_name='tiny', config=config, random_weights=False,
+                             running_steps=lambda steps: 1,
+                             steps_status=lambda steps: 'preparing')
+    settings = SimpleNamespace(tasks=('depth',), steps=2, watchdog_timeout=3.0)
+    values = values_of(build_status('n', 'active', FrameStatistics(), engine, settings))
+    assert values['diffusion_steps'] == '1'
+    assert values['diffusion_steps_requested'] == '2'
+    assert values['diffusion_steps_status'] == 'preparing'
+    engine.running_steps = lambda steps: 2
+    values = values_of(build_status('n', 'active', FrameStatistics(), engine, settings))
+    assert values['diffusion_steps'] == '2' and 'diffusion_steps_requested' not in values

@@ -39,7 +39,7 @@ def camera_info():
 def test_topics_of_a_model_follow_its_tasks():
     nyud = dict(output_topics(['semseg', 'depth', 'normals', 'edge']))
     assert nyud['semantic/labels'] is Image and nyud['points'] is PointCloud2
-    assert set(nyud) == {'semantic/labels', 'semantic/color', 'depth', 'depth/color',
+    assert set(nyud) == {'semantic/labels', 'semantic/color', 'depth/image', 'depth/color',
                          'normals', 'normals/color', 'edges', 'edges/color', 'points',
                          'depth/camera_info'}
     assert nyud['depth/camera_info'] is CameraInfo
@@ -61,7 +61,7 @@ def test_every_message_carries_the_header_and_the_values():
     rgb = np.full((HEIGHT, WIDTH, 3), 7, np.uint8)
     messages = list(OutputBuilder().messages(outputs, header(), rgb, camera_info()))
     topics = [m.topic for m in messages]
-    assert topics == ['semantic/labels', 'semantic/color', 'depth', 'depth/camera_info',
+    assert topics == ['semantic/labels', 'semantic/color', 'depth/image', 'depth/camera_info',
                       'depth/color', 'normals', 'normals/color', 'edges', 'edges/color',
                       'points']
     by_topic = {m.topic: m for m in messages}
@@ -69,8 +69,9 @@ def test_every_message_carries_the_header_and_the_values():
         assert message.msg.header.stamp.sec == 12 and message.msg.header.stamp.nanosec == 345
         assert message.msg.header.frame_id == 'camera_optical'
         assert (message.msg.height, message.msg.width) == (HEIGHT, WIDTH)
-    assert by_topic['depth'].kind == 'raw' and by_topic['depth/color'].kind == 'color'
-    np.testing.assert_array_equal(image_msg_to_numpy(by_topic['depth'].msg), outputs['depth'])
+    assert by_topic['depth/image'].kind == 'raw' and by_topic['depth/color'].kind == 'color'
+    np.testing.assert_array_equal(image_msg_to_numpy(by_topic['depth/image'].msg),
+                                  outputs['depth'])
     np.testing.assert_array_equal(image_msg_to_numpy(by_topic['semantic/labels'].msg),
                                   outputs['semseg'])
     np.testing.assert_array_equal(image_msg_to_numpy(by_topic['semantic/color'].msg),
@@ -87,12 +88,12 @@ def test_only_wanted_messages_are_built():
 
     def wanted(topic):
         asked.append(topic)
-        return topic in ('depth', 'points')
+        return topic in ('depth/image', 'points')
 
     messages = list(OutputBuilder().messages(nyud_outputs(), header(), None, camera_info(),
                                              OutputOptions(publish_color=False),
                                              wanted=wanted))
-    assert [m.topic for m in messages] == ['depth', 'points']
+    assert [m.topic for m in messages] == ['depth/image', 'points']
     # With colour off, colour topics are not even asked about.
     assert not [topic for topic in asked if topic.endswith('/color')]
 

@@ -82,9 +82,9 @@ def test_process_publishes_what_the_output_builder_builds(engine):
     statistics = stream.statistics
     assert statistics.output_rate.total == 1 and len(statistics.stage_ms['convert']) == 1
     # A second frame is not the first output any more; unwanted topics are not built.
-    stream.sink = Collect(wanted={'depth'})
+    stream.sink = Collect(wanted={'depth/image'})
     again = stream.process(engine, frame_msg(rgb), settings)
-    assert not again.first and [t for t, _ in stream.sink.messages] == ['depth']
+    assert not again.first and [t for t, _ in stream.sink.messages] == ['depth/image']
 
 
 def test_rejected_frames_are_counted_by_kind_and_reported(engine):
@@ -108,7 +108,7 @@ def test_rejected_frames_are_counted_by_kind_and_reported(engine):
 def test_focal_correction_uses_the_stream_camera_info(engine):
     rgb = pattern_image(48, 64)
     settings = FrameSettings(tasks=('depth',))
-    sink = Collect(wanted={'depth'})
+    sink = Collect(wanted={'depth/image'})
     stream = CameraStream(sink=sink, focal=FocalCorrection(True, False, 'camera_info',
                                                            lambda text: None))
     stream.camera_info = camera_info(64, 48, fx=200.0)

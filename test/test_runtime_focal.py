@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mtdp_ros.runtime import create_engine, plan_letterbox
-from mtdp_ros.runtime.postprocess import check_intrinsics, focal_correction_factor
+from mtdp_ros.runtime.postprocess import (canonical_scale, check_intrinsics,
+                                          focal_correction_factor)
 
 KINECT_FX = 518.8579
 # Half the Kinect's focal length: the shipped models see 640 x 480 at half scale.
@@ -70,8 +71,9 @@ def test_engine_scales_depth_exactly_by_the_focal_ratio(backend, focal_config, m
     same = engine.infer(image, intrinsics=(160.0, 160.0, 79.5, 63.5))
     assert engine.last_focal_factor == pytest.approx(1.0, rel=1e-12)
     np.testing.assert_array_equal(same['depth'], plain['depth'])
-    # fx = fy = 400 px seen at scale 0.5 is 200 px against 80 px in training: factor 2.5.
-    wide = engine.infer(image, intrinsics=(400.0, 400.0, 79.5, 63.5))
+    # fx = fy = 400 px seen at scale 0.5 is 200 px against 80 px in training: factor 2.5
+    # ('scale'; 'canonical' shrinks the image instead: test below).
+    wide = engine.infer(image, intrinsics=(400.0, 400.0, 79.5, 63.5), focal_correction='scale')
     assert engine.last_focal_factor == pytest.approx(2.5, rel=1e-12)
     np.testing.assert_allclose(wide['depth'], plain['depth'] * 2.5, rtol=1e-6)
     assert np.isnan(wide['depth']).sum() == np.isnan(plain['depth']).sum()
@@ -79,8 +81,21 @@ def test_engine_scales_depth_exactly_by_the_focal_ratio(backend, focal_config, m
     for task in plain:
         if task != 'depth':
             np.testing.assert_array_equal(wide[task], plain[task])
+    # The default, 'hybrid': a zoomed camera (factor 2.5) by the square root of the factor,
+    # a wider one (fx 80 px: factor 0.5) by the factor itself, the same image either way.
+    zoomed = engine.infer(image, intrinsics=(400.0, 400.0, 79.5, 63.5))
+    assert engine.last_focal_factor == pytest.approx(2.5 ** 0.5, rel=1e-12)
+    np.testing.assert_allclose(zoomed['depth'], plain['depth'] * 2.5 ** 0.5, rtol=1e-6)
+    wider = engine.infer(image, intrinsics=(80.0, 80.0, 79.5, 63.5))
+    assert engine.last_focal_factor == pytest.approx(0.5, rel=1e-12)
+    np.testing.assert_allclose(wider['depth'], plain['depth'] * 0.5, rtol=1e-6)
+    batch = engine.infer_batch([image, image], intrinsics=[(400.0, 400.0, 79.5, 63.5),
+                                                          (80.0, 80.0, 79.5, 63.5)])
+    assert engine.last_focal_factors == pytest.approx([2.5 ** 0.5, 0.5], rel=1e-12)
+    np.testing.assert_allclose(batch[0]['depth'], zoomed['depth'], rtol=1e-5)
     # Without depth among the tasks there is nothing to correct.
-    no_depth = engine.infer(image, tasks=['semseg'], intrinsics=(400.0, 400.0, 79.5, 63.5))
+    no_depth = engine.infer(image, tasks=['semseg'], intrinsics=(400.0, 400.0, 79.5, 63.5),
+                            focal_correction='scale')
     assert set(no_depth) == {'semseg'} and engine.last_focal_factor == 1.0
     with pytest.raises(ValueError, match='positive focal'):
         engine.infer(image, intrinsics=(-1.0, 400.0, 79.5, 63.5))
@@ -98,3 +113,64 @@ def test_model_without_training_focal_warns_once_and_leaves_depth(mlore_referenc
             np.testing.assert_array_equal(out['depth'], plain['depth'])
     warnings = [r for r in caplog.records if 'train_focal_px' in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_canonical_camera_shrinks_a_zoomed_image_to_the_training_focal_length(
+        focal_config, mlore_reference):
+    engine = create_engine(focal_config, checkpoint=mlore_reference['checkpoint'],
+                           device='cpu')
+    assert engine.focal_correction == 'hybrid'
+    image = _image(128, 160)                  # fitted into 64 x 96 at scale 0.5
+    # fx = fy = 400 px is 200 px at the fitted scale against 80 px in training: the
+    # canonical camera scales the image by 80 / 400 = 0.2 (26 x 32 px, padded), and depth
+    # only needs the factor of the rounding to whole pixels (26 / 128 is not 0.2); 'scale'
+    # fits it and multiplies depth by 2.5.
+    zoomed = (400.0, 400.0, 79.5, 63.5)
+    canonical = engine.infer(image, intrinsics=zoomed, focal_correction='canonical')
+    assert engine.last_focal_factor == pytest.approx(0.5 * (400 * 0.2 + 400 * 26 / 128) / 80,
+                                                     rel=1e-12)
+    assert engine.plan((128, 160), canonical_scale(zoomed, 80.0)).resized_size == (26, 32)
+    scaled = engine.infer(image, intrinsics=zoomed, focal_correction='scale')
+    assert engine.last_focal_factor == pytest.approx(2.5, rel=1e-12)
+    # The network saw another image (the 26 x 32 pixels, padded): every task changes;
+    # 'scale' changes depth only. Outputs are back at the image's size.
+    plain = engine.infer(image)
+    np.testing.assert_array_equal(scaled['normals'], plain['normals'])
+    assert not np.allclose(canonical['normals'], plain['normals'], atol=1e-4)
+    assert canonical['depth'].shape == canonical['normals'].shape[:2] == (128, 160)
+    # A wide camera cannot grow past the model input: fitted, then scaled (as 'scale').
+    wide = (40.0, 40.0, 79.5, 63.5)           # 20 px at the fitted scale: factor 0.25
+    np.testing.assert_array_equal(engine.infer(image, intrinsics=wide,
+                                               focal_correction='canonical')['depth'],
+                                  engine.infer(image, intrinsics=wide,
+                                               focal_correction='scale')['depth'])
+    assert engine.last_focal_factor == pytest.approx(0.25, rel=1e-12)
+    # 'off' (and False) leave depth as predicted; True is the default (hybrid).
+    np.testing.assert_array_equal(engine.infer(image, intrinsics=zoomed,
+                                               focal_correction=False)['depth'], plain['depth'])
+    assert engine.last_focal_factor == 1.0
+    np.testing.assert_array_equal(engine.infer(image, intrinsics=zoomed,
+                                               focal_correction=True)['depth'],
+                                  engine.infer(image, intrinsics=zoomed)['depth'])
+    with pytest.raises(ValueError, match='hybrid, canonical, scale, off'):
+        engine.infer(image, intrinsics=zoomed, focal_correction='metric3d')
+    engine.close()
+
+
+def test_letterbox_max_scale_and_canonical_scale():
+    assert plan_letterbox((480, 640), (240, 320)).resized_size == (240, 320)
+    plan = plan_letterbox((480, 640), (240, 320), max_scale=0.25)
+    assert plan.resized_size == (120, 160) and plan.offset == (60, 80)
+    # A max_scale above the fitted one changes nothing.
+    assert plan_letterbox((480, 640), (240, 320), max_scale=3.0).resized_size == (240, 320)
+    assert canonical_scale((500.0, 520.0, 0, 0), 255.0) == pytest.approx(0.5)
+    assert canonical_scale((500.0, 520.0, 0, 0), None) is None
+
+
+def test_eval_command_knows_the_engines_corrections():
+    import importlib
+    # (mtdp_ros.runtime and mtdp_ros.cli export functions of the modules' names)
+    eval_command = importlib.import_module('mtdp_ros.cli.eval')
+    postprocess = importlib.import_module('mtdp_ros.runtime.postprocess')
+    assert eval_command.FOCAL_CORRECTIONS == postprocess.FOCAL_CORRECTIONS
+    assert eval_command.DEFAULT_FOCAL_CORRECTION == postprocess.DEFAULT_FOCAL_CORRECTION

@@ -200,3 +200,32 @@ def test_fp16_time_embedding_frequencies_stay_float32(taskdiffusion_reference):
     assert embedding[0].weights.dtype == torch.float32
     assert embedding[0].weights.device.type == 'cuda'
     assert embedding[1].weight.dtype == torch.float16
+
+
+@pytest.mark.parametrize('name', ['taskdiffusion', 'taskdiffusion_mlore'])
+def test_warm_start_graphs_match_eager_and_follow_the_previous_map(name, request):
+    """Warm-started calls have graphs keyed by strength; the state flows through them."""
+    reference = request.getfixturevalue(f'{name}_reference')
+    eager = _engine(reference, device='cuda', cuda_graphs=False)
+    graphs = _engine(reference, device='cuda', cuda_graphs=True)
+    image = _image(120, 160)
+    _, state = eager.infer(image, steps=1, return_state=True)
+    _, graph_state = graphs.infer(image, steps=1, return_state=True)
+    torch.testing.assert_close(graph_state, state, atol=1e-5, rtol=0)
+    for strength in (0.5, 0.2):
+        for seed_image in range(2):                     # replays see each new map and image
+            frame = _image(120, 160, seed=seed_image)
+            want, want_state = eager.infer(frame, steps=1, init=state, strength=strength,
+                                           return_state=True)
+            got, got_state = graphs.infer(frame, steps=1, init=state, strength=strength,
+                                          return_state=True)
+            _assert_outputs_close(got, want)
+            torch.testing.assert_close(got_state, want_state, atol=1e-5, rtol=0)
+            state = want_state
+    modes = sorted(str(key[3]) for key in graphs.captured_keys)
+    assert modes == ["('state', 0.2)", "('state', 0.5)", "('state', 1.0)"], modes
+    # The state returned is the caller's: the next replay does not overwrite it.
+    kept = got_state.clone()
+    graphs.infer(_image(120, 160, seed=9), steps=1, init=state, strength=0.2,
+                 return_state=True)
+    assert torch.equal(kept, got_state)

@@ -347,3 +347,13 @@ def test_cached_engine_prepares_a_step_count_in_the_background(exported, tmp_pat
     assert engine.last_steps == 2 and engine.available_steps() == (1, 2)
     assert not np.array_equal(two_steps['edge'], one_step['edge'])
     assert engine.prepare_steps(2) is True
+
+
+def test_ort_engine_serves_cold_starts_only(exported):
+    engine = create_engine(exported['taskdiffusion'][0], backend='onnxruntime', device='cpu')
+    image = np.full((64, 96, 3), 90, np.uint8)
+    init = torch.zeros(engine.noise_shape())
+    for kwargs in ({'return_state': True}, {'init': init, 'strength': 0.5}, {'strength': 0.5}):
+        with pytest.raises(ValueError, match='onnxruntime engine serves cold starts only'):
+            engine.infer(image, **kwargs)
+    assert set(engine.infer(image, strength=1.0)) == set(engine.tasks)

@@ -97,6 +97,21 @@ def test_nms_thins_a_blurred_edge_to_its_ridge():
     assert (thin[4:-4, :8] == 0).all() and (thin[4:-4, 13:] == 0).all()
 
 
+def test_nms_takes_non_finite_probabilities_as_no_edge():
+    # A ridge along row 10: across it (vertically) only row 10 is a maximum. A NaN used to
+    # spread through the smoothing and give its neighbours the direction of the integer
+    # value of a NaN (horizontal on x86), keeping the ridge's flanks beside it.
+    column = np.exp(-0.5 * ((np.arange(32) - 10) / 1.5) ** 2).astype(np.float32)
+    ridge = np.tile(column[:, None], (1, 32))
+    holed, zeroed = ridge.copy(), ridge.copy()
+    holed[10, 16], holed[10, 24] = np.nan, np.inf
+    zeroed[10, 16] = zeroed[10, 24] = 0.0
+    thin = edge_nms(holed)
+    assert np.isfinite(thin).all()
+    np.testing.assert_array_equal(thin, edge_nms(zeroed))
+    assert (thin[:8, 4:-4] == 0).all() and (thin[13:, 4:-4] == 0).all()
+
+
 def test_ignored_edge_pixels_do_not_count():
     gt = _line_image().astype(np.int64)
     gt[:, 20:] = 255

@@ -6,7 +6,8 @@ Each sub-command module defines ``register(subparsers)``, which adds its parser 
 A user-facing error (bad input: ValueError, FileNotFoundError, CommandError) is one line
 on stderr with exit code 2; ``mtdp --debug ...`` or ``MTDP_DEBUG=1`` prints its traceback
 (with the exception it was raised from) before that line, to tell our bugs from bad input.
-Other exceptions propagate with Python's traceback.
+ONNX Runtime's errors (a graph it cannot load or run, a provider failing) are one line with
+exit code 2 as well. Other exceptions propagate with Python's traceback.
 """
 
 import argparse
@@ -63,6 +64,24 @@ def main(argv=None):
             _print_traceback(exc)
         print(f'mtdp {args.command}: error: {exc}', file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: B902 - only ONNX Runtime's own errors are caught
+        if not is_onnxruntime_error(exc):
+            raise
+        if debug:
+            _print_traceback(exc)
+        text = ' '.join(str(exc).split())
+        print(f'mtdp {args.command}: error: onnxruntime {type(exc).__name__}: {text}',
+              file=sys.stderr)
+        return 2
+
+
+def is_onnxruntime_error(exc):
+    """True for ONNX Runtime's exceptions (Fail, InvalidGraph, EPFail, ...).
+
+    They derive from Exception only, from its pybind11 module; a bad model file, a graph the
+    runtime cannot run or a provider failing is a one-line error, not our traceback.
+    """
+    return type(exc).__module__.startswith('onnxruntime')
 
 
 if __name__ == '__main__':

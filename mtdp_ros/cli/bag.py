@@ -8,6 +8,13 @@ and size, recorded at the input message's bag timestamp. With ``--camera-info-to
 point cloud ``points`` is written too, from the camera_info recorded last at or before the
 frame (frames recorded before the first camera_info use the first one).
 
+Several cameras: ``--image-topic`` (and ``--camera-info-topic``, paired in order) given
+several times, or ``--cameras NAME=TOPIC[,INFO_TOPIC] ...``: each camera's outputs go
+under ``NS/NAME/``, and the cameras' frames run through the engine in batches as in the
+node (one frame per camera, consecutive in bag time, at most ``--max-batch``). With
+several ``--image-topic``, a camera's NAME is its topic's namespace (``/cam_front/image_raw``
+-> ``cam_front``).
+
 The output bag appears only when complete: it is written beside ``--out`` and renamed at
 the end, and removed on any error, SIGINT or SIGTERM. Reading is bounded (decompressed chunk
 and message sizes) and the message definitions of the topics read are checked
@@ -22,6 +29,7 @@ import bisect
 import dataclasses
 import sys
 import time
+from typing import Optional
 
 from mtdp_ros.cli import CommandError
 from mtdp_ros.cli.infer import engine_from_args, parse_tasks
@@ -45,10 +53,16 @@ def register(subparsers):
     parser.add_argument('--out', required=True, metavar='OUTPUT',
                         help='output bag folder (must not exist); with several bags the '
                              'folder that receives OUTPUT/<input name>/ for each')
-    parser.add_argument('--image-topic', required=True, metavar='TOPIC',
-                        help='sensor_msgs/Image or sensor_msgs/CompressedImage topic')
-    parser.add_argument('--camera-info-topic', metavar='TOPIC',
-                        help='sensor_msgs/CameraInfo topic: also write the point cloud')
+    parser.add_argument('--image-topic', action='append', metavar='TOPIC',
+                        help='sensor_msgs/Image or sensor_msgs/CompressedImage topic; give it '
+                             'several times for several cameras')
+    parser.add_argument('--camera-info-topic', action='append', metavar='TOPIC',
+                        help='sensor_msgs/CameraInfo topic: also write the point cloud '
+                             '(several cameras: one per --image-topic, in order)')
+    parser.add_argument('--cameras', nargs='+', metavar='NAME=TOPIC[,INFO_TOPIC]',
+                        help='several cameras by name: outputs under NS/NAME/')
+    parser.add_argument('--max-batch', type=int, default=8, metavar='N',
+                        help='most frames (one per camera) run as one batch (default 8)')
     parser.add_argument('--namespace', default=DEFAULT_NAMESPACE, metavar='NS',
                         help=f'namespace of the output topics (default {DEFAULT_NAMESPACE})')
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap',
@@ -145,6 +159,67 @@ def output_topic(namespace, relative):
     return f'{namespace}/{relative}'
 
 
+@dataclasses.dataclass
+class BagCamera:
+    """One camera of the input bag: its topics, its stream and where its outputs go."""
+
+    name: str                      # '' for the single camera (outputs right under NS)
+    image_topic: str
+    info_topic: Optional[str] = None
+    infos: list = dataclasses.field(default_factory=list)
+    info_times: list = dataclasses.field(default_factory=list)
+    stream: object = None
+    sink: object = None
+    frames: int = 0                # frames of this camera queued so far
+    timestamp: int = 0             # bag time of its frame in the batch being formed
+
+
+def camera_specs(args):
+    """The BagCameras of the command line; CommandError naming a bad option."""
+    from mtdp_ros.ros.parameters import check_cameras
+    images = args.image_topic or []
+    infos = args.camera_info_topic or []
+    if args.cameras:
+        if images or infos:
+            raise CommandError('give either --cameras or --image-topic/--camera-info-topic, '
+                               'not both')
+        cameras = []
+        for spec in args.cameras:
+            name, _, topics = spec.partition('=')
+            parts = [part.strip() for part in topics.split(',')]
+            if not name or not parts[0] or len(parts) > 2:
+                raise CommandError(f'--cameras {spec!r}: expected NAME=TOPIC[,INFO_TOPIC]')
+            cameras.append(BagCamera(name.strip(), parts[0],
+                                     parts[1] if len(parts) == 2 and parts[1] else None))
+    else:
+        if not images:
+            raise CommandError('give --image-topic (or --cameras NAME=TOPIC[,INFO_TOPIC])')
+        if infos and len(infos) != len(images):
+            raise CommandError(f'--camera-info-topic: give one per --image-topic '
+                               f'({len(images)}), in the same order; got {len(infos)}')
+        infos = infos or [None] * len(images)
+        if len(images) == 1:
+            return [BagCamera('', images[0], infos[0])]
+        cameras = [BagCamera(topic_camera_name(topic, index), topic, info)
+                   for index, (topic, info) in enumerate(zip(images, infos))]
+    topics = [camera.image_topic for camera in cameras]
+    if len(set(topics)) != len(topics):
+        raise CommandError(f'an image topic is given twice: {topics}')
+    reason = check_cameras([camera.name for camera in cameras])
+    if reason:
+        raise CommandError(reason.replace('cameras', '--cameras', 1) + (
+            '' if args.cameras else '; name the cameras with --cameras NAME=TOPIC'))
+    if args.max_batch < 1:
+        raise CommandError(f'--max-batch must be >= 1, got {args.max_batch}')
+    return cameras
+
+
+def topic_camera_name(topic, index):
+    """A camera's name from its image topic: the topic's namespace (else ``camera<i>``)."""
+    parent = topic.strip('/').rpartition('/')[0]
+    return parent or f'camera{index}'
+
+
 def output_options(args):
     """The OutputOptions of the command line (as the node's publish/points/depth params)."""
     from mtdp_ros.ros.outputs import OutputOptions
@@ -155,7 +230,8 @@ def output_options(args):
     if args.points_stride < 1:
         raise CommandError(f'--points-stride must be >= 1, got {args.points_stride}')
     return OutputOptions(publish_color=not args.no_color,
-                         publish_points=bool(args.camera_info_topic),
+                         publish_points=bool(args.camera_info_topic) or any(
+                             ',' in spec for spec in args.cameras or ()),
                          points_stride=args.points_stride, points_color=args.points_color,
                          depth_color_min=args.depth_color_min,
                          depth_color_max=args.depth_color_max,
@@ -164,10 +240,6 @@ def output_options(args):
 
 def _points_problem(kind, text):
     raise CommandError(text)
-
-
-def _reject(kind, exc):
-    raise exc
 
 
 class BagSink:
@@ -195,17 +267,20 @@ def run(args):
     from mtdp_ros.cli import bag_fleet
     from mtdp_ros.cli.interrupts import Interrupted, raised_as_interrupted
     from mtdp_ros.ros import bag_io
+    from mtdp_ros.ros.batching import BatchStatistics
     if bag_fleet.is_fleet(args):
         return bag_fleet.run(args)
     # Everything that can be refused without reading the bag, before the model loads.
     bag_io.check_namespace(args.namespace)
+    cameras = camera_specs(args)
     output_options(args)
     read_limits(args)
     bag_io.check_output(args.out)
     try:
         with raised_as_interrupted():
+            batches = BatchStatistics()
             summary = process_bag(args.input[0], args.out, args,
-                                  lambda: engine_from_args(args))
+                                  lambda: engine_from_args(args), batches=batches)
     except Interrupted as exc:
         print(f'mtdp bag: interrupted by {exc.name}: stopped, no partial output left',
               file=sys.stderr)
@@ -213,15 +288,17 @@ def run(args):
     frames, seconds, engine_seconds, messages, topics = summary
     fps = frames / seconds if seconds > 0 else float('inf')
     share = 100.0 * engine_seconds / seconds if seconds > 0 else 0.0
-    print(f'mtdp bag: {frames} frame(s) of {args.image_topic} -> {args.out} ({args.storage}, '
+    inputs = ', '.join(camera.image_topic for camera in cameras)
+    batched = f', batch sizes {batches.histogram()}' if len(cameras) > 1 else ''
+    print(f'mtdp bag: {frames} frame(s) of {inputs} -> {args.out} ({args.storage}, '
           f'{messages} messages on {topics} topics) in {seconds:.1f} s: {fps:.2f} fps '
-          f'(engine {share:.0f} % of the time)', file=sys.stderr)
+          f'(engine {share:.0f} % of the time{batched})', file=sys.stderr)
     print(args.out)
     return 0
 
 
 def process_bag(input_path, output_path, args, engine_source, progress=None, manifest=None,
-                replace=False):
+                replace=False, batches=None):
     """Write the outputs of the bag at ``input_path`` into a new bag at ``output_path``.
 
     ``args``: the command's options (an argparse Namespace); ``engine_source()`` returns
@@ -230,49 +307,76 @@ def process_bag(input_path, output_path, args, engine_source, progress=None, man
     ``progress(total)``: an object whose ``update(frames done)`` is called per frame (default
     :class:`Progress` unless ``--no-progress``). ``manifest(frames)``: text written into the
     bag folder as :data:`MANIFEST` before it is moved into place. ``replace``: an existing
-    bag at ``output_path`` is replaced once the new one is complete.
+    bag at ``output_path`` is replaced once the new one is complete. ``batches``: a
+    :class:`~mtdp_ros.ros.batching.BatchStatistics` the batches are counted in.
     Returns (frames, seconds, engine seconds, messages, topics); errors are CommandError or
     BagError (a ValueError) naming the problem.
     """
     from mtdp_ros.ros import bag_io
     namespace = bag_io.check_namespace(args.namespace)
+    cameras = camera_specs(args)
     options = output_options(args)
     reader = bag_io.open_bag(input_path, read_limits(args))
     try:
-        return _process(reader, args, output_path, namespace, options, bag_io, engine_source,
-                        progress, manifest, replace)
+        return _process(reader, args, output_path, cameras, namespace, options, bag_io,
+                        engine_source, progress, manifest, replace, batches)
     finally:
         reader.close()
 
 
-def _process(reader, args, output_path, namespace, options, bag_io, engine_source, progress,
-             manifest, replace):
+def _read_camera_infos(reader, camera, rectified, bag_io):
+    """Fill ``camera.infos``/``info_times``; (connections); CommandError if unusable."""
+    from mtdp_ros.ros.camera import camera_info_problem
+    if not camera.info_topic:
+        return []
+    connections, _ = bag_io.topic_connections(
+        reader, camera.info_topic, (bag_io.CAMERA_INFO_TYPE,), 'camera info topic')
+    for _, timestamp, raw in bag_io.read_messages(reader, connections):
+        info = bag_io.deserialize(raw, bag_io.CameraInfo, camera.info_topic, timestamp)
+        problem = camera_info_problem(info, rectified)
+        if problem:     # the node ignores such a message; offline, say so and stop
+            raise CommandError(f'{camera.info_topic} (bag time {timestamp} ns): {problem}')
+        camera.infos.append(info)
+        camera.info_times.append(timestamp)
+    if not camera.infos:
+        raise CommandError(f'camera info topic {camera.info_topic} has no messages')
+    return connections
+
+
+def _frame_problem(camera):
+    """The on_reject of ``camera``'s stream: the frame in the batch stops the command."""
+    def reject(kind, exc):
+        raise CommandError(f'{camera.image_topic}: frame {camera.frames - 1} (bag time '
+                           f'{camera.timestamp} ns) cannot be processed: '
+                           f'{one_line(exc)}') from None
+    return reject
+
+
+def one_line(exc):
+    """``exc`` as one line (bag_io's wording)."""
+    from mtdp_ros.ros import bag_io
+    return bag_io.one_line(exc)
+
+
+def _process(reader, args, output_path, cameras, namespace, options, bag_io, engine_source,
+             progress, manifest, replace, batches):
     """Run the engine on every frame; returns (frames, s, engine s, messages, topics)."""
-    from mtdp_ros.ros.camera import FocalCorrection, camera_info_problem
-    from mtdp_ros.ros.image_input import ImageRejected
+    from mtdp_ros.ros.batching import BatchStatistics, run_batch
+    from mtdp_ros.ros.camera import FocalCorrection
     from mtdp_ros.ros.outputs import output_topics
     from mtdp_ros.ros.stream import CameraStream, FrameSettings
-    image_connections, image_type = bag_io.topic_connections(
-        reader, args.image_topic, tuple(bag_io.IMAGE_TYPES), 'image topic')
-    image_class = bag_io.IMAGE_TYPES[image_type]
-    info_connections, infos, info_times = [], [], []
-    if args.camera_info_topic:
-        info_connections, _ = bag_io.topic_connections(
-            reader, args.camera_info_topic, (bag_io.CAMERA_INFO_TYPE,), 'camera info topic')
-        for _, timestamp, raw in bag_io.read_messages(reader, info_connections):
-            info = bag_io.deserialize(raw, bag_io.CameraInfo, args.camera_info_topic,
-                                      timestamp)
-            problem = camera_info_problem(info, args.rectified)
-            if problem:     # the node ignores such a message; offline, say so and stop
-                raise CommandError(f'{args.camera_info_topic} (bag time {timestamp} ns): '
-                                   f'{problem}')
-            infos.append(info)
-            info_times.append(timestamp)
-        if not infos:
-            raise CommandError(f'camera info topic {args.camera_info_topic} has no messages')
-    total = sum(connection.msgcount for connection in image_connections)
-    if total == 0:
-        raise CommandError(f'image topic {args.image_topic} has no messages')
+    image_connections, info_connections, image_classes = [], [], {}
+    total = 0
+    for camera in cameras:
+        connections, image_type = bag_io.topic_connections(
+            reader, camera.image_topic, tuple(bag_io.IMAGE_TYPES), 'image topic')
+        image_connections += connections
+        image_classes[camera.image_topic] = bag_io.IMAGE_TYPES[image_type]
+        info_connections += _read_camera_infos(reader, camera, args.rectified, bag_io)
+        count = sum(connection.msgcount for connection in connections)
+        if count == 0:
+            raise CommandError(f'image topic {camera.image_topic} has no messages')
+        total += count
     tasks = parse_tasks(args.tasks)
     engine = engine_source()
     tasks = engine.select_tasks(tasks)
@@ -280,26 +384,52 @@ def _process(reader, args, output_path, namespace, options, bag_io, engine_sourc
         print(f'mtdp bag: warning: no points: the depth task is not among {list(tasks)}',
               file=sys.stderr)
         options = dataclasses.replace(options, publish_points=False)
-    settings = FrameSettings(tasks=tasks, steps=args.steps, seed=args.seed, options=options)
-    # The node's per-frame pipeline: decode, depth rescaled to this camera's focal length
-    # (camera.py), infer, build the output messages; a problem stops the command.
-    stream = CameraStream(
-        focal=FocalCorrection(not args.no_focal_correction, args.rectified,
-                              args.camera_info_topic, lambda text: None),
-        compressed=image_class.__name__ == 'CompressedImage', input_topic=args.image_topic,
-        info_topic=args.camera_info_topic or '', on_problem=_points_problem,
-        on_reject=_reject)
+    # The node's per-frame pipeline per camera: decode, depth rescaled to this camera's
+    # focal length (camera.py), infer (batched), build the output messages; a problem
+    # stops the command. Camera i draws its noise from seed + i, as in the node.
+    settings = {}
+    for index, camera in enumerate(cameras):
+        settings[camera.name] = FrameSettings(
+            tasks=tasks, steps=args.steps,
+            seed=None if args.seed is None else args.seed + index,
+            options=dataclasses.replace(options, publish_points=options.publish_points
+                                        and bool(camera.info_topic)))
+        camera.stream = CameraStream(
+            camera.name,
+            focal=FocalCorrection(not args.no_focal_correction, args.rectified,
+                                  camera.info_topic, lambda text: None),
+            compressed=image_classes[camera.image_topic].__name__ == 'CompressedImage',
+            input_topic=camera.image_topic, info_topic=camera.info_topic or '',
+            on_problem=_points_problem, on_reject=_frame_problem(camera))
     copied = image_connections + info_connections if args.copy_input else []
-    written = {output_topic(namespace, topic) for topic, _ in output_topics(tasks)}
+    written = {output_topic(namespace, camera.stream.topic(topic))
+               for camera in cameras for topic, _ in output_topics(tasks)}
     clashes = sorted(written & {connection.topic for connection in copied})
     if clashes:
         raise CommandError(f'--copy-input would write {", ".join(clashes)} twice (an input '
                            f'topic among the outputs): choose another --namespace')
-    frames = 0
-    engine_seconds = 0.0
+    by_topic = {camera.image_topic: camera for camera in cameras}
+    statistics = batches if batches is not None else BatchStatistics()
+    done = [0, 0.0]                # frames, engine seconds
     progress = progress(total) if progress else Progress(total, enabled=not args.no_progress)
+    pending = {}                   # camera name -> (camera, msg), in bag-time order
+
+    def flush():
+        entries = [(camera, msg) for camera, msg in pending.values()]
+        pending.clear()
+        if not entries:
+            return
+        results = run_batch(engine, [(camera.stream, settings[camera.name], msg, 0)
+                                     for camera, msg in entries], statistics=statistics)
+        if results:
+            done[1] += results[0][1].engine_s      # one engine call for the whole batch
+        done[0] += len(results)
+        progress.update(done[0])
+
     with bag_io.BagWriter(output_path, args.storage, replace=replace) as writer:
-        stream.sink = sink = BagSink(writer, namespace)
+        for camera in cameras:
+            camera.stream.sink = camera.sink = BagSink(
+                writer, output_topic(namespace, camera.name) if camera.name else namespace)
         for connection in copied:
             if connection.topic not in writer.counts:
                 definition = connection.msgdef.data if connection.msgdef else ''
@@ -313,24 +443,24 @@ def _process(reader, args, output_path, namespace, options, bag_io, engine_sourc
         for connection, timestamp, raw in bag_io.read_messages(reader, reading):
             if args.copy_input:
                 writer.write_raw(connection.topic, timestamp, raw)
-            if connection.topic != args.image_topic:
+            camera = by_topic.get(connection.topic)
+            if camera is None:
                 continue
-            msg = bag_io.deserialize(raw, image_class, args.image_topic, timestamp)
-            stream.camera_info = camera_info_at(infos, info_times, timestamp)
-            sink.timestamp = timestamp
-            try:
-                result = stream.process(engine, msg, settings)
-            except (ImageRejected, ValueError) as exc:
-                raise CommandError(f'{args.image_topic}: frame {frames} (bag time {timestamp} '
-                                   f'ns) cannot be processed: {bag_io.one_line(exc)}'
-                                   ) from None
-            engine_seconds += result.engine_s
-            frames += 1
-            progress.update(frames)
+            # A batch holds one frame per camera: this camera's next frame starts a new one.
+            if camera.name in pending or len(pending) >= args.max_batch:
+                flush()
+            msg = bag_io.deserialize(raw, image_classes[camera.image_topic],
+                                     camera.image_topic, timestamp)
+            camera.stream.camera_info = camera_info_at(camera.infos, camera.info_times,
+                                                       timestamp)
+            camera.sink.timestamp = camera.timestamp = timestamp
+            camera.frames += 1
+            pending[camera.name] = (camera, msg)
+        flush()
         messages = sum(writer.counts.values())
         topics = len(writer.counts)
         if manifest is not None:
-            writer.extra_files[MANIFEST] = manifest(frames)
+            writer.extra_files[MANIFEST] = manifest(done[0])
     # Leaving the block closed the bag (index, metadata) and moved it into place.
     seconds = time.perf_counter() - started
-    return frames, seconds, engine_seconds, messages, topics
+    return done[0], seconds, done[1], messages, topics

@@ -102,6 +102,17 @@ def _read_image(path):
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def check_input(path):
+    """Raise CommandError unless ``path`` is a readable file or folder (before the model)."""
+    if not os.path.exists(path):
+        raise CommandError(f'input not found: {path}')
+    if not os.access(path, os.R_OK):
+        raise CommandError(f'input not readable: {path}')
+    if os.path.isdir(path) and not any(f.lower().endswith(IMAGE_EXTENSIONS)
+                                       for f in os.listdir(path)):
+        raise CommandError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {path}')
+
+
 def iter_inputs(path, every=10, max_frames=100):
     """(name, RGB image) pairs from an image, a folder of images, or a video."""
     if os.path.isdir(path):
@@ -141,6 +152,7 @@ def run(args):
     if args.every < 1 or args.max_frames < 1:
         raise CommandError('--every and --max-frames must be >= 1')
     tasks = parse_tasks(args.tasks)
+    check_input(args.input)         # a mistyped path must not wait for the model to load
     engine = engine_from_args(args)
     os.makedirs(args.out, exist_ok=True)
     count = 0

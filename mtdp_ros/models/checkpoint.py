@@ -128,17 +128,49 @@ def load_checkpoint(model, src):
                          'expert modules to load into')
     state = read_state_dict(src)
     own = model.state_dict()
+    convert = getattr(model, 'convert_state_dict', None)
+    if convert is not None:
+        # A family whose names change with a dependency's version (MT-CP) renames itself.
+        state = convert(state)
+    state = raise_if_mismatched(state, own, model.config)
+    with torch.no_grad():
+        for key, tensor in own.items():
+            tensor.copy_(state[key].to(dtype=tensor.dtype))
+    return model
+
+
+def raise_if_mismatched(state, own, config):
+    """``state`` with our keys (the authors' mapped); ValueError when it does not fit ``own``.
+
+    ``state`` and ``own`` map keys to anything with a ``shape`` (tensors, meta tensors, or
+    the shapes of a safetensors header).
+    """
     if not set(state) & set(own):
         mapping = authors_key_map(own)                     # authors' key -> our key
         state = {mapping.get(k, k): v for k, v in state.items()}
     problems = state_dict_problems(state, own, 'checkpoint', 'model')
     if problems:
-        name = getattr(model.config, 'name', '') or model.config.family
+        name = getattr(config, 'name', '') or config.family
         raise ValueError(f'checkpoint does not match the model ({name}): ' + '; '.join(problems))
-    with torch.no_grad():
-        for key, tensor in own.items():
-            tensor.copy_(state[key].to(dtype=tensor.dtype))
-    return model
+    return state
+
+
+class _Shape:
+    """A safetensors header entry: the shape of a tensor that was not read."""
+
+    def __init__(self, shape):
+        self.shape = torch.Size(shape)
+
+
+def safetensors_shapes(path):
+    """``{key: object with .shape}`` from a safetensors header, reading no tensor data."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(os.fspath(path), framework='pt') as handle:
+            return {_strip_prefix(key): _Shape(handle.get_slice(key).get_shape())
+                    for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f'{path} is not a valid safetensors file: {exc}') from None
 
 
 def save_checkpoint(model, path, half=False, metadata=None):
@@ -149,11 +181,16 @@ def save_checkpoint(model, path, half=False, metadata=None):
     from safetensors.torch import save_file
     if getattr(model, 'is_reparameterized', False):
         raise ValueError('save the train-form model; reparameterize() after loading')
-    tensors = {}
+    tensors, stored = {}, set()
     for key, value in model.state_dict().items():
         value = value.detach().cpu()
         if half and value.is_floating_point():
             value = value.half()
+        if value.data_ptr() in stored and value.numel():
+            # A module registered twice (MT-CP's trace-back alias) appears under two keys
+            # with one storage; safetensors stores each key's own copy.
+            value = value.clone()
+        stored.add(value.data_ptr())
         tensors[key] = value.contiguous()
     info = {'format': FORMAT_TAG, _CONFIG_KEY: json.dumps(model.config.to_dict())}
     info.update({k: str(v) for k, v in (metadata or {}).items()})

@@ -1,5 +1,6 @@
 """Registration of the built-in families (imported by ``mtdp_ros.models``)."""
 
+from .mtcp.config import MTCPConfig
 from .registry import ModelFamily, register_family
 
 
@@ -22,3 +23,14 @@ register_family(ModelFamily(
 register_family(ModelFamily(
     'taskdiffusion_mlore', _build_taskdiffusion, diffusion=True,
     description='TaskDiffusion with MLoRE blocks in its decoder'))
+
+
+def _build_mtcp(config):
+    # Imported here: the model needs transformers (the ``mtcp`` extra); the config does not.
+    from .mtcp.model import MTCPModel
+    return MTCPModel(config)
+
+
+register_family(ModelFamily(
+    'mtcp', _build_mtcp, config_class=MTCPConfig, extra='mtcp',
+    description='MT-CP (WACV 2025): Mask2Former backbone, task Swin decoders, CFM, trace-back'))

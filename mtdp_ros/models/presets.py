@@ -1,11 +1,13 @@
 """Published configurations (the authors' YAML files) and the project's default models.
 
-``PRESETS`` holds exactly the nine published models, named as in
-``shared/reference/official_key_shapes.json``. ``DEFAULT_MODELS`` holds the small models
+``PRESETS`` holds the nine published MLoRE/TaskDiffusion models, named as in
+``shared/reference/official_key_shapes.json``, and MT-CP's (``mtcp_*``, see
+``mtdp_ros/models/mtcp/presets.py``). ``DEFAULT_MODELS`` holds the small models
 this project trains on synthetic scenes and ships in ``mtdp_ros/data``.
 """
 
 from .config import ModelConfig
+from .mtcp.presets import MTCP_PRESETS
 
 # NYUD-v2's Kinect colour camera: fx = 518.8579 px (fy = 519.4696 px) at 640 x 480. The
 # authors' NYUD pipeline (ATRC / MTI-Net data, as MLoRE and TaskDiffusion use it) takes the
@@ -71,6 +73,7 @@ PRESETS = {
         'taskdiffusion_mlore_pascal_vitL', 'taskdiffusion_mlore', PASCAL_TASKS, VIT_L,
         DIFFUSION, decoder_dim=452, expert_ranks=_ranks(16, 8), task_expert_rank=72, top_k=3,
         pre_softmax=False),
+    **MTCP_PRESETS,
 }
 
 # Small models for a robot camera: 240 x 320 is 640 x 480 at exactly half scale. They were

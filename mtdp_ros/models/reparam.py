@@ -15,7 +15,6 @@ any weights (the model is built on PyTorch's ``meta`` device).
 
 import copy
 
-import torch
 from torch import nn
 
 
@@ -98,9 +97,8 @@ def model_memory(config, model=None):
     (without it, the fused form is taken to be the same size).
     """
     if model is None:
-        from .factory import build_model
-        with torch.device('meta'):
-            model = build_model(config)
+        from .factory import build_meta_model
+        model = build_meta_model(config)
     parameters = sum(p.numel() for p in model.parameters())
     train_elements, _ = _state_bytes(model, 4)
     info = {'parameters': parameters, 'train_elements': train_elements,

@@ -3,11 +3,19 @@
 Time runs from t=1 (pure noise) to t=0. The schedule is the cosine log-SNR schedule;
 the step is asymmetric: with ``time_difference`` d and S steps, step i goes from
 t_now = 1 - i/S to t_next = max(1 - (i + 1 + d)/S, 0).
+
+Warm start (video): given the previous frame's clean map x0_prev and a strength s in (0, 1],
+the sampler starts at t = s from x_s = alpha(s) x0_prev + sigma(s) z (the forward process
+applied to the previous answer) and takes the S steps of the same schedule squeezed into
+[0, s]: t_now = s (1 - i/S), t_next = max(s (1 - (i + 1 + d)/S), 0). s = 1 is the cold
+start exactly: x_1 = z (alpha(1) = 8e-5, so the previous map is not used at all).
 """
 
 import math
+import numbers
 
 import torch
+import torch.nn.functional as F
 
 from .label_encoder import MAX_DEPTH_M
 from .tasks import get_task
@@ -24,30 +32,55 @@ def alpha_sigma(log_snr):
     return torch.sqrt(torch.sigmoid(log_snr)), torch.sqrt(torch.sigmoid(-log_snr))
 
 
-def time_pairs(steps, time_difference=1.0):
-    """The (t_now, t_next) pair of every sampling step."""
+def check_strength(strength):
+    """``strength`` as a float in (0, 1]; ValueError naming the problem otherwise."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise ValueError(f'strength must be a number in (0, 1], got {strength!r}')
+    value = float(strength)
+    if not 0.0 < value <= 1.0:           # also rejects NaN
+        raise ValueError(f'strength must lie in (0, 1], got {strength!r}')
+    return value
+
+
+def time_pairs(steps, time_difference=1.0, strength=1.0):
+    """The (t_now, t_next) pair of every sampling step, starting at t = ``strength``."""
     if int(steps) != steps or steps < 1:
         raise ValueError(f'steps must be a positive integer, got {steps!r}')
+    strength = check_strength(strength)
     pairs = []
     for step in range(steps):
-        t_now = 1 - step / steps
-        t_next = max(1 - (step + 1 + time_difference) / steps, 0.0)
+        # strength 1.0 multiplies exactly: the cold schedule is unchanged to the bit.
+        t_now = strength * (1 - step / steps)
+        t_next = max(strength * (1 - (step + 1 + time_difference) / steps), 0.0)
         pairs.append((t_now, t_next))
     return pairs
 
 
-def ddim_sample(decoder, features, steps, noise, time_difference):
+def warm_start_map(init, noise, strength):
+    """x_s = alpha(s) x0_prev + sigma(s) z: the previous clean map noised to time s."""
+    t = torch.full((1,), float(strength), device=noise.device, dtype=torch.float32)
+    alpha, sigma = (v.to(noise.dtype).view(1, 1, 1, 1)
+                    for v in alpha_sigma(cosine_log_snr(t)))
+    return alpha * init.to(noise.dtype) + sigma * noise
+
+
+def ddim_sample(decoder, features, steps, noise, time_difference, init=None, strength=1.0,
+                return_state=False):
     """Denoise the cross-task map from ``noise``; return the last step's task logits.
 
     ``decoder.denoise(features, x_t, log_snr, cache, upsample)`` predicts task logits from
     the noisy map; ``decoder.label_encoder.encode_predictions`` turns them back into a
     clean map x_0 (argmax one-hot embeddings, clamped/normalised regressions).
     The last step runs at 1/4 input resolution (``upsample``) and gives the outputs.
+    ``init``/``strength``: warm start from a previous clean map (module docstring; s = 1
+    ignores ``init``). ``return_state``: also return the final clean map (see
+    :func:`final_state`), the ``init`` of the next frame.
     """
     batch, _, height, width = noise.shape
-    x_t = noise
+    strength = check_strength(strength)
+    x_t = noise if init is None or strength == 1.0 else warm_start_map(init, noise, strength)
     cache = None
-    pairs = time_pairs(steps, time_difference)
+    pairs = time_pairs(steps, time_difference, strength)
     for index, (t_now, t_next) in enumerate(pairs):
         last = index == len(pairs) - 1
         t = torch.stack([torch.full((), value, device=noise.device, dtype=torch.float32)
@@ -69,7 +102,21 @@ def ddim_sample(decoder, features, steps, noise, time_difference):
     for task in logits:
         if get_task(task).kind == 'depth':
             logits[task] = logits[task].clamp(0, MAX_DEPTH_M)
+    if return_state:
+        return logits, final_state(decoder.label_encoder, logits, (height, width))
     return logits
+
+
+def final_state(label_encoder, logits, size):
+    """The clean map x_0 of the final prediction at the map's resolution ``size``.
+
+    The last step's logits (1/4 input resolution) re-encoded, then resized bilinearly to
+    the map, as the authors' sampler resizes its 1/4-resolution map after every step.
+    """
+    clean = label_encoder.encode_predictions(logits)
+    if tuple(clean.shape[-2:]) != tuple(size):
+        clean = F.interpolate(clean, size=size, mode='bilinear')
+    return clean
 
 
 def draw_noise(shape, device, dtype=torch.float32, seed=0, generator=None):

@@ -8,7 +8,7 @@ from .base import MultiTaskModel
 from .config import NUM_LEVELS
 from .diffusion_decoder import CrossTaskDiffusionDecoder
 from .mlore import build_encoder
-from .sampler import alpha_sigma, cosine_log_snr, ddim_sample, draw_noise
+from .sampler import alpha_sigma, check_strength, cosine_log_snr, ddim_sample, draw_noise
 
 
 class TaskDiffusionModel(MultiTaskModel):
@@ -18,6 +18,13 @@ class TaskDiffusionModel(MultiTaskModel):
     defaults to a draw from ``generator`` or, without one, from ``seed`` (default 0), so the
     same call gives the same outputs. ``tasks`` only filters the returned outputs: the joint
     denoising needs every task's prediction.
+
+    Video: ``model(x, steps=S, init=state, strength=s, return_state=True)`` returns
+    ``(outputs, state)``. ``state`` (B x C_map x H/16 x W/16, the model's dtype) is the
+    final prediction re-encoded as a clean cross-task map; passed back as ``init`` with a
+    strength s < 1, the next frame starts at t = s from alpha(s) init + sigma(s) noise
+    instead of pure noise (see :mod:`.sampler`). s = 1 (the default) is the cold start,
+    bit for bit, whatever ``init`` holds.
     """
 
     def __init__(self, config):
@@ -35,20 +42,41 @@ class TaskDiffusionModel(MultiTaskModel):
         self.check_input(x)
         return [proj(level) for proj, level in zip(self.level_proj, self.encoder(x))]
 
-    def forward(self, x, tasks=None, steps=None, noise=None, generator=None, seed=0):
+    def forward(self, x, tasks=None, steps=None, noise=None, generator=None, seed=0,
+                init=None, strength=1.0, return_state=False):
         tasks = self.select_tasks(tasks)
         steps = self.config.trained_steps if steps is None else steps
-        levels = self._levels(x)
         expected = self.noise_shape(x.shape[0])
+        strength = check_strength(strength)
+        self.check_init(init, expected, strength)
+        levels = self._levels(x)
         if noise is None:
             noise = draw_noise(expected, x.device, x.dtype, seed, generator)
         elif tuple(noise.shape) != expected:
             raise ValueError(f'noise must be {expected} for this model and batch, '
                              f'got {tuple(noise.shape)}')
-        logits = ddim_sample(self.diffusion, levels, steps, noise.to(x.dtype),
-                             self.config.time_difference)
+        result = ddim_sample(self.diffusion, levels, steps, noise.to(x.dtype),
+                             self.config.time_difference, init=init, strength=strength,
+                             return_state=return_state)
+        logits, state = result if return_state else (result, None)
         size = x.shape[-2:]
-        return {t: F.interpolate(logits[t], size=size, mode='bilinear') for t in tasks}
+        outputs = {t: F.interpolate(logits[t], size=size, mode='bilinear') for t in tasks}
+        return (outputs, state) if return_state else outputs
+
+    @staticmethod
+    def check_init(init, expected, strength):
+        """Raise ValueError unless ``init`` fits a warm start at ``strength`` (None: cold)."""
+        if init is None:
+            if strength != 1.0:
+                raise ValueError(f'strength {strength} < 1 needs init: the state returned '
+                                 f'for the previous frame (return_state=True)')
+            return
+        if not isinstance(init, torch.Tensor) or not init.is_floating_point():
+            raise ValueError(f'init must be a floating-point tensor (a returned state), got '
+                             f'{getattr(init, "dtype", type(init).__name__)}')
+        if tuple(init.shape) != expected:
+            raise ValueError(f'init must be {expected} (the state this model returns for '
+                             f'this batch), got {tuple(init.shape)}')
 
     def forward_train(self, x, targets):
         """One denoising step from a noised ground-truth map at a random time (training)."""

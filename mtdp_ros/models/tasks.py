@@ -43,7 +43,8 @@ class TaskSpec:
     name: str
     kind: str
     activation: str
-    # Topics: ``<stem>/labels`` (labels) or ``<stem>`` (the others), and ``<stem>/color``.
+    # Topics: ``<stem>/labels`` (labels), ``<stem>/image`` (depth, beside its camera_info)
+    # or ``<stem>`` (the others), and ``<stem>/color``.
     topic_stem: str
     # Position among the colour pictures (RViz displays, demo overview): smaller first.
     display_rank: int
@@ -85,8 +86,14 @@ class TaskSpec:
 
     @property
     def raw_topic(self) -> str:
-        """Relative topic of the raw output (labels, metres, vectors, probabilities)."""
-        return f'{self.topic_stem}/labels' if self.kind == 'labels' else self.topic_stem
+        """Relative topic of the raw output (labels, metres, vectors, probabilities).
+
+        Depth is ``<stem>/image`` beside ``<stem>/camera_info``: the pair an
+        image_transport CameraSubscriber looks for (it was ``<stem>`` before).
+        """
+        if self.kind == 'labels':
+            return f'{self.topic_stem}/labels'
+        return f'{self.topic_stem}/image' if self.kind == 'depth' else self.topic_stem
 
     @property
     def color_topic(self) -> str:

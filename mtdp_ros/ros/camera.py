@@ -22,23 +22,72 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo
 
 from mtdp_ros.runtime.camera_geometry import scale_intrinsics
+from mtdp_ros.runtime.postprocess import check_focal_correction
 
-# Distortion models whose coefficients the point cloud undoes (OpenCV's model).
+# Distortion models and their number of coefficients D (sensor_msgs/distortion_models.hpp):
+# plumb_bob k1 k2 p1 p2 k3 and rational_polynomial k1 k2 p1 p2 k3 k4 k5 k6 are OpenCV's
+# pinhole model (cv2.undistortPoints); equidistant k1..k4 is OpenCV's fisheye model
+# (cv2.fisheye.undistortPoints). An empty D means no distortion.
+DISTORTION_COEFFICIENTS = {'plumb_bob': 5, 'rational_polynomial': 8, 'equidistant': 4}
+# The pinhole-family models the point cloud undoes with cv2.undistortPoints.
 UNDISTORTED_MODELS = ('plumb_bob', 'rational_polynomial')
+FISHEYE_MODEL = 'equidistant'
+# Sane focal lengths, as a multiple of the image's larger side: 0.05 is a 169 degree pinhole
+# field of view (a 360 degree equidistant fisheye has 0.16), 1000 a 0.06 degree one. Outside
+# lies a calibration error (fx = 1e30 made depth 1e27 m).
+FOCAL_RANGE = (0.05, 1000.0)
+# The principal point may lie off the image (an off-centre crop), within this many image
+# sizes of its centre.
+PRINCIPAL_POINT_RANGE = 10.0
+
+
+def _finite(values):
+    return all(math.isfinite(float(v)) for v in values)
+
+
+def _distortion_problem(info: CameraInfo):
+    """Why D and the distortion model cannot describe the raw image, or None."""
+    model = info.distortion_model
+    count = len(info.d)
+    if model in DISTORTION_COEFFICIENTS:
+        expected = DISTORTION_COEFFICIENTS[model]
+        if count not in (0, expected):
+            return (f'camera_info distortion model {model!r} needs {expected} coefficients D, '
+                    f'got {count}; fix the camera calibration')
+        return None
+    if not model and not any(float(d) for d in info.d):
+        return None                                # uncalibrated: no distortion
+    known = ', '.join(DISTORTION_COEFFICIENTS)
+    return (f'camera_info distortion model {model!r} (D of {count} coefficients) is not '
+            f'supported: one of {known}, or set camera.rectified for a rectified image')
 
 
 def camera_info_problem(info: CameraInfo, rectified=False):
     """Why ``info`` cannot describe the image (a sentence), or None when it can.
 
-    Checks what the node uses: D must be finite (NaN or inf coefficients give an all-NaN
-    cloud), and K, or P when ``rectified``, must have finite, positive focal lengths.
+    Checks what the node uses and republishes: D must be finite (NaN or inf coefficients
+    give an all-NaN cloud) and, for the raw image (``rectified`` false), match the
+    distortion model (:data:`DISTORTION_COEFFICIENTS`; an unknown model is refused, not
+    run as a pinhole); K, R and P must be finite (depth/camera_info republishes them); the
+    focal lengths of K, or of P when ``rectified``, must be positive and within
+    :data:`FOCAL_RANGE` of the image size, and the principal point near the image.
     """
     distortion = [float(d) for d in info.d]
-    if not all(math.isfinite(d) for d in distortion):
+    if not _finite(distortion):
         return (f'camera_info distortion coefficients D contain NaN or inf '
                 f'(D = {distortion}); fix the camera calibration')
+    if not rectified:
+        problem = _distortion_problem(info)
+        if problem:
+            return problem
+    for name, values in (('camera matrix K', info.k), ('rectification matrix R', info.r),
+                         ('projection matrix P', info.p)):
+        if not _finite(values):
+            return (f'camera_info {name} contains NaN or inf ({name[-1]} = '
+                    f'{[float(v) for v in values]}); fix the camera calibration')
     try:
-        camera_matrix(info, info.width or 1, info.height or 1, rectified)
+        camera_matrix(info, info.width or 1, info.height or 1, rectified,
+                      check_range=bool(info.width and info.height))
     except ValueError as exc:
         return str(exc)
     return None
@@ -56,7 +105,24 @@ def _focal_centre(info: CameraInfo, rectified):
         hint = ' (camera.rectified is true: the rectified image needs P)' if rectified else ''
         raise ValueError(f'camera_info has no usable {source} (fx={fx}, fy={fy}, cx={cx}, '
                          f'cy={cy}){hint}')
-    return values
+    return values, source
+
+
+def _check_range(values, source, width, height):
+    """Raise ValueError when focal lengths or principal point are absurd for the image size."""
+    fx, fy, cx, cy = values
+    side = max(width, height)
+    low, high = FOCAL_RANGE[0] * side, FOCAL_RANGE[1] * side
+    if not (low <= fx <= high and low <= fy <= high):
+        raise ValueError(f'camera_info {source} has focal lengths fx={fx:g}, fy={fy:g} px, '
+                         f'outside {low:g}..{high:g} px for a {width}x{height} image '
+                         f'({FOCAL_RANGE[0]:g} to {FOCAL_RANGE[1]:g} times its larger side); '
+                         f'fix the camera calibration')
+    reach = PRINCIPAL_POINT_RANGE
+    if abs(cx - width / 2) > reach * width or abs(cy - height / 2) > reach * height:
+        raise ValueError(f'camera_info {source} has its principal point ({cx:g}, {cy:g}) more '
+                         f'than {reach:g} image sizes from a {width}x{height} image\'s '
+                         f'centre; fix the camera calibration')
 
 
 def _scales(info: CameraInfo, width, height):
@@ -65,16 +131,20 @@ def _scales(info: CameraInfo, width, height):
             height / info.height if info.height else 1.0)
 
 
-def camera_matrix(info: CameraInfo, width, height, rectified=False):
+def camera_matrix(info: CameraInfo, width, height, rectified=False, check_range=True):
     """(fx, fy, cx, cy) that apply to an image of ``width`` x ``height`` described by ``info``.
 
     From K (``rectified`` false) or P (true). A camera_info whose size differs from the
     image's (a resized stream) is scaled; one with a zero size is taken to describe the
-    image as it is. ValueError naming the matrix when it is unusable.
+    image as it is. ValueError naming the matrix when it is unusable, or (``check_range``)
+    absurd for the image size.
     """
-    fx, fy, cx, cy = _focal_centre(info, rectified)
+    (fx, fy, cx, cy), source = _focal_centre(info, rectified)
     scale_x, scale_y = _scales(info, width, height)
-    return scale_intrinsics((fx, fy, cx, cy), (scale_y, scale_x))
+    values = scale_intrinsics((fx, fy, cx, cy), (scale_y, scale_x))
+    if check_range:
+        _check_range(values, source, width, height)
+    return values
 
 
 def _scaled_matrix(values, rows, cols, scale_x, scale_y):
@@ -116,19 +186,25 @@ def depth_camera_info(info: CameraInfo, header, width, height, rectified=False) 
     out.p = [float(v) for v in p.reshape(-1)]
     out.binning_x, out.binning_y = info.binning_x, info.binning_y
     out.roi = info.roi
+    if not all(_finite(values) for values in (out.k, out.d, out.r, out.p)):
+        # camera_info_problem refuses such a camera_info; never republish NaN or inf.
+        raise ValueError('the camera_info holds NaN or inf in K, D, R or P')
     return out
 
 
 class FocalCorrection:
     """The intrinsics the node hands to ``engine.infer`` for camera-aware metric depth.
 
-    ``enabled`` (parameter ``depth.focal_correction``): without it, or before any
-    camera_info has arrived, depth stays as the network predicts it; ``say`` (a log
-    function) is told that once, naming ``info_topic``. ``rectified``: K (false) or P.
+    ``mode`` (parameter ``depth.focal_correction``): ``'canonical'``, ``'scale'`` or
+    ``'off'`` (true and false: the default and off; see ``Engine.infer``), handed to
+    ``engine.infer`` as ``focal_correction``. Off, or before any camera_info has arrived,
+    depth stays as the network predicts it; ``say`` (a log function) is told that once,
+    naming ``info_topic``. ``rectified``: K (false) or P.
     """
 
-    def __init__(self, enabled, rectified, info_topic, say):
-        self.enabled = bool(enabled)
+    def __init__(self, mode, rectified, info_topic, say):
+        self.mode = check_focal_correction(mode)
+        self.enabled = self.mode != 'off'
         self.rectified = bool(rectified)
         self._info_topic = info_topic
         self._say = say

@@ -3,14 +3,19 @@
 - labels: a fixed palette, one distinct colour per class id (stable across frames, runs
   and models, so that a class keeps its colour);
 - depth: a turbo-like rainbow from near (dark blue) to far (dark red) over a given or
-  per-frame range; invalid (NaN) pixels black;
+  per-frame range; invalid pixels black;
 - normals: the usual ``(n + 1) / 2`` mapping of the x, y, z components to red, green and
   blue (camera optical frame: x right, y down, z forward); invalid pixels black;
-- probabilities (edges, saliency): grey levels, 0 black and 1 white.
+- probabilities (edges, saliency): grey levels, 0 black and 1 white; invalid pixels black.
+
+Invalid is any non-finite value (NaN, the outputs' marker, or an infinity; for normals, any
+non-finite component). It is masked explicitly before the float-to-integer conversion: the
+integer value of a NaN is undefined, and OpenCV's ``convertScaleAbs`` gives 0 for it up to
+4.x but 255 from 5.0.
 
 :func:`colorize` picks the map by the task's kind (``mtdp_ros.models.tasks``).
 
-Each runs in a few OpenCV calls, about a millisecond at 640 x 480.
+Each runs in a few OpenCV and NumPy calls, under a millisecond at 640 x 480.
 """
 
 import colorsys
@@ -54,8 +59,7 @@ def _turbo_lut():
 
 # Entry 0 is dark blue, 255 dark red (OpenCV's maps are BGR: reversed into RGB).
 TURBO_RGB = np.ascontiguousarray(_turbo_lut()[:, 0, ::-1])
-# The depth table: level 0 is black (invalid), levels 1..255 span the turbo map, so that
-# NaN, which convertScaleAbs turns into 0, needs no separate mask.
+# The depth table: level 0 is black (invalid), levels 1..255 span the turbo map.
 _DEPTH_RGB = np.vstack([np.zeros((1, 3), np.uint8),
                         TURBO_RGB[np.rint(np.linspace(0, 255, 255)).astype(int)]])
 _DEPTH_LUT = np.ascontiguousarray(_DEPTH_RGB.reshape(256, 1, 3))
@@ -92,32 +96,49 @@ def depth_range(depth, minimum=0.0, maximum=0.0):
     return near, far
 
 
+def _keep(image, valid):
+    """``image`` (uint8, any channels) with the pixels where ``valid`` is False set to 0."""
+    return cv2.bitwise_and(image, image, mask=valid.view(np.uint8))
+
+
 def depth_to_color(depth, minimum=0.0, maximum=0.0):
-    """Colour float H x W depth in metres (NaN invalid): near blue to far red."""
+    """Colour float H x W depth in metres (NaN invalid): near blue to far red, invalid black."""
     depth = np.asarray(depth, dtype=np.float32)
     near, far = depth_range(depth, minimum, maximum)
     scale = 254.0 / (far - near)
     # Valid depth -> levels 1..255 (clipped to the range first: convertScaleAbs takes an
-    # absolute value); NaN stays NaN through the clip and becomes level 0, black.
-    levels = cv2.convertScaleAbs(np.clip(depth, near, far), alpha=scale,
-                                 beta=1.0 - near * scale)
-    return cv2.applyColorMap(levels, _DEPTH_LUT)
+    # absolute value). NaN is replaced before the conversion (no NaN reaches it), and every
+    # non-finite pixel is set to level 0, black, after it.
+    clipped = np.clip(depth, near, far)
+    cv2.patchNaNs(clipped, near)
+    levels = cv2.convertScaleAbs(clipped, alpha=scale, beta=1.0 - near * scale)
+    return cv2.applyColorMap(_keep(levels, np.isfinite(depth)), _DEPTH_LUT)
 
 
 def normals_to_color(normals):
-    """Colour float H x W x 3 unit normals, each component mapped by ``(n + 1) / 2``."""
+    """Colour float H x W x 3 unit normals, each component mapped by ``(n + 1) / 2``.
+
+    A normal with a non-finite component is invalid and comes out black, a colour no unit
+    vector produces (it would need n = (-1, -1, -1)).
+    """
     normals = np.asarray(normals, dtype=np.float32)
-    # convertScaleAbs saturates above 255 and maps NaN to 0, so an invalid (all-NaN) normal
-    # comes out black, a colour no unit vector produces (it would need n = (-1, -1, -1)).
-    # Unit vectors need no clipping: a component a rounding error below -1 still gives 0.
-    return cv2.convertScaleAbs(normals, alpha=127.5, beta=127.5)
+    # One pass finds the invalid pixels: the grey level is a weighted mean of the three
+    # components, non-finite exactly when one of them is (NaN and infinities propagate).
+    valid = np.isfinite(cv2.cvtColor(normals, cv2.COLOR_RGB2GRAY))
+    # Clipped to [-1, 1] first: convertScaleAbs takes an absolute value, so a component
+    # below -1 would come back bright. NaN is replaced before the conversion.
+    clipped = np.clip(normals, -1.0, 1.0)
+    # patchNaNs on a one-channel view of the same memory (its one-channel path is faster).
+    cv2.patchNaNs(clipped.reshape(clipped.shape[0], -1), -1.0)
+    return _keep(cv2.convertScaleAbs(clipped, alpha=127.5, beta=127.5), valid)
 
 
 def probability_to_color(probability):
-    """Colour float H x W in [0, 1] as grey (0 black, 1 white; NaN black)."""
+    """Colour float H x W in [0, 1] as grey (0 black, 1 white; non-finite black)."""
     probability = np.asarray(probability, dtype=np.float32)
-    # convertScaleAbs maps NaN to 0 (black).
-    grey = cv2.convertScaleAbs(np.clip(probability, 0.0, 1.0), alpha=255.0)
+    clipped = np.clip(probability, 0.0, 1.0)
+    cv2.patchNaNs(clipped, 0.0)     # no NaN reaches the conversion; infinities masked after
+    grey = _keep(cv2.convertScaleAbs(clipped, alpha=255.0), np.isfinite(probability))
     return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
 
 

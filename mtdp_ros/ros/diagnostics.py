@@ -14,7 +14,7 @@ from rclpy.qos import ReliabilityPolicy
 
 from mtdp_ros.ros.monitoring import (MS_PER_NS, STAGES, FrameStatistics,  # noqa: F401
                                      seconds_since_program_start)
-from mtdp_ros.ros.qos import describe_qos
+from mtdp_ros.ros.qos import describe_qos, override_name
 
 
 def _fmt(value):
@@ -26,8 +26,10 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
     """One DiagnosticStatus: lifecycle state, rates, latencies, counters and the engine.
 
     ``engine`` and ``settings`` are None while the node is unconfigured.
-    ``camera_info_problem``: why the last camera_info was refused (None: it was used),
-    reported in every state as ``camera_info_problem`` (configure warms up at its size).
+    ``camera_info_problem``: why the last camera_info was refused (None: it was used);
+    reported as ``camera_info_problem`` (in every state: configure warms up at its size)
+    and, while active, as a warning, since the cloud and depth/camera_info stop (or keep
+    an older calibration) because of it.
     """
     status = DiagnosticStatus()
     status.name = name
@@ -46,6 +48,8 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
         level, message = DiagnosticStatus.OK, 'warming up (first frame)'
     elif idle > settings.watchdog_timeout:
         level, message = DiagnosticStatus.WARN, f'no input frame for {idle:.0f} s'
+    elif camera_info_problem:
+        level, message = DiagnosticStatus.WARN, f'camera_info refused: {camera_info_problem}'
     elif engine.random_weights:
         level, message = DiagnosticStatus.WARN, 'running with random weights'
     else:
@@ -88,10 +92,54 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
         'input_qos': input_qos,
     })
     if engine.diffusion:
-        values['diffusion_steps'] = str(settings.steps or engine.config.trained_steps)
+        # What runs, which is not what was asked while ONNX Runtime exports a new count in
+        # the background or after that export failed: both are said.
+        requested = settings.steps or engine.config.trained_steps
+        running = engine.running_steps(settings.steps or None)
+        values['diffusion_steps'] = str(running)
+        if running != requested:
+            values['diffusion_steps_requested'] = str(requested)
+            values['diffusion_steps_status'] = engine.steps_status(requested)
+    if camera_info_problem:
+        values['camera_info_problem'] = camera_info_problem
     for key in sorted(counters):
         if key.startswith('rejected_'):
             values[key] = str(counters[key])
+    status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+    return status
+
+
+# Seconds the watchdog waits for the first frame from a matching publisher (a camera
+# that is starting) before it warns; problems it can name (no publisher, a QoS mismatch)
+# are reported after watchdog.timeout as always.
+STARTUP_GRACE = 60.0
+
+
+def build_engine_status(name, state, engine, batches, cameras, max_batch):
+    """The engine's DiagnosticStatus of a node with several cameras.
+
+    ``batches``: the node's :class:`~mtdp_ros.ros.batching.BatchStatistics` (batch-size
+    histogram, model and engine milliseconds per batch); ``cameras``: their names.
+    """
+    status = DiagnosticStatus()
+    status.name = name
+    values = {'lifecycle_state': state, 'cameras': ','.join(cameras),
+              'max_batch': str(max_batch)}
+    if engine is None:
+        status.level, status.message = DiagnosticStatus.OK, f'{state}: no engine'
+    else:
+        status.hardware_id = engine.device
+        status.level, status.message = DiagnosticStatus.OK, (
+            f'one engine, {len(cameras)} cameras')
+        values.update({
+            'batches': str(batches.batches()),
+            'batch_size_histogram': batches.histogram(),
+            'model_per_batch_p50_ms': _fmt(batches.model_ms.percentile(50)),
+            'model_per_batch_p95_ms': _fmt(batches.model_ms.percentile(95)),
+            'engine_per_batch_p50_ms': _fmt(batches.engine_ms.percentile(50)),
+            'device': engine.device, 'backend': engine.backend,
+            'precision': engine.precision, 'model': engine.model_name,
+        })
     status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
     return status
 
@@ -103,8 +151,12 @@ class InputWatchdog:
         self._clock = clock
         self._last_warning = None
 
-    def check(self, node, statistics, timeout, topic, qos, qos_name):
-        """The warning to log now, or None (at most one per ``max(timeout, 5)`` s)."""
+    def check(self, node, statistics, timeout, topic, qos, qos_name=None):
+        """The warning to log now, or None (at most one per ``max(timeout, 5)`` s).
+
+        ``topic``: the fully qualified input topic; ``qos``: its subscription's profile
+        (``qos_name``: unused, kept for callers that pass it).
+        """
         idle = statistics.seconds_without_frames()
         if idle < timeout:
             self._last_warning = None
@@ -112,10 +164,17 @@ class InputWatchdog:
         now = self._clock()
         if self._last_warning is not None and now - self._last_warning < max(timeout, 5.0):
             return None
-        self._last_warning = now
         publishers = node.get_publishers_info_by_topic(topic)
+        mismatch = any(info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+                       for info in publishers) and qos.reliability == ReliabilityPolicy.RELIABLE
+        if (publishers and not mismatch and statistics.last_frame_time is None
+                and idle < max(timeout, STARTUP_GRACE)):
+            # A matching publisher, no frame yet since activation: a camera starting up
+            # (the demo renders its first scene for 20-40 s on a CPU) is not yet a fault.
+            return None
+        self._last_warning = now
         text = (f'no image received on {topic} for {idle:.0f} s (subscribed with QoS '
-                f'{qos_name}: {describe_qos(qos)}); ')
+                f'{describe_qos(qos)}); ')
         if not publishers:
             return text + ('no publisher exists on this topic: check the topic name, '
                            'namespace and remapping (e.g. image:=/camera/image_raw)')
@@ -123,9 +182,13 @@ class InputWatchdog:
                        if info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
         text += f'{len(publishers)} publisher(s) exist'
         if best_effort and qos.reliability == ReliabilityPolicy.RELIABLE:
+            parameter = override_name(topic, 'subscription', 'reliability')
             return text + (f', but {", ".join(best_effort)} publish best_effort, which a '
-                           f'reliable subscription never receives: set input.qos to '
-                           f'sensor_data')
+                           f'reliable subscription never receives: set {parameter} to '
+                           f'best_effort (launch argument input_reliability:=best_effort)')
+        if statistics.last_frame_time is None:
+            return text + f': none has sent a frame for {idle:.0f} s since activation; is the ' \
+                'camera streaming?'
         return text + ': is the camera streaming?'
 
     def reset(self):

@@ -72,14 +72,24 @@ def check_model_values(values, engine):
         raise StartupError('invalid parameters: ' + '; '.join(problems))
 
 
-def warm_up(engine, settings, height, width, log):
-    """One inference at the camera's size (letterbox plan, allocations, CUDA graphs)."""
+def warm_up(engine, settings, height, width, log, focal=None, camera_info=None):
+    """One inference at the camera's size (letterbox plan, allocations, CUDA graphs).
+
+    ``focal`` (FocalCorrection) and ``camera_info``: the camera's intrinsics, whose
+    canonical focal length shapes the letterbox plan too. True when it ran (a failure
+    is logged: a real frame will report the problem).
+    """
     started = time.perf_counter()
+    correction = {}
+    if focal is not None:
+        correction = {'focal_correction': focal.mode,
+                      'intrinsics': focal.intrinsics(camera_info, width, height)}
     try:
         engine.infer(np.zeros((height, width, 3), np.uint8), tasks=settings.tasks,
-                     steps=settings.steps or None, seed=settings.seed)
+                     steps=settings.steps or None, seed=settings.seed, **correction)
     except Exception as exc:  # noqa: B902 - a real frame will report the problem
         log.warning(f'warm-up inference failed: {type(exc).__name__}: {exc}')
-        return
+        return False
     log.info(f'warmed up at the camera size {width}x{height} (from camera_info) '
              f'in {time.perf_counter() - started:.2f} s')
+    return True

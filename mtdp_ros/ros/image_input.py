@@ -28,6 +28,7 @@ exactly ``step * height`` bytes.
 import cv2
 import numpy as np
 
+from mtdp_ros.ros.decode_work import decode_work_problem
 from mtdp_ros.ros.decoder_log import DECODER_MESSAGES
 
 # Bytes per pixel of each supported input encoding.
@@ -164,6 +165,7 @@ def compressed_msg_to_rgb(msg, max_pixels=DEFAULT_MAX_PIXELS):
         raise ImageRejected('empty', 'compressed image has no data')
     width, height = compressed_dimensions(buffer)
     check_size(width, height, max_pixels)
+    _check_decode_work(buffer, max_pixels)
     image = DECODER_MESSAGES.decode(buffer)
     if image is None:
         raise ImageRejected('decode', f'compressed image ({msg.format or "no format"}, '
@@ -204,6 +206,13 @@ def _format_name(data):
         if data.startswith(signature):
             return name
     return 'unknown'
+
+
+def _check_decode_work(buffer, max_pixels):
+    """Raise ImageRejected (kind 'decode_work') for a bomb: see mtdp_ros/ros/decode_work.py."""
+    problem = decode_work_problem(buffer, max_pixels)
+    if problem:
+        raise ImageRejected('decode_work', problem)
 
 
 def compressed_dimensions(buffer):

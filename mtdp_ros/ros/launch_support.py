@@ -5,7 +5,9 @@
 - :func:`find_rviz2` says whether RViz can be started at all (a launch without rviz2
   warns and runs the rest instead of failing and orphaning its other processes);
 - :func:`rviz_arguments` points RViz at the namespaced outputs and the fixed frame by
-  remapping and a command-line option, so no rewritten .rviz file is ever written.
+  remapping and a command-line option, so no rewritten .rviz file is ever written;
+- :func:`stop_launch_on_failure` is the OnProcessExit handler that ends a launch whose
+  node failed (``ros2 launch`` then exits 1 and says why, instead of 0).
 """
 
 import os
@@ -28,6 +30,34 @@ def rviz_topics():
 
 class LaunchArgumentError(ValueError):
     """A launch argument has a value its launch file does not accept."""
+
+
+class ProcessFailedError(RuntimeError):
+    """A process of the launch exited with a non-zero code (or was killed)."""
+
+
+def exit_problem(process_name, returncode):
+    """Why the exit of ``process_name`` with ``returncode`` fails the launch, or None."""
+    if returncode == 0:
+        return None
+    how = (f'was killed by signal {-returncode}' if returncode is not None and returncode < 0
+           else f'exited with code {returncode}')
+    return (f'{process_name} {how} (its log above says why); stopping the launch')
+
+
+def stop_launch_on_failure(event, context):
+    """End the launch when a process exits non-zero: ``ros2 launch`` then exits 1.
+
+    The OnProcessExit handler of the launch files.
+
+    launch's Shutdown action alone would leave the launch's exit code 0; an exception in
+    an event handler is what LaunchService reports (once, with this reason), shuts the
+    launch down for, and turns into a non-zero exit code.
+    """
+    problem = exit_problem(getattr(event, 'process_name', 'a process'), event.returncode)
+    if problem is not None:
+        raise ProcessFailedError(problem)
+    return None
 
 
 def parse_bool(name, text):
@@ -64,6 +94,32 @@ def parse_number(name, text, kind, low, high):
         raise LaunchArgumentError(
             f"launch argument '{name}' must be {what} in {low}..{high}, got {text!r}")
     return number
+
+
+def parse_cameras(text):
+    """Camera names from launch argument ``cameras``: ``[front,left]`` or ``front,left``.
+
+    Empty (or ``[]``): no names, the single-camera topics. LaunchArgumentError naming the
+    first unusable name.
+    """
+    from mtdp_ros.ros.parameters import check_cameras
+    body = text.strip()
+    if body.startswith('[') and body.endswith(']'):
+        body = body[1:-1]
+    names = [name.strip().strip('\'"').strip() for name in body.split(',')]
+    names = [name for name in names if name]
+    reason = check_cameras(names)
+    if reason:
+        raise LaunchArgumentError(f"launch argument 'cameras' (e.g. [front,left]): {reason}")
+    return names
+
+
+def rviz_namespace(namespace, cameras):
+    """The namespace RViz shows: the node's, or its first camera's when there are several."""
+    namespace = namespace.strip().strip('/')
+    if not cameras:
+        return namespace
+    return f'{namespace}/{cameras[0]}' if namespace else cameras[0]
 
 
 def check_params_file(path):
@@ -108,12 +164,49 @@ def node_parameters_from_arguments(values):
         overrides['tasks'] = tasks
     if value('steps'):
         overrides['diffusion.steps'] = parse_steps(value('steps'))
+    cameras = parse_cameras(value('cameras'))
+    if cameras:
+        overrides['cameras'] = cameras
     if value('autostart'):
         overrides['autostart'] = parse_bool('autostart', value('autostart'))
+    if value('input_reliability'):
+        overrides.update(input_reliability_overrides(
+            value('input_reliability'), value('image_topic'), value('camera_info_topic'),
+            value('namespace'), value('node_name')))
     if value('use_rviz'):
         parse_bool('use_rviz', value('use_rviz'))   # checked here, used by the launch file
     fastdds_transports(value('fastdds_transports'), {})   # checked here as well
     return overrides
+
+
+RELIABILITY_CHOICES = ('reliable', 'best_effort')
+
+
+def fully_qualified(topic, namespace, node_name):
+    """The fully qualified name of ``topic`` for a node in ``namespace`` (rcl's rules)."""
+    namespace = '/' + namespace.strip('/') if namespace.strip('/') else ''
+    if topic.startswith('/'):
+        return topic
+    if topic.startswith('~'):
+        return f'{namespace}/{node_name}{topic[1:]}'
+    return f'{namespace}/{topic}'
+
+
+def input_reliability_overrides(reliability, image_topic, camera_info_topic, namespace,
+                                node_name):
+    """qos_overrides.* parameters setting the reliability of every input subscription.
+
+    The image (raw and compressed) and camera_info subscriptions, under the names they
+    have after the launch file's remapping. LaunchArgumentError for another value.
+    """
+    if reliability not in RELIABILITY_CHOICES:
+        raise LaunchArgumentError(
+            f"launch argument 'input_reliability' must be one of {list(RELIABILITY_CHOICES)}"
+            f' or empty (the default, reliable), got {reliability!r}')
+    image = image_topic or 'image'
+    topics = (image, image.rstrip('/') + '/compressed', camera_info_topic or 'camera_info')
+    return {f'qos_overrides.{fully_qualified(topic, namespace, node_name or "")}'
+            '.subscription.reliability': reliability for topic in topics}
 
 
 FASTDDS_TRANSPORT_CHOICES = ('', 'DEFAULT', 'DEFAULTv6', 'SHM', 'UDPv4', 'UDPv6',

@@ -31,15 +31,20 @@ class Settings:
     max_pixels: int
     watchdog_timeout: float
 
-    def for_frames(self, rectified):
-        """The FrameSettings of a camera stream (``rectified``: its camera.rectified)."""
+    def for_frames(self, rectified, camera_index=0):
+        """The FrameSettings of a camera stream (``rectified``: its camera.rectified).
+
+        Camera ``camera_index`` (its place in the ``cameras`` parameter) draws its
+        TaskDiffusion noise from ``diffusion.seed + camera_index``: one draw per camera.
+        """
         options = OutputOptions(
             publish_color=self.publish_color, publish_points=self.publish_points,
             points_stride=self.points_stride, points_color=self.points_color,
             depth_color_min=self.depth_color_min, depth_color_max=self.depth_color_max,
             camera_rectified=rectified)
         # diffusion.steps 0 means the trained count: every call passes its own.
-        return FrameSettings(tasks=self.tasks, steps=self.steps or None, seed=self.seed,
+        return FrameSettings(tasks=self.tasks, steps=self.steps or None,
+                             seed=(self.seed + camera_index) % (parameters.INT32_MAX + 1),
                              max_pixels=self.max_pixels, options=options)
 
 
@@ -57,7 +62,7 @@ FLOAT_SETTINGS = ('depth_color_min', 'depth_color_max', 'watchdog_timeout')
 def settings_from(values, model_tasks):
     """The Settings of the parameter ``values`` (name -> value), tasks in model order."""
     fields = {setting: values[name] for name, setting in SETTING_OF_PARAMETER.items()}
-    fields['tasks'] = tuple(t for t in model_tasks if t in fields['tasks'])
+    fields['tasks'] = parameters.selected_tasks(fields['tasks'], model_tasks)
     for setting in FLOAT_SETTINGS:
         fields[setting] = float(fields[setting])
     return Settings(**fields)
@@ -102,7 +107,7 @@ def apply_changes(settings, changed, engine, model_tasks, is_diffusion):
             continue
         value = parameter.value
         if setting == 'tasks':
-            value = tuple(t for t in model_tasks if t in value)
+            value = parameters.selected_tasks(value, model_tasks)
         elif setting == 'steps' and is_diffusion:
             # ONNX Runtime exports a new count in the background; the old one serves.
             engine.prepare_steps(value or None)

@@ -23,8 +23,9 @@ from mtdp_ros.ros.pointcloud import RayCache, depth_to_points, points_to_msg
 OUTPUT_TOPICS = {name: (get_task(name).raw_topic, get_task(name).color_topic)
                  for name in task_names()}
 POINTS_TOPIC = 'points'
-# The calibration of the depth image (same header and size), for depth_image_proc & co.
-DEPTH_INFO_TOPIC = 'depth/camera_info'
+# The calibration of the depth image (same header and size), beside it as an image_transport
+# CameraSubscriber expects (<stem>/image + <stem>/camera_info), for depth_image_proc & co.
+DEPTH_INFO_TOPIC = f"{get_task('depth').topic_stem}/camera_info"
 # Kinds of output message, for per-kind statistics.
 KINDS = ('raw', 'color', 'points')
 

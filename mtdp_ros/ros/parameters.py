@@ -8,6 +8,7 @@ node declares them with :func:`declare_all` and validates the start-up values wi
 The engine options' choices and the step limit come from ``mtdp_ros.runtime.options``.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -19,7 +20,14 @@ from rclpy.parameter import Parameter
 from mtdp_ros.models.tasks import task_names
 from mtdp_ros.ros.image_input import DEFAULT_MAX_PIXELS
 from mtdp_ros.runtime.options import BACKENDS, DEVICES, MAX_STEPS, PRECISIONS, REPARAMETERIZE
+from mtdp_ros.runtime.postprocess import DEFAULT_FOCAL_CORRECTION, FOCAL_CORRECTIONS
 
+# `tasks: ['all']`: every task of the model (a reset: `ros2 param set ... tasks "[]"` types
+# the empty list as a bool array, which a string-array parameter refuses).
+ALL_TASKS = 'all'
+# Read-only once configured, writable while unconfigured (a lifecycle manager switches
+# models between cleanup and configure).
+UNCONFIGURED_ONLY = ('model.preset', 'model.checkpoint')
 INT32_MAX = 2 ** 31 - 1
 
 
@@ -80,13 +88,25 @@ SPECS = (
     Spec('camera.rectified', False,
          'True: the input image is rectified (image_rect): the point cloud uses P from '
          'camera_info and ignores D. False: the raw image: K and D (undistorted).'),
-    Spec('depth.focal_correction', True,
-         "Rescale metric depth from the model's training focal length to the camera's "
-         '(K, or P when camera.rectified; needs camera_info, else uncorrected).'),
+    Spec('depth.focal_correction', DEFAULT_FOCAL_CORRECTION,
+         "Metric depth for the camera's focal length (K, or P when camera.rectified; needs "
+         "camera_info, else uncorrected): 'hybrid' (depth rescaled by the focal ratio for a "
+         "wider camera, by its square root for a zoomed one), 'canonical' (a zoomed camera's "
+         "image shrunk to the training focal length, the rest rescaled), 'scale' (depth "
+         "rescaled) or 'off'; true/false: hybrid/off.",
+         choices=FOCAL_CORRECTIONS + (True, False)),
+    Spec('cameras', Parameter.Type.STRING_ARRAY,
+         'Names of several cameras served by one engine (e.g. [front,left]): each '
+         'subscribes <name>/image and <name>/camera_info and publishes every output under '
+         '<name>/. Unset or empty: one camera on image and camera_info.'),
+    Spec('cameras.max_batch', 8,
+         'Most frames (one per camera) run as one batch; with more cameras, they take '
+         'turns (round-robin).', int_range=(1, 64)),
     # Take effect while running.
     Spec('tasks', Parameter.Type.STRING_ARRAY,
          "Tasks to compute and publish (a subset of the model's: "
-         f"{', '.join(task_names())}); unset = all of the model's.", dynamic=True),
+         f"{', '.join(task_names())}); unset or ['{ALL_TASKS}'] = all of the model's.",
+         dynamic=True),
     Spec('diffusion.steps', 0,
          'DDIM steps of a TaskDiffusion model (0 = the steps it was trained with); '
          'must stay 0 for MLoRE models.', dynamic=True, int_range=(0, MAX_STEPS)),
@@ -119,10 +139,16 @@ SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
 def descriptor(spec: Spec) -> ParameterDescriptor:
     """The ParameterDescriptor of a spec (ranges, choices in the constraints, read-only)."""
+    # UNCONFIGURED_ONLY: the node refuses changes once configured (its callback).
     text = ParameterDescriptor(name=spec.name, description=spec.description,
-                               read_only=not spec.dynamic)
+                               read_only=not spec.dynamic
+                               and spec.name not in UNCONFIGURED_ONLY)
     if spec.choices:
-        text.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+        text.additional_constraints = 'one of: ' + ', '.join(
+            str(choice).lower() if isinstance(choice, bool) else choice
+            for choice in spec.choices)
+        # A string parameter that also takes true/false (depth.focal_correction's aliases).
+        text.dynamic_typing = any(isinstance(choice, bool) for choice in spec.choices)
     if spec.int_range is not None:
         text.integer_range = [IntegerRange(from_value=spec.int_range[0],
                                            to_value=spec.int_range[1], step=1)]
@@ -180,15 +206,36 @@ def check_value(spec: Spec, value):
 
 
 def check_tasks(tasks, model_tasks):
-    """None when ``tasks`` is a valid non-empty subset of ``model_tasks``, else the reason."""
+    """None when ``tasks`` is a valid non-empty subset of ``model_tasks``, else the reason.
+
+    ``['all']`` (ALL_TASKS) is valid: every task of the model.
+    """
     tasks = list(tasks)
+    if tasks == [ALL_TASKS]:
+        return None
     if not tasks:
-        return f'tasks must name at least one of the model\'s tasks {list(model_tasks)}'
+        return (f'tasks must name at least one of the model\'s tasks {list(model_tasks)}, '
+                f"or be ['{ALL_TASKS}'] for all of them")
     unknown = [task for task in tasks if task not in model_tasks]
     if unknown:
         return f'unknown tasks {unknown}; this model has {list(model_tasks)}'
     if len(set(tasks)) != len(tasks):
         return f'tasks lists a task twice: {tasks}'
+    return None
+
+
+def selected_tasks(tasks, model_tasks):
+    """The tasks ``tasks`` selects, in model order (``['all']``: every one)."""
+    if list(tasks) == [ALL_TASKS]:
+        return tuple(model_tasks)
+    return tuple(t for t in model_tasks if t in tasks)
+
+
+def check_unconfigured_only(name, state):
+    """None when parameter ``name`` may change in lifecycle ``state``, else the reason."""
+    if name in UNCONFIGURED_ONLY and state != 'unconfigured':
+        return (f'{name} can change only while the node is unconfigured (now {state}): '
+                f'deactivate and cleanup, set it, then configure loads the new model')
     return None
 
 
@@ -202,6 +249,28 @@ def check_steps(steps, engine):
     if not reason:
         return None
     return f'diffusion.steps: {reason}' + ('' if engine.diffusion else ' (keep it 0)')
+
+
+CAMERA_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*')
+
+
+def check_cameras(names):
+    """None when ``names`` are usable camera names (relative topic prefixes), else why not."""
+    names = list(names or [])
+    for name in names:
+        if not isinstance(name, str) or not CAMERA_NAME.fullmatch(name):
+            return (f'cameras: {name!r} is not a camera name (letters, digits and _, '
+                    f'starting with a letter; / between parts; relative, so namespaces '
+                    f'and remapping apply)')
+    if len(set(names)) != len(names):
+        return f'cameras lists a camera twice: {names}'
+    return None
+
+
+def camera_names(values):
+    """The camera names of the parameter ``values`` ([''] : the single camera)."""
+    names = list(values.get('cameras') or [])
+    return names if names and not check_cameras(names) else ['']
 
 
 def check_depth_range(minimum, maximum):
@@ -223,6 +292,9 @@ def validate_startup(values):
                 problems.append(reason)
     reason = check_depth_range(values.get('depth.color_min', 0.0),
                                values.get('depth.color_max', 0.0))
+    if reason:
+        problems.append(reason)
+    reason = check_cameras(values.get('cameras'))
     if reason:
         problems.append(reason)
     return problems

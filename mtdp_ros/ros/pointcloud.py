@@ -3,11 +3,12 @@
 Depth is the distance along the optical axis (z), as in NYUD-v2 and the model's output.
 Each pixel (u, v) of the depth image becomes the point ``z * ray(u, v)`` in the camera
 optical frame (x right, y down, z forward). For an unrectified input (the default) the ray
-comes from the camera matrix K and, for the ``plumb_bob`` / ``rational_polynomial`` models,
-the distortion coefficients D (the depth image has the raw camera image's geometry, so
-pixels are undistorted). For a rectified input (``rectified=True``, ``image_rect``) it
-comes from the projection matrix P, and D is ignored, as image_geometry does (see
-:mod:`mtdp_ros.ros.camera`). The rays depend only on the camera and are cached.
+comes from the camera matrix K and the distortion coefficients D: OpenCV's pinhole model for
+``plumb_bob`` / ``rational_polynomial``, its fisheye model for ``equidistant`` (the depth
+image has the raw camera image's geometry, so pixels are undistorted). For a rectified input
+(``rectified=True``, ``image_rect``) it comes from the projection matrix P, and D is
+ignored, as image_geometry does (see :mod:`mtdp_ros.ros.camera`). The rays depend only on
+the camera and are cached.
 
 The cloud is organised (height x width of the possibly decimated depth image), with NaN
 points where depth is invalid (``is_dense`` false), and fields ``x``, ``y``, ``z``
@@ -21,7 +22,8 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 
-from mtdp_ros.ros.camera import camera_info_problem, camera_matrix, UNDISTORTED_MODELS
+from mtdp_ros.ros.camera import (camera_info_problem, camera_matrix, FISHEYE_MODEL,
+                                 UNDISTORTED_MODELS)
 
 POINT_FIELDS = (('x', 0), ('y', 4), ('z', 8), ('rgb', 12))
 POINT_STEP = 16
@@ -63,6 +65,8 @@ def compute_rays(info: CameraInfo, width, height, stride=1, rectified=False):
     vs = np.arange(0, height, stride, dtype=np.float64)
     grid_u, grid_v = np.meshgrid(us, vs)
     distortion = np.asarray(info.d, dtype=np.float64)
+    if not rectified and info.distortion_model == FISHEYE_MODEL:
+        return _fisheye_rays(grid_u, grid_v, (fx, fy, cx, cy), distortion)
     if not rectified and info.distortion_model in UNDISTORTED_MODELS and distortion.size \
             and np.any(distortion):
         matrix = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
@@ -73,6 +77,27 @@ def compute_rays(info: CameraInfo, width, height, stride=1, rectified=False):
     rays[..., 0] = (grid_u - cx) / fx
     rays[..., 1] = (grid_v - cy) / fy
     return rays
+
+
+def _fisheye_rays(grid_u, grid_v, intrinsics, distortion):
+    """Rays of an equidistant (OpenCV fisheye) camera; NaN for pixels beyond 90 degrees.
+
+    The model maps a ray at angle theta from the axis to the normalised radius
+    theta_d = theta (1 + k1 theta^2 + k2 theta^4 + k3 theta^6 + k4 theta^8), even with zero
+    k (it is not a pinhole). A pixel whose theta_d exceeds the one at 90 degrees sees no
+    point in front of the camera that a depth (z) can place: its ray is NaN.
+    """
+    fx, fy, cx, cy = intrinsics
+    k = np.zeros(4) if distortion.size == 0 else distortion[:4]
+    matrix = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
+    pixels = np.stack([grid_u, grid_v], axis=-1).reshape(-1, 1, 2)
+    rays = cv2.fisheye.undistortPoints(pixels, matrix, k).reshape(grid_u.shape + (2,))
+    half_pi = np.pi / 2
+    theta_d_max = half_pi * (1 + k[0] * half_pi ** 2 + k[1] * half_pi ** 4
+                             + k[2] * half_pi ** 6 + k[3] * half_pi ** 8)
+    theta_d = np.hypot((grid_u - cx) / fx, (grid_v - cy) / fy)
+    rays[theta_d >= theta_d_max] = np.nan
+    return rays.astype(np.float32)
 
 
 def pack_rgb(rgb):

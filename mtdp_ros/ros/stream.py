@@ -41,6 +41,9 @@ class LatestFrame:
         self._condition = threading.Condition()
         self._item = None
         self._closed = False
+        # Called (no argument) after every put: the node's batch scheduler of several
+        # cameras waits on all slots at once through it.
+        self.listener = None
 
     def put(self, item):
         """Store ``item``; True when it replaced (dropped) an unprocessed one."""
@@ -48,7 +51,15 @@ class LatestFrame:
             dropped = self._item is not None
             self._item = item
             self._condition.notify()
-            return dropped
+        if self.listener is not None:
+            self.listener()
+        return dropped
+
+    @property
+    def waiting(self):
+        """Whether an item waits."""
+        with self._condition:
+            return self._item is not None
 
     def take(self, timeout):
         """The waiting item (removing it), or None after ``timeout`` s or once closed."""
@@ -192,14 +203,15 @@ class CameraStream:
         """Use ``msg`` from now on; the problem (a sentence) when it is ignored, else None."""
         problem = (camera_info_size_problem(msg, self.max_pixels) or
                    camera_info_problem(msg, self.focal.rectified))
-        self.camera_info_problem = problem
+        self.camera_info_problem = problem       # for /diagnostics: why outputs stopped
         if problem:        # e.g. NaN in D: the cloud would be all NaN
             self.warn('camera_info', f'ignoring camera_info from {self.info_topic}: {problem}')
             return problem
         previous = self.camera_info
         self.camera_info = msg
         if previous is None or (previous.width, previous.height) != (msg.width, msg.height):
-            self._log.info(f'camera_info: {msg.width}x{msg.height} '
+            camera = f'camera {self.name}: ' if self.name else ''
+            self._log.info(f'{camera}camera_info: {msg.width}x{msg.height} '
                            f'(frame {msg.header.frame_id!r})')
         return None
 
@@ -256,14 +268,25 @@ class CameraStream:
         The depth of the outputs is rescaled to this camera (its focal length, from
         camera_info) when the focal correction is on.
         """
+        if not self.set_intrinsics(frame):
+            return None
         try:
-            frame.intrinsics = self.focal.intrinsics(self.camera_info, frame.rgb.shape[1],
-                                                     frame.rgb.shape[0])
             return engine.infer(frame.rgb, tasks=settings.tasks, steps=settings.steps,
-                                seed=settings.seed, intrinsics=frame.intrinsics)
+                                seed=settings.seed, intrinsics=frame.intrinsics,
+                                focal_correction=self.focal.mode)
         except ValueError as exc:
             self.reject('engine', exc)
             return None
+
+    def set_intrinsics(self, frame: Frame):
+        """Fill ``frame.intrinsics`` from camera_info; False when refused (counted, said)."""
+        try:
+            frame.intrinsics = self.focal.intrinsics(self.camera_info, frame.rgb.shape[1],
+                                                     frame.rgb.shape[0])
+        except ValueError as exc:
+            self.reject('engine', exc)
+            return False
+        return True
 
     def reject(self, kind, exc):
         """Count a frame that cannot be used, then tell ``on_reject`` (or warn)."""

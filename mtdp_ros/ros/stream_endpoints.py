@@ -13,8 +13,13 @@ from mtdp_ros.ros.camera import FocalCorrection
 from mtdp_ros.ros.diagnostics import InputWatchdog
 from mtdp_ros.ros.input_loss import SequenceGaps
 from mtdp_ros.ros.outputs import output_topics
-from mtdp_ros.ros.qos import qos_profile
+from mtdp_ros.ros.qos import (INPUT_DEFAULTS, declare_overrides, overriding_options,
+                              qos_profile)
 from mtdp_ros.ros.stream import CameraStream, Sink
+
+
+class QoSOverrideError(ValueError):
+    """A qos_overrides.* parameter has a value that cannot be used (the reason)."""
 
 
 class PublisherSink(Sink):
@@ -26,10 +31,19 @@ class PublisherSink(Sink):
 
     def __init__(self, node, stream, model_tasks, qos, gate=None):
         self._gate = gate
-        # Only the outputs this model has are advertised (no points without depth).
+        # Only the outputs this model has are advertised (no points without depth). ``qos``
+        # is the default; each topic's qos_overrides.<topic>.publisher.* apply.
+        checked = []
+        for topic, msg_type in output_topics(model_tasks):
+            name = node.resolve_topic_name(stream.topic(topic))
+            _, problem = declare_overrides(node, name, 'publisher', qos)
+            if problem:
+                raise QoSOverrideError(problem)
+            checked.append((topic, msg_type))
         self.publishers = {
-            topic: node.create_publisher(msg_type, stream.topic(topic), qos)
-            for topic, msg_type in output_topics(model_tasks)}
+            topic: node.create_publisher(msg_type, stream.topic(topic), qos,
+                                         qos_overriding_options=overriding_options())
+            for topic, msg_type in checked}
 
     def wanted(self, topic):
         """Whether ``topic`` has a subscriber (and the frame may still publish)."""
@@ -58,29 +72,46 @@ def camera_stream(node, name):
 
     Its focal correction comes from the read-only parameters depth.focal_correction and
     camera.rectified; its camera_info is listened to in every lifecycle state (cheap), so
-    that configure knows the camera's size. With an invalid input.qos, configure fails and
-    says why; there is nothing to listen to.
+    that configure knows the camera's size. With an invalid input.qos or QoS override,
+    configure fails and says why; there is nothing to listen to.
     """
     log = node.get_logger()
     stream = CameraStream(name, log=log, now_ns=lambda: node.get_clock().now().nanoseconds)
     stream.info_topic = node.resolve_topic_name(stream.topic('camera_info'))
     stream.watchdog = InputWatchdog()
-    stream.focal = FocalCorrection(bool(node.get_parameter('depth.focal_correction').value),
+    stream.input_qos = None       # the image subscription's QoS, from configure on
+    stream.focal = FocalCorrection(node.get_parameter('depth.focal_correction').value,
                                    bool(node.get_parameter('camera.rectified').value),
                                    stream.info_topic, log.info)
     try:
-        qos = qos_profile(node.get_parameter('input.qos').value,
-                          node.get_parameter('input.qos_depth').value)
+        qos = input_qos(node, stream.info_topic, input_default(node))
     except ValueError:
         return stream
     subscribe_camera_info(node, stream, qos)
     return stream
 
 
+def input_default(node):
+    """The inputs' default QoS (the deprecated input.qos / input.qos_depth give it)."""
+    return qos_profile(*(node.get_parameter(name).value for name in INPUT_DEFAULTS))
+
+
+def input_qos(node, topic, default):
+    """The QoS of the subscription on ``topic`` (fully qualified): ``default`` overridden.
+
+    Raises QoSOverrideError naming the qos_overrides parameter that cannot be used.
+    """
+    profile, problem = declare_overrides(node, topic, 'subscription', default)
+    if problem:
+        raise QoSOverrideError(problem)
+    return profile
+
+
 def subscribe_camera_info(node, stream, qos):
     """Feed ``stream``'s camera_info topic to ``stream.on_camera_info``."""
     return node.create_subscription(CameraInfo, stream.topic('camera_info'),
-                                    stream.on_camera_info, qos)
+                                    stream.on_camera_info, qos,
+                                    qos_overriding_options=overriding_options())
 
 
 def subscribe_images(node, stream, qos):
@@ -89,6 +120,8 @@ def subscribe_images(node, stream, qos):
     Frames lost before the callback (gaps in the writer's sequence numbers, see
     :mod:`~mtdp_ros.ros.input_loss`) are counted as ``lost_before_callback``;
     ``stream.sequence_gaps`` is this subscription's counter (new with each subscription).
+    ``qos``: the default; qos_overrides.<topic>.subscription.* apply (declared at
+    configure by :func:`input_qos`).
     """
     clock = node.get_clock()
     msg_type = CompressedImage if stream.compressed else Image
@@ -99,4 +132,5 @@ def subscribe_images(node, stream, qos):
         if lost:
             stream.statistics.counters.add('lost_before_callback', lost)
         stream.on_image(msg, clock.now().nanoseconds)
-    return node.create_subscription(msg_type, stream.image_topic, on_message, qos)
+    return node.create_subscription(msg_type, stream.image_topic, on_message, qos,
+                                    qos_overriding_options=overriding_options())

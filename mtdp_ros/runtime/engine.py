@@ -7,15 +7,18 @@ metric outputs of the requested tasks at that size (see :mod:`.postprocess`).
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import namedtuple, OrderedDict
 
 import numpy as np
 import torch
 
 from mtdp_ros.models import ModelConfig, resolve_model
+from mtdp_ros.models.sampler import check_strength
 
 from .options import check_seed, check_steps, is_diffusion, MAX_STEPS
-from .postprocess import check_intrinsics, focal_correction_factor
+from .postprocess import (canonical_scale, check_focal_correction, check_intrinsics,
+                          corrected_depth_factor, DEFAULT_FOCAL_CORRECTION,
+                          focal_correction_factor)
 from .preprocess import plan_letterbox
 
 LOGGER = logging.getLogger('mtdp_ros.runtime')
@@ -23,6 +26,9 @@ LOGGER = logging.getLogger('mtdp_ros.runtime')
 LOGGER.propagate = True
 # Cached per-image-size state (letterbox plans, CUDA graphs) is bounded: a camera has one size.
 CACHE_LIMIT = 4
+# How a call starts the sampler when it asks for more than a plain cold start: from ``init``
+# (the previous frame's state, None: noise) at time ``strength``; its state is computed.
+SamplerStart = namedtuple('SamplerStart', 'init strength')
 
 
 def warn(message):
@@ -60,10 +66,12 @@ class Engine:
     """Base of the engines: the ``infer`` contract, argument checks and shared caches.
 
     Subclasses implement ``_infer(image, plan, tasks, steps, seed)`` returning numpy outputs
-    and filling ``self.last_timing``.
+    and filling ``self.last_timing``; an engine with ``supports_warm_start`` also takes
+    ``start`` (a :data:`SamplerStart`) and then returns ``(outputs, state)``.
     """
 
     backend = None
+    supports_warm_start = False
 
     def __init__(self, config: ModelConfig, model_name, random_weights, device, precision,
                  steps=None, seed=0):
@@ -82,6 +90,9 @@ class Engine:
         self._plans = OrderedDict()
         # Depth factor of the last infer call (1.0 without intrinsics, see focal_factor).
         self.last_focal_factor = 1.0
+        self.last_focal_factors = [1.0]
+        # How infer makes depth metric for a camera's intrinsics (see infer).
+        self.focal_correction = DEFAULT_FOCAL_CORRECTION
         self._warned_no_train_focal = False
 
     @property
@@ -141,16 +152,25 @@ class Engine:
             raise ValueError(reason)
         return True
 
+    def steps_status(self, steps):
+        """'ready' when ``steps`` runs now, else 'unavailable: <reason>' (see OrtEngine)."""
+        reason = self.check_steps(steps)
+        return f'unavailable: {reason}' if reason else 'ready'
+
+    def running_steps(self, steps):
+        """The step count an ``infer`` call asking for ``steps`` runs (None: no diffusion)."""
+        return self.resolve_steps(steps) if self.diffusion else None
+
     def wait_for_steps(self, steps, timeout=None):
         """Block until ``steps`` is ready (or ``timeout`` s pass); True when it is ready."""
         return self.check_steps(steps) is None
 
-    def plan(self, image_size):
-        """Return the (cached) letterbox plan for an image size."""
-        key = tuple(int(v) for v in image_size)
+    def plan(self, image_size, max_scale=None):
+        """Return the (cached) letterbox plan for an image size (``max_scale``: see infer)."""
+        key = (*(int(v) for v in image_size), max_scale)
         plan = self._plans.get(key)
         if plan is None:
-            plan = plan_letterbox(key, self.config.image_size)
+            plan = plan_letterbox(key[:2], self.config.image_size, max_scale)
             self._plans[key] = plan
             while len(self._plans) > CACHE_LIMIT:
                 self._plans.popitem(last=False)
@@ -168,28 +188,163 @@ class Engine:
         generator = torch.Generator().manual_seed(int(seed))
         return torch.randn(self.noise_shape(), generator=generator, dtype=torch.float32)
 
-    def infer(self, image, tasks=None, steps=None, seed=None, intrinsics=None):
+    def infer(self, image, tasks=None, steps=None, seed=None, intrinsics=None,
+              focal_correction=None, init=None, strength=1.0, return_state=False):
         """Metric outputs of ``tasks`` (None: all) for one uint8 H x W x 3 RGB image.
 
         ``intrinsics``: the camera's (fx, fy, cx, cy) in pixels of ``image``; when given,
-        depth is rescaled from the model's training camera to this one (see
-        :meth:`focal_factor`). None: depth as the network predicts it.
+        depth is made metric for this camera, as ``focal_correction`` says (None: the
+        engine's ``focal_correction``, :data:`DEFAULT_FOCAL_CORRECTION`): ``'hybrid'``
+        rescales depth by the full factor for a wider camera and by its square root for a
+        zoomed one (``postprocess.corrected_depth_factor``); ``'canonical'``
+        letterboxes a zoomed camera's image to the training focal length (shrunk, padded;
+        ``postprocess.canonical_scale``) and rescales what is left (:meth:`focal_factor`);
+        ``'scale'`` only rescales depth. None intrinsics: depth as the network predicts it.
+
+        Video (TaskDiffusion, torch backend): ``return_state=True`` returns ``(outputs,
+        state)``, where ``state`` is the final clean cross-task map (a tensor on the
+        engine's device, 1 x C_map x h/16 x w/16 of the model input); passing it as
+        ``init`` of the next frame with ``strength`` s < 1 starts that frame's sampler at
+        t = s from it (s = 1: the cold start, bit for bit). Whether a previous state still
+        fits a frame is :class:`mtdp_ros.runtime.warm_start.WarmStartState`'s call.
         """
         from .preprocess import check_image
         image = check_image(image)
         tasks = self.select_tasks(tasks)
         steps = self.resolve_steps(steps)
         seed = self.seed if seed is None else check_seed(seed)
+        max_scale, correction = None, None
         if intrinsics is not None:
             intrinsics = check_intrinsics(intrinsics)
-        plan = self.plan(image.shape[:2])
-        outputs = self._infer(image, plan, tasks, steps, seed)
+            intrinsics, max_scale, correction = self.focal_plan_arguments(intrinsics,
+                                                                          focal_correction)
+        start = self.sampler_start(init, strength, return_state)
+        plan = self.plan(image.shape[:2], max_scale)
+        if start is None:
+            outputs, state = self._infer(image, plan, tasks, steps, seed), None
+        else:
+            outputs, state = self._infer(image, plan, tasks, steps, seed, start=start)
         factor = 1.0
         if intrinsics is not None and 'depth' in outputs:
-            factor = self.focal_factor(intrinsics, plan)
+            factor = corrected_depth_factor(self.focal_factor(intrinsics, plan), correction)
             # A new array: the caller may hold (or the engine reuse) the unscaled one.
             outputs['depth'] = outputs['depth'] * np.float32(factor)
         self.last_focal_factor = factor
+        self.last_focal_factors = [factor]
+        return (outputs, state) if return_state else outputs
+
+    def focal_plan_arguments(self, intrinsics, focal_correction=None):
+        """(intrinsics for the depth factor or None, letterbox max_scale, the checked mode)."""
+        correction = check_focal_correction(
+            self.focal_correction if focal_correction is None else focal_correction)
+        max_scale = None
+        if correction == 'canonical':
+            max_scale = canonical_scale(intrinsics, self.config.train_focal_px)
+        elif correction == 'off':
+            intrinsics = None
+        return intrinsics, max_scale, correction
+
+    def sampler_start(self, init, strength, return_state):
+        """None for a plain cold call, else the validated :data:`SamplerStart`."""
+        if init is None and not isinstance(strength, bool) and strength == 1.0 \
+                and not return_state:
+            return None
+        if not self.diffusion:
+            raise ValueError(f'warm start (init, strength, return_state) applies to '
+                             f'TaskDiffusion models only; {self.config.family} has no sampler')
+        if not self.supports_warm_start:
+            raise ValueError(f'the {self.backend} engine serves cold starts only; warm start '
+                             f'(init, strength, return_state) needs the torch backend')
+        strength = check_strength(strength)
+        if init is None:
+            if strength != 1.0:
+                raise ValueError(f'strength {strength} < 1 needs init: the state returned '
+                                 f'for the previous frame (return_state=True)')
+            return SamplerStart(None, strength)
+        expected = self.noise_shape()
+        if not isinstance(init, torch.Tensor) or not init.is_floating_point():
+            raise ValueError(f'init must be the state tensor a previous call returned, got '
+                             f'{getattr(init, "dtype", type(init).__name__)}')
+        if tuple(init.shape) != expected:
+            raise ValueError(f'init must be {expected} (the state this engine returns), got '
+                             f'{tuple(init.shape)}')
+        # Strength 1 is the cold start: the previous map is not used.
+        return SamplerStart(init if strength < 1.0 else None, strength)
+
+    def infer_batch(self, images, tasks=None, steps=None, seeds=None, intrinsics=None,
+                    focal_correction=None):
+        """Metric outputs of several images (one per camera) from one batched network pass.
+
+        ``images``: a sequence of uint8 H x W x 3 RGB images, each of its own size (each is
+        letterboxed by its own plan). ``seeds``: one sampler seed per image (None, or a
+        None entry: the engine's seed); every image draws its own initial noise, so an
+        image's outputs equal ``infer(image, seed=its seed)`` whatever it is batched with.
+        ``intrinsics``: one (fx, fy, cx, cy) or None per image (per-frame focal
+        correction, as ``focal_correction`` says: see :meth:`infer`). Returns one
+        ``{task: array}`` per image, in order; ``last_timing`` is the batch's
+        (``model_ms``: the one network pass) and ``last_focal_factors`` one depth factor
+        per image. ValueError (naming the image's index) for a bad argument.
+        """
+        from .preprocess import check_image
+        images = list(images)
+        if not images:
+            raise ValueError('infer_batch needs at least one image')
+        count = len(images)
+        checked = []
+        for index, image in enumerate(images):
+            try:
+                checked.append(check_image(image))
+            except ValueError as exc:
+                raise ValueError(f'image {index}: {exc}') from None
+        tasks = self.select_tasks(tasks)
+        steps = self.resolve_steps(steps)
+        seeds = self._per_image('seeds', seeds, count)
+        seeds = [self.seed if seed is None else check_seed(seed) for seed in seeds]
+        intrinsics = self._per_image('intrinsics', intrinsics, count)
+        intrinsics = [None if k is None else check_intrinsics(k) for k in intrinsics]
+        plans, corrections = [], []
+        for index, (image, camera) in enumerate(zip(checked, intrinsics)):
+            max_scale, correction = None, None
+            if camera is not None:
+                # As infer: the correction mode decides the letterbox and the depth factor.
+                camera, max_scale, correction = self.focal_plan_arguments(camera,
+                                                                          focal_correction)
+                intrinsics[index] = camera
+            plans.append(self.plan(image.shape[:2], max_scale))
+            corrections.append(correction)
+        if count == 1:
+            outputs = [self._infer(checked[0], plans[0], tasks, steps, seeds[0])]
+        else:
+            outputs = self._infer_batch(checked, plans, tasks, steps, seeds)
+        factors = []
+        for result, plan, camera, correction in zip(outputs, plans, intrinsics, corrections):
+            factor = 1.0
+            if camera is not None and 'depth' in result:
+                factor = corrected_depth_factor(self.focal_factor(camera, plan), correction)
+                result['depth'] = result['depth'] * np.float32(factor)
+            factors.append(factor)
+        self.last_focal_factors = factors
+        self.last_focal_factor = factors[-1]
+        return outputs
+
+    @staticmethod
+    def _per_image(name, values, count):
+        if values is None:
+            return [None] * count
+        values = list(values)
+        if len(values) != count:
+            raise ValueError(f'{name} must have one entry per image ({count}), '
+                             f'got {len(values)}')
+        return values
+
+    def _infer_batch(self, images, plans, tasks, steps, seeds):
+        """Outputs of several images; the base runs them one by one (timings summed)."""
+        outputs, total = [], {}
+        for image, plan, seed in zip(images, plans, seeds):
+            outputs.append(self._infer(image, plan, tasks, steps, seed))
+            for stage, ms in self.last_timing.items():
+                total[stage] = total.get(stage, 0.0) + ms
+        self.last_timing = total
         return outputs
 
     def focal_factor(self, intrinsics, plan):
@@ -208,7 +363,7 @@ class Engine:
             return 1.0
         return factor
 
-    def _infer(self, image, plan, tasks, steps, seed):
+    def _infer(self, image, plan, tasks, steps, seed, start=None):
         raise NotImplementedError
 
     def benchmark_network(self, iters, warmup=0, tasks=None, steps=None):

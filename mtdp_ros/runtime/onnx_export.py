@@ -17,13 +17,14 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from mtdp_ros.models import build_model, load_checkpoint, reparameterize
+from mtdp_ros.models import build_model, check_checkpoint_fits, load_checkpoint, reparameterize
 
 from .engine import resolve_engine_model, warn
 from .options import check_steps, is_diffusion
@@ -38,6 +39,9 @@ META_TASKS = 'mtdp_tasks'
 META_REPARAM = 'mtdp_reparameterized'
 META_NAME = 'mtdp_model_name'
 META_RANDOM = 'mtdp_random_weights'
+# torch.onnx.export keeps process-wide state (GLOBALS.in_onnx_export): two exports at once
+# fail ("GLOBALS.in_onnx_export must be False"), so every export in this process takes turns.
+EXPORT_LOCK = threading.Lock()
 META_FORMAT = 'mtdp_format'
 
 
@@ -69,6 +73,7 @@ def prepare_model(config, checkpoint=None, reparameterize_mlore=True):
     from . import memory
     fuse, reason = memory.decide(config, reparameterize_mlore, 'cpu', 'fp32')
     memory.log_decision(fuse, reason)
+    check_checkpoint_fits(config, checkpoint)              # before allocating the model
     model = build_model(config)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
@@ -126,11 +131,12 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
             # The tracer notes every Python-level shape check; the shapes are fixed here.
             warnings.simplefilter('ignore', torch.jit.TracerWarning)
             warnings.simplefilter('ignore', DeprecationWarning)
-            with torch.no_grad():
+            with torch.no_grad(), EXPORT_LOCK:
                 torch.onnx.export(wrapper, inputs, raw_path, input_names=input_names,
                                   output_names=list(config.tasks), opset_version=opset,
                                   do_constant_folding=True, dynamo=False)
         proto = onnx.load(raw_path)           # pulls in any external tensors as well
+        _float_sampling_grids(proto)
         metadata = {META_FORMAT: FORMAT_TAG, META_CONFIG: json.dumps(config.to_dict()),
                     META_STEPS: '' if steps is None else str(steps),
                     META_TASKS: ','.join(config.tasks),
@@ -163,6 +169,31 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
     if verify:
         info['max_abs_diff'] = verify_onnx(output, wrapper, inputs)
     return info
+
+
+def _float_sampling_grids(proto):
+    """Cast float64 GridSample grids to float32 (in place).
+
+    transformers' deformable attention (MT-CP's Mask2Former) traces its reference points
+    through ``linspace``, which the exporter emits in float64; ONNX allows a float64 grid but
+    ONNX Runtime implements GridSample for float32 only. PyTorch samples with a float32 grid.
+    """
+    import onnx
+    from onnx import helper, TensorProto
+    if not any(node.op_type == 'GridSample' for node in proto.graph.node):
+        return
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    nodes = []
+    for node in proto.graph.node:
+        if node.op_type == 'GridSample' and types.get(node.input[1]) == TensorProto.DOUBLE:
+            cast = node.input[1] + '_float'
+            nodes.append(helper.make_node('Cast', [node.input[1]], [cast],
+                                          to=TensorProto.FLOAT, name=node.name + '_grid_cast'))
+            node.input[1] = cast
+        nodes.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
 
 
 def _initializer_bytes(tensor):

@@ -87,8 +87,11 @@ class OrtEngine(Engine):
         self._sessions = OrderedDict()
         self._noise = {}
         # Background preparation of step counts: steps -> Event set when done (ready or
-        # failed), the reason of a failure, and the count that serves meanwhile.
+        # failed), the reason of a failure, and the count that serves meanwhile. The
+        # preparations run one at a time (_one_export): torch.onnx.export keeps global
+        # state, and seven at once held seven models in memory.
         self._prepare_lock = threading.Lock()
+        self._one_export = threading.Lock()
         self._preparing = {}
         self._prepare_failed = {}
         self._closed = False
@@ -152,14 +155,37 @@ class OrtEngine(Engine):
 
     # ------------------------------------------------------------------ step counts
     def runnable_steps(self, steps):
-        """As Engine's, and no count a given file lacks or whose preparation failed."""
+        """As Engine's, and no count a given file lacks.
+
+        A failed preparation is not a reason: it is reported by ``steps_status`` and tried
+        again when ``prepare_steps`` asks for the count again.
+        """
         steps, reason = super().runnable_steps(steps)
         if reason is None:
             reason = self._file_reason(steps)
-        if reason is None:
-            with self._prepare_lock:
-                reason = self._prepare_failed.get(steps)
         return (None, reason) if reason else (steps, None)
+
+    def steps_status(self, steps):
+        """'ready', 'preparing', 'failed: <reason>' or 'not prepared' for ``steps``.
+
+        A failed preparation is reported here (and by ``running_steps``: the count that
+        served keeps serving) until ``prepare_steps`` asks for the count again.
+        """
+        steps, reason = self.runnable_steps(steps)
+        if reason:
+            return f'unavailable: {reason}'
+        with self._prepare_lock:
+            if steps in self._preparing:
+                return 'preparing'
+            if steps in self._prepare_failed:
+                return f'failed: {self._prepare_failed[steps]}'
+        return 'ready' if steps in self._sessions else 'not prepared'
+
+    def running_steps(self, steps):
+        """The step count an ``infer`` call asking for ``steps`` runs now."""
+        if not self.diffusion:
+            return None
+        return self._steps_to_run(self.resolve_steps(steps))
 
     def available_steps(self):
         """Step counts that run without an export: loaded sessions and cached graphs."""
@@ -178,8 +204,10 @@ class OrtEngine(Engine):
         """Start exporting and loading ``steps`` in the background; True if ready already.
 
         Until the graph is ready, ``infer`` calls asking for ``steps`` run
-        ``serving_steps`` (the count that served before) and ``last_steps`` says which count
-        ran; a failed preparation is logged and reported by ``check_steps``.
+        ``serving_steps`` (the count that served before; ``running_steps`` says so before,
+        ``last_steps`` after); a failed preparation is logged and reported by
+        ``steps_status``, and asking for the count again tries again. Preparations run one
+        at a time, in the order asked.
         """
         steps, reason = self.runnable_steps(steps)
         if reason:
@@ -189,6 +217,7 @@ class OrtEngine(Engine):
                 return False
             if steps in self._sessions:
                 return True
+            self._prepare_failed.pop(steps, None)
             done = threading.Event()
             self._preparing[steps] = done
         LOGGER.info('preparing %s steps in the background; %s steps keep serving', steps,
@@ -198,9 +227,10 @@ class OrtEngine(Engine):
         return False
 
     def _prepare(self, steps, done):
-        started = time.perf_counter()
         try:
-            session = self._new_session(steps)
+            with self._one_export:
+                started = time.perf_counter()
+                session = None if self._closed else self._new_session(steps)
         except Exception as exc:  # noqa: B902 - reported, the old count keeps serving
             reason = f'preparing {steps} steps failed: {type(exc).__name__}: {exc}'
             warn(reason + f'; {self.serving_steps} steps keep serving')
@@ -210,7 +240,7 @@ class OrtEngine(Engine):
             done.set()
             return
         with self._lock:
-            if not self._closed:
+            if not self._closed and session is not None:
                 self._store_session(steps, session)
         with self._prepare_lock:
             del self._preparing[steps]

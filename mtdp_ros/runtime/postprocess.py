@@ -10,7 +10,8 @@ Per task kind (``mtdp_ros.models.tasks``; raw outputs as the models return them,
 - normals: bilinear, then renormalised to unit length (H x W x 3); a vanishing vector
   (no direction to recover) becomes NaN.
 - probability, by the task's activation: sigmoid of the logit (``edge``) or softmax over
-  the two logits, channel 1 (``sal``); bilinear: a probability in [0, 1].
+  the two logits, channel 1 (``sal``; a one-logit head, MT-CP's, takes the sigmoid);
+  bilinear: a probability in [0, 1].
 
 On the GPU this runs in PyTorch on the device (:func:`postprocess_task_reference`). On the
 CPU, when the image is at least as large as the model's view of it (the usual camera case),
@@ -99,6 +100,8 @@ def postprocess_task_cpu(task, raw, plan: Letterbox):
                                      plan, cv2.INTER_LINEAR))
     # At model resolution, with PyTorch's own functions (as the reference path).
     if spec.activation == 'sigmoid':
+        probability = torch.sigmoid(torch.from_numpy(content[0])).numpy()
+    elif content.shape[0] == 1:                    # softmax of one logit: its sigmoid
         probability = torch.sigmoid(torch.from_numpy(content[0])).numpy()
     else:                                          # softmax: probability of class 1
         probability = torch.softmax(torch.from_numpy(content), dim=0)[1].numpy()
@@ -233,7 +236,9 @@ def postprocess_task_reference(task, raw, plan: Letterbox):
         return unit.permute(1, 2, 0).contiguous()
     if spec.activation == 'sigmoid':
         return unletterbox(torch.sigmoid(raw[:, :1]), plan)[0, 0].clamp(0.0, 1.0)
-    probability = torch.softmax(raw, dim=1)[:, 1:2]             # softmax: class 1
+    # Softmax: class 1 (a one-logit head, MT-CP's saliency: its sigmoid).
+    probability = (torch.sigmoid(raw) if raw.shape[1] == 1
+                   else torch.softmax(raw, dim=1)[:, 1:2])
     return unletterbox(probability, plan)[0, 0].clamp(0.0, 1.0)
 
 
@@ -275,6 +280,57 @@ def focal_correction_factor(intrinsics, train_focal_px, scale=(1.0, 1.0)):
         return None
     scale_y, scale_x = (float(v) for v in scale)
     return 0.5 * (fx * scale_x + fy * scale_y) / float(train_focal_px)
+
+
+# depth.focal_correction: how depth is made metric for a camera of another focal length
+# (see Engine.infer); the default was chosen by scripts/eval_focal.py (README, Camera-aware
+# depth): 'hybrid' rescales fully when the camera is wider than the training one and by the
+# square root of the factor when it zooms in (the network already reads part of a zoom
+# from other cues, so the full factor overshoots); the only mode that beat no correction
+# at every focal scale measured (0.5 to 2).
+FOCAL_CORRECTIONS = ('hybrid', 'canonical', 'scale', 'off')
+DEFAULT_FOCAL_CORRECTION = 'hybrid'
+# 'hybrid' when zooming in (factor > 1): depth times the factor to this power.
+HYBRID_ZOOM_POWER = 0.5
+
+
+def corrected_depth_factor(factor, correction):
+    """The factor depth is multiplied by under ``correction`` for a full factor ``factor``.
+
+    'hybrid': ``factor`` for a camera wider than the training one (factor <= 1), else
+    ``factor ** HYBRID_ZOOM_POWER``; every other mode: ``factor`` (canonical's residual).
+    """
+    if correction == 'hybrid' and factor > 1.0:
+        return float(factor) ** HYBRID_ZOOM_POWER
+    return factor
+
+
+def check_focal_correction(value):
+    """One of FOCAL_CORRECTIONS; True and False are aliases of the default and 'off'."""
+    if value is True:
+        return DEFAULT_FOCAL_CORRECTION
+    if value is False:
+        return 'off'
+    if value not in FOCAL_CORRECTIONS:
+        raise ValueError(f'focal correction must be one of {", ".join(FOCAL_CORRECTIONS)} '
+                         f'(or true/false), got {value!r}')
+    return value
+
+
+def canonical_scale(intrinsics, train_focal_px):
+    """Letterbox scale that gives the camera the training focal length (None: unknown).
+
+    Metric3D's canonical camera: an image of focal length f resized by ``f_train / f`` looks
+    as if taken by the training camera, so the network's depth needs no correction. The
+    engines use it as ``plan_letterbox``'s ``max_scale``: a zoomed camera's image is shrunk
+    (and padded); a wide one would have to grow past the model input, so it is fitted as
+    usual and the rest is corrected on the output (:func:`focal_correction_factor` with
+    the plan's scale).
+    """
+    fx, fy, _, _ = check_intrinsics(intrinsics)
+    if train_focal_px is None:
+        return None
+    return float(train_focal_px) / (0.5 * (fx + fy))
 
 
 def postprocess(raw_outputs, plan: Letterbox, tasks=None):

@@ -69,11 +69,14 @@ class Letterbox:
         return out
 
 
-def plan_letterbox(image_size, model_size) -> Letterbox:
+def plan_letterbox(image_size, model_size, max_scale=None) -> Letterbox:
     """Plan the letterbox that fits an image of ``image_size`` (H, W) into ``model_size`` (h, w).
 
     The image is scaled by ``min(h / H, w / W)`` (up or down), rounded to whole pixels, and
     centred; the leftover rows and columns are split with the extra one at the bottom/right.
+    ``max_scale``: scale by at most this much (the canonical camera of
+    :func:`mtdp_ros.runtime.postprocess.canonical_scale`: a zoomed camera's image is
+    shrunk further so that its focal length matches the training camera's, and padded).
     """
     image_h, image_w = (int(v) for v in image_size)
     model_h, model_w = (int(v) for v in model_size)
@@ -82,6 +85,8 @@ def plan_letterbox(image_size, model_size) -> Letterbox:
     if min(model_h, model_w) < 1:
         raise ValueError(f'model size {model_size} must be positive')
     scale = min(model_h / image_h, model_w / image_w)
+    if max_scale is not None:
+        scale = min(scale, float(max_scale))
     resized_h = min(model_h, max(1, int(round(image_h * scale))))
     resized_w = min(model_w, max(1, int(round(image_w * scale))))
     offset = ((model_h - resized_h) // 2, (model_w - resized_w) // 2)

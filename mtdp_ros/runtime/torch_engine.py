@@ -4,7 +4,10 @@ On CUDA one call is: the image is copied into a pinned host buffer and sent to t
 without blocking; letterboxing, the network and post-processing run on the GPU; the outputs
 come back through pinned memory with one synchronisation. With CUDA graphs, the three
 stages are captured once per (image size, step count, tasks) and replayed, which removes
-the per-kernel launch cost that dominates a batch-1 ViT on a fast GPU.
+the per-kernel launch cost that dominates a batch-1 ViT on a fast GPU. A warm-started
+TaskDiffusion call (``infer(..., init=, strength=, return_state=True)``) has graphs of its
+own, keyed by the strength as well: the previous map is copied into the graph's static
+input and the new state out of its static output.
 """
 
 import threading
@@ -14,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from mtdp_ros.models import build_model, load_checkpoint, reparameterize
+from mtdp_ros.models import build_model, check_checkpoint_fits, load_checkpoint, reparameterize
 
 from .engine import CACHE_LIMIT, Engine, LOGGER, StageTimer, warn
 from . import memory
@@ -24,6 +27,8 @@ from .preprocess import letterbox, normalisation
 
 # Eager runs before a capture: cuDNN picks its algorithms and allocations settle.
 CAPTURE_WARMUP = 3
+# Initial maps kept per seed: one per camera of a batch (seeded per camera).
+NOISE_CACHE_LIMIT = 16
 
 
 class _Graphs:
@@ -33,6 +38,8 @@ class _Graphs:
         self.image = None       # uint8 H x W x 3 on the device
         self.input = None       # 1 x 3 x h x w model input
         self.noise = None       # sampler's initial map (diffusion models)
+        self.init = None        # previous clean map of a warm start (strength < 1)
+        self.state = None       # final clean map (calls that return a state)
         self.raw = None         # raw outputs of the network
         self.outputs = None     # metric outputs at the image size
         self.stages = []        # CUDAGraph per stage, replayed in capture order
@@ -43,6 +50,7 @@ class TorchEngine(Engine):
     """Runs a ``mtdp_ros.models`` network with PyTorch (see ``create_engine``)."""
 
     backend = 'torch'
+    supports_warm_start = True
 
     def __init__(self, config, checkpoint, model_name, device, precision='fp32', steps=None,
                  seed=0, reparameterize_mlore='auto', cuda_graphs=True):
@@ -59,6 +67,7 @@ class TorchEngine(Engine):
         # Built, loaded and fused on the CPU in fp32, block by block in place (each train
         # block is freed as its fused form is made), then moved and cast once: the device
         # only ever holds the final form, in the final dtype.
+        check_checkpoint_fits(config, checkpoint)          # before allocating the model
         model = build_model(config)
         fuse, self.reparameterize_reason = memory.decide(config, reparameterize_mlore, device,
                                                          self.precision, model=model)
@@ -104,13 +113,21 @@ class TorchEngine(Engine):
         if noise is None:
             noise = self.initial_noise(seed).to(self.torch_device, self.dtype)
             self._noise[seed] = noise
-            while len(self._noise) > CACHE_LIMIT:
+            while len(self._noise) > NOISE_CACHE_LIMIT:
                 self._noise.popitem(last=False)
         return noise
 
-    def run_network(self, x, tasks, steps, noise):
-        """Raw outputs of the network for a normalised 1 x 3 x h x w input (no grad)."""
+    def run_network(self, x, tasks, steps, noise, start=None):
+        """Raw outputs of the network for a normalised 1 x 3 x h x w input (no grad).
+
+        With a :data:`SamplerStart` ``start``: ``(raw outputs, state)``.
+        """
         with torch.no_grad():
+            if start is not None:
+                init = None if start.init is None else start.init.to(self.torch_device,
+                                                                     self.dtype)
+                return self.model(x, tasks=tasks, steps=steps, noise=noise, init=init,
+                                  strength=start.strength, return_state=True)
             if self.diffusion:
                 return self.model(x, tasks=tasks, steps=steps, noise=noise)
             return self.model(x, tasks=tasks)
@@ -142,68 +159,129 @@ class TorchEngine(Engine):
         return out.copy_(staging, non_blocking=True)
 
     # ------------------------------------------------------------------ inference
-    def _infer(self, image, plan, tasks, steps, seed):
+    def _infer(self, image, plan, tasks, steps, seed, start=None):
         with self._lock:
             if not self.cuda:
-                return self._infer_cpu(image, plan, tasks, steps, seed)
-            key = self.graph_key(plan.image_size, steps, tasks)
+                return self._infer_cpu(image, plan, tasks, steps, seed, start)
+            # The letterbox, not only the image size: the canonical camera shrinks a
+            # zoomed camera's image further (engine.infer).
+            key = self.graph_key((plan.image_size, plan.resized_size), steps, tasks, start)
             if self.cuda_graphs and key not in self._failed_keys:
                 graphs = self._graphs.get(key)
                 if graphs is None:
-                    graphs = self._capture(key, image, plan, key[2], steps, seed)
+                    graphs = self._capture(key, image, plan, key[2], steps, seed, start)
                 if graphs is not None:
                     self._graphs.move_to_end(key)
-                    return self._replay(graphs, image, seed, tasks)
-            return self._infer_cuda_eager(image, plan, tasks, steps, seed)
+                    return self._replay(graphs, image, seed, tasks, start)
+            return self._infer_cuda_eager(image, plan, tasks, steps, seed, start)
 
-    def graph_key(self, image_size, steps, tasks):
-        """Key of the CUDA graphs of a call: (image size, steps, tasks the graph computes).
+    def _infer_batch(self, images, plans, tasks, steps, seeds):
+        """One network pass over several letterboxed images (eager, also on CUDA).
+
+        Each image is letterboxed by its own plan into one row of a B x 3 x h x w batch;
+        TaskDiffusion gets each image's own noise draw stacked the same way; each row of
+        the raw outputs is post-processed with its image's plan.
+        """
+        with self._lock:
+            if self.cuda:
+                events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+                mark = [event.record for event in events]
+            else:
+                timer = StageTimer()
+                mark = [lambda: None] + [timer.mark] * 3
+            with torch.no_grad():
+                mark[0]()
+                rows = []
+                for image, plan in zip(images, plans):
+                    pixels = torch.from_numpy(image)
+                    if self.cuda:
+                        # Own pinned buffers: a shared staging buffer would be overwritten
+                        # before its non-blocking copy ran.
+                        pixels = pixels.pin_memory().to(self.torch_device, non_blocking=True)
+                    rows.append(letterbox(pixels, plan, self.gain, self.offset,
+                                          dtype=self.dtype))
+                x = torch.cat(rows)
+                noise = None
+                if self.diffusion:
+                    noise = torch.cat([self.device_noise(seed) for seed in seeds])
+                mark[1]()
+                raw = self.run_network(x, tasks, steps, noise)
+                mark[2]()
+                hosts = [to_host_async(postprocess({t: raw[t][i:i + 1] for t in tasks},
+                                                   plan, tasks))
+                         for i, plan in enumerate(plans)]
+                mark[3]()
+            if self.cuda:
+                events[3].synchronize()
+                self._record_events(events)
+            else:
+                self.last_timing = timer.timing()
+            return [host_to_numpy(host) for host in hosts]
+
+    def graph_key(self, image_size, steps, tasks, start=None):
+        """Key of the CUDA graphs of a call: (letterbox sizes, steps, tasks, sampler start).
 
         TaskDiffusion denoises every task jointly whatever is asked, so its graphs compute
         all tasks and the requested ones are picked after the replay: one capture serves
         every task selection. MLoRE computes only the requested branches: keyed by them.
+        The sampler start is None for a plain cold call and ``('state', strength)`` for a
+        call that returns its state (strength 1: cold; below 1: warm from the graph's
+        static ``init``): the strength fixes the schedule baked into the graph.
         """
         graph_tasks = self.tasks if self.diffusion else tuple(tasks)
-        return (tuple(image_size), steps, graph_tasks)
+        mode = None if start is None else ('state', float(start.strength))
+        return (tuple(image_size), steps, graph_tasks, mode)
 
-    def _infer_cpu(self, image, plan, tasks, steps, seed):
+    @staticmethod
+    def _split(raw, start):
+        """(raw outputs, state or None) of ``run_network``'s result."""
+        return raw if start is not None else (raw, None)
+
+    def _infer_cpu(self, image, plan, tasks, steps, seed, start=None):
         timer = StageTimer()
         with torch.no_grad():
             x = letterbox(torch.from_numpy(image), plan, self.gain, self.offset,
                           dtype=self.dtype)
             timer.mark()
-            raw = self.run_network(x, tasks, steps, self.device_noise(seed))
+            raw, state = self._split(
+                self.run_network(x, tasks, steps, self.device_noise(seed), start), start)
             timer.mark()
             result = host_to_numpy(to_host_async(postprocess(raw, plan, tasks)))
             timer.mark()
         self.last_timing = timer.timing()
-        return result
+        return result if start is None else (result, state)
 
-    def _infer_cuda_eager(self, image, plan, tasks, steps, seed):
+    def _infer_cuda_eager(self, image, plan, tasks, steps, seed, start=None):
         events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         with torch.no_grad():
             events[0].record()
             x = letterbox(self._upload(image), plan, self.gain, self.offset, dtype=self.dtype)
             events[1].record()
-            raw = self.run_network(x, tasks, steps, self.device_noise(seed))
+            raw, state = self._split(
+                self.run_network(x, tasks, steps, self.device_noise(seed), start), start)
             events[2].record()
             host = to_host_async(postprocess(raw, plan, tasks))
             events[3].record()
         events[3].synchronize()
         self._record_events(events)
-        return host_to_numpy(host)
+        result = host_to_numpy(host)
+        return result if start is None else (result, state)
 
     def _record_events(self, events):
         ms = [a.elapsed_time(b) for a, b in zip(events, events[1:])]
         self.last_timing = dict(zip(('preprocess_ms', 'model_ms', 'postprocess_ms'), ms))
 
     # ------------------------------------------------------------------ CUDA graphs
-    def _stage_functions(self, graphs, plan, tasks, steps):
+    def _stage_functions(self, graphs, plan, tasks, steps, start=None):
         def preprocess_stage():
             letterbox(graphs.image, plan, self.gain, self.offset, out=graphs.input)
 
         def network_stage():
-            graphs.raw = self.run_network(graphs.input, tasks, steps, graphs.noise)
+            # The graph reads the previous map from its static buffer ``graphs.init``.
+            graph_start = None if start is None else start._replace(init=graphs.init)
+            graphs.raw, graphs.state = self._split(
+                self.run_network(graphs.input, tasks, steps, graphs.noise, graph_start),
+                graph_start)
 
         def postprocess_stage():
             graphs.outputs = postprocess(graphs.raw, plan, tasks)
@@ -218,7 +296,7 @@ class TorchEngine(Engine):
             raise RuntimeError('the network synchronises with the host, which a CUDA graph '
                                'cannot hold: ' + '; '.join(blockers))
 
-    def _capture(self, key, image, plan, tasks, steps, seed):
+    def _capture(self, key, image, plan, tasks, steps, seed, start=None):
         """Capture the three stages for ``key``; None (and eager from then on) on failure."""
         started = time.perf_counter()
         graphs = _Graphs()
@@ -230,8 +308,10 @@ class TorchEngine(Engine):
             noise = self.device_noise(seed)
             graphs.noise = None if noise is None else noise.clone()
             graphs.seed = seed
+            if start is not None and start.init is not None:
+                graphs.init = start.init.to(self.torch_device, self.dtype).clone()
             self._upload(image, out=graphs.image)
-            stages = self._stage_functions(graphs, plan, tasks, steps)
+            stages = self._stage_functions(graphs, plan, tasks, steps, start)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.no_grad(), torch.cuda.stream(side):
@@ -262,10 +342,12 @@ class TorchEngine(Engine):
                     plan.image_size, steps, list(tasks), time.perf_counter() - started)
         return graphs
 
-    def _replay(self, graphs, image, seed, tasks):
+    def _replay(self, graphs, image, seed, tasks, start=None):
         if graphs.noise is not None and graphs.seed != seed:
             graphs.noise.copy_(self.device_noise(seed))
             graphs.seed = seed
+        if graphs.init is not None:
+            graphs.init.copy_(start.init)
         events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         events[0].record()
         self._upload(image, out=graphs.image)
@@ -276,13 +358,16 @@ class TorchEngine(Engine):
         graphs.stages[2].replay()
         host = to_host_async({t: graphs.outputs[t] for t in tasks})
         events[3].record()
+        # The graph overwrites its state buffer on the next replay: the caller gets a copy.
+        state = None if start is None else graphs.state.clone()
         events[3].synchronize()
         self._record_events(events)
-        return host_to_numpy(host)
+        result = host_to_numpy(host)
+        return result if start is None else (result, state)
 
     @property
     def captured_keys(self):
-        """Keys (image size, steps, tasks) with captured CUDA graphs."""
+        """Keys (image size, steps, tasks, sampler start) with captured CUDA graphs."""
         return tuple(self._graphs)
 
     # ------------------------------------------------------------------ benchmarking

@@ -11,6 +11,8 @@ Example (see ``mtdp_ros/training/configs/`` for the default models)::
                                   # (the authors' .pth or a project .safetensors), or
                                   # {encoder: PATH}: an ImageNet ViT (timm .safetensors /
                                   # .pth / Google .npz) for the encoder, the rest random
+                                  # {backbone: PATH}: MT-CP only, a transformers
+                                  # Mask2Former folder (save_pretrained) for the backbone
     data: {source: synthetic, seed_start: 0, seed_stop: 400000, workers: 6}
     train: {steps: 6000, batch_size: 32, lr: 0.001, amp: auto, time_budget_min: 7}
     loss: {weights: {semseg: 1, depth: 1, normals: 10, edge: 50}, edge_w: 0.95}
@@ -78,6 +80,7 @@ DEFAULTS = {
         'edge_w': 0.95,
         'load_balancing': 0.0005,
         'aux_weight': 0.25,           # TaskDiffusion auxiliary heads
+        'deep_supervision': 0.5,      # MT-CP intermediate predictions (the authors: / 2)
         'balancing': 'fixed',         # fixed | lps
         'lps': {'history': 3, 'period': 100, 'alpha': 2.5},
     },
@@ -134,12 +137,18 @@ def _merge(defaults, given, path=''):
 
 
 def validate_init(init):
-    """Raise ValueError unless ``init`` is random, model, a path or {encoder: PATH}."""
+    """Raise ValueError unless ``init`` is random, model, a path or a one-key mapping.
+
+    The mappings: {encoder: PATH} (an ImageNet ViT) or {backbone: PATH} (MT-CP: a
+    transformers Mask2Former folder).
+    """
     if isinstance(init, dict):
-        unknown = sorted(set(init) - {'encoder'})
-        if unknown or not isinstance(init.get('encoder'), str) or not init['encoder']:
+        if len(init) != 1 or not set(init) <= {'encoder', 'backbone'} \
+                or not isinstance(next(iter(init.values())), str) \
+                or not next(iter(init.values())):
             raise ValueError(f'init as a mapping must be {{encoder: PATH}} (a pretrained ViT '
-                             f'file), got {init!r}')
+                             f'file) or {{backbone: PATH}} (MT-CP: a Mask2Former folder), '
+                             f'got {init!r}')
     elif init is not None and (not isinstance(init, str) or not init):
         raise ValueError(f'init must be random, model, a checkpoint path or {{encoder: PATH}}, '
                          f'got {init!r}')

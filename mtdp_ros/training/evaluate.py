@@ -8,15 +8,17 @@ the authors pad), and the predictions are cropped and resized back, so metrics a
 at the labels' resolution.
 
 Camera-aware depth on synthetic scenes: ``focal_scale`` renders the held-out scenes with the
-camera's focal length times that factor, and ``focal_correction`` (default true) rescales
-the predicted depth by the scene camera's focal length over the model's training focal
-length (``mtdp_ros.runtime.postprocess.focal_correction_factor``, the engines' rule), so
-the metrics show what a camera other than the training one costs with and without it.
+camera's focal length times that factor, and ``focal_correction`` (default: the engines',
+canonical) makes depth metric for that camera as the engines do (``'canonical'``: a zoomed
+image shrunk to the training focal length, then ``focal_correction_factor`` for the rest;
+``'scale'``: that factor alone; ``'off'``), so the metrics show what a camera other than the
+training one costs with and without it.
 """
 
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ..runtime.options import check_steps, is_diffusion
 from ..runtime.preprocess import check_image, letterbox, normalisation, plan_letterbox, \
@@ -26,6 +28,9 @@ from .metrics import MultiTaskMeter
 
 # Tolerance of the edge benchmark (fraction of the image diagonal) per data set.
 EDGE_MAX_DIST = {'synthetic': 0.011, 'nyud': 0.011, 'pascal': 0.0075}
+# The 'partial' focal correction (evaluation only): depth times the factor to this power,
+# halfway (in log scale) between no correction and the full one.
+PARTIAL_POWER = 0.5
 
 
 def parse_data_spec(spec):
@@ -72,11 +77,20 @@ def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, 
     ``steps``: DDIM steps for TaskDiffusion models (default: the trained count). ``amp``:
     an autocast dtype for the forward pass (None: float32). ``progress``: callable
     ``(done, total)``. ``focal_scale`` (synthetic only): render the scenes with the focal
-    length times this factor. ``focal_correction``: on synthetic scenes, rescale depth
-    from the model's training focal length to the scene camera's (no effect for a model
-    whose config states no ``train_focal_px``; the data sets' cameras are not modelled).
+    length times this factor. ``focal_correction`` (synthetic only; no effect for a model
+    whose config states no ``train_focal_px``; the data sets' cameras are not modelled):
+    ``'scale'`` rescales depth from the model's training focal length to the scene
+    camera's; ``'canonical'`` (or True: the engines' default) first resizes each image so
+    that its focal length is the training one where that shrinks it (padded, as the
+    engines' letterbox), then rescales what is left; ``'hybrid'`` (the engines' default)
+    rescales by the factor for a wider camera and by its square root for a zoomed one;
+    ``'partial'`` rescales by the square
+    root of the factor (comparison only); ``'off'`` (or False) leaves depth as predicted.
     """
+    from mtdp_ros.runtime.postprocess import check_focal_correction
     from .raycast import check_focal_scale
+    if focal_correction != 'partial':
+        focal_correction = check_focal_correction(focal_correction)
     kind, root = parse_data_spec(data)
     if num is not None and num < 1:
         raise ValueError(f'--num must be >= 1, got {num}')
@@ -109,15 +123,57 @@ def evaluate_model(model, data='synthetic', num=200, seed=424242, batch_size=8, 
     return meter.score()
 
 
-def _focal_corrected(raw, intrinsics, train_focal_px):
-    """Raw outputs with depth scaled per image by the engines' focal correction."""
-    from mtdp_ros.runtime.postprocess import focal_correction_factor
+def _focal_corrected(raw, intrinsics, train_focal_px, correction='scale'):
+    """Raw outputs with depth scaled per image by the engines' focal correction.
+
+    ``correction``: 'scale' or 'hybrid' as the engines; 'partial' (comparison only): the
+    factor to the power PARTIAL_POWER whether the camera is wider or narrower.
+    """
+    from mtdp_ros.runtime.postprocess import corrected_depth_factor, focal_correction_factor
     if 'depth' not in raw or train_focal_px is None:
         return raw
     # Scenes are rendered at the model's input size: the letterbox scale is 1.
     factors = [focal_correction_factor(row.tolist(), train_focal_px) for row in intrinsics]
+    if correction == 'partial':
+        factors = [factor ** PARTIAL_POWER for factor in factors]
+    else:
+        factors = [corrected_depth_factor(factor, correction) for factor in factors]
     factors = torch.tensor(factors, dtype=raw['depth'].dtype, device=raw['depth'].device)
     return {**raw, 'depth': raw['depth'] * factors.view(-1, 1, 1, 1)}
+
+
+def _canonical_run(run, x, intrinsics, config):
+    """Raw outputs at the scenes' size through the canonical camera (see evaluate_model).
+
+    Each normalised image is letterboxed with ``max_scale`` = its canonical scale (zero
+    padding, as the engines), the batch runs once, and each output is cropped and resized
+    back; depth then takes the residual factor of the plan's scale, as in the engines.
+    """
+    from mtdp_ros.runtime.postprocess import canonical_scale, focal_correction_factor
+    size = tuple(x.shape[-2:])
+    plans, canvas = [], torch.zeros_like(x)
+    for index, row in enumerate(intrinsics.tolist()):
+        plan = plan_letterbox(size, config.image_size,
+                              canonical_scale(row, config.train_focal_px))
+        image = x[index:index + 1]
+        if plan.resized_size != size:
+            image = F.interpolate(image, size=plan.resized_size, mode='bilinear',
+                                  align_corners=False, antialias=True)
+        rows, cols = plan.content_slices
+        canvas[index:index + 1, :, rows, cols] = image
+        plans.append(plan)
+    raw = run(canvas)
+    outputs = {}
+    for task, values in raw.items():
+        outputs[task] = torch.cat([unletterbox(values[i:i + 1].float(), plan)
+                                   for i, plan in enumerate(plans)])
+    if 'depth' in outputs:
+        factors = [focal_correction_factor(row, config.train_focal_px, plan.scale)
+                   for row, plan in zip(intrinsics.tolist(), plans)]
+        factors = torch.tensor(factors, dtype=outputs['depth'].dtype,
+                               device=outputs['depth'].device)
+        outputs['depth'] = outputs['depth'] * factors.view(-1, 1, 1, 1)
+    return outputs
 
 
 def _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progress,
@@ -135,9 +191,14 @@ def _evaluate_synthetic(model, run, meter, num, seed, batch_size, device, progre
     for first in range(seed, seed + num, batch_size):
         seeds = list(range(first, min(first + batch_size, seed + num)))
         batch = render_batch(seeds, height, width, device=device, focal_scale=focal_scale)
-        raw = run((batch['image'] - mean) / std)
-        if focal_correction:
-            raw = _focal_corrected(raw, batch['intrinsics'].cpu(), config.train_focal_px)
+        x = (batch['image'] - mean) / std
+        if focal_correction == 'canonical' and config.train_focal_px is not None:
+            raw = _canonical_run(run, x, batch['intrinsics'].cpu(), config)
+        else:
+            raw = run(x)
+        if focal_correction in ('hybrid', 'scale', 'partial'):
+            raw = _focal_corrected(raw, batch['intrinsics'].cpu(), config.train_focal_px,
+                                   focal_correction)
         meter.update({t: v.float() for t, v in raw.items()},
                      {t: batch[t] for t in config.tasks})
         done += len(seeds)

@@ -6,7 +6,8 @@ format, see ``mtdp_ros.models``):
 * ``cross_entropy`` (``semseg`` / ``human_parts``): cross-entropy, label 255 ignored, mean
   over valid pixels;
 * ``balanced_cross_entropy`` (``sal``): class-balanced 2-way cross-entropy (weights from
-  the batch's label frequency);
+  the batch's label frequency; binary cross-entropy with the same weights for a one-logit
+  head, as MT-CP's);
 * ``depth_l1``: L1 over pixels whose target is not 0 (invalid);
 * ``normals_l1``: L1 between the L2-normalised prediction and the target, summed over the
   three channels and averaged over pixels whose target is not the zero vector (nor 255);
@@ -15,7 +16,8 @@ format, see ``mtdp_ros.models``):
   255 ignored.
 
 ``MultiTaskLoss`` sums them with per-task weights, adds the MoE load-balancing term of
-MLoRE and, for TaskDiffusion, the auxiliary heads' losses times ``aux_weight``. Balancing:
+MLoRE, for TaskDiffusion the auxiliary heads' losses times ``aux_weight``, and for MT-CP
+the deep-supervision predictions' plain losses times ``deep_weight``. Balancing:
 ``fixed`` (the configured weights) or ``lps`` (MT-CP's loss prioritisation scheme).
 """
 
@@ -54,6 +56,13 @@ def balanced_cross_entropy_loss(logits, target, ignore_index=IGNORE_INDEX):
         raise ValueError('balanced cross-entropy expects binary labels (0, 1, or 255)')
     n_valid = _valid_count(valid)
     w_pos = (label[valid] == 0).sum().float() / n_valid
+    if logits.shape[1] == 1:
+        # One logit (MT-CP's saliency head): the same weights on the binary cross-entropy.
+        logit = logits[:, 0].float()
+        positive = (label == 1).float()
+        weight = w_pos * positive + (1.0 - w_pos) * (1.0 - positive)
+        per_pixel = F.binary_cross_entropy_with_logits(logit, positive, reduction='none')
+        return (per_pixel * weight * valid.float()).sum() / n_valid
     weight = torch.stack([1.0 - w_pos, w_pos]).to(logits.device)
     loss = F.cross_entropy(logits.float(), label, weight=weight, ignore_index=ignore_index,
                            reduction='none')
@@ -223,18 +232,21 @@ class MultiTaskLoss(nn.Module):
     """Weighted sum of the task losses, MoE load balancing and TaskDiffusion's aux heads.
 
     ``forward(outputs, targets)`` takes ``model.forward_train``'s dict (``pred``, ``aux``,
-    ``routes``) and returns a dict: every task loss (unweighted, detached), ``aux`` (the
+    ``routes``, ``deep``) and returns a dict: every task loss (unweighted, detached), ``aux`` (the
     auxiliary heads' weighted sum, when present), ``load_balancing``, and ``total`` (the
     differentiable objective)::
 
         fixed: total = sum_t w_t L_t + aux_weight * sum_t w_t L_t^aux + lb_weight * LB
         lps:   total = sum_t p_t log(1 + w_t L_t + eta) + aux_weight * (same on aux) + ...
+        both:  + deep_weight * sum_levels sum_t L_t^level     (``deep``: MT-CP)
 
-    where ``w_t`` are the configured weights and ``p_t`` the LPS priorities.
+    where ``w_t`` are the configured weights and ``p_t`` the LPS priorities. The deep terms
+    are neither weighted nor prioritised: MT-CP's training adds each task's intermediate
+    losses, summed over the levels and halved, to the prioritised total.
     """
 
     def __init__(self, tasks, weights=None, edge_w=0.95, load_balancing=0.0, aux_weight=0.0,
-                 balancing='fixed', lps=None):
+                 balancing='fixed', lps=None, deep_weight=0.5):
         super().__init__()
         self.tasks = tuple(tasks)
         unknown = [t for t in self.tasks if find_task(t) is None]
@@ -248,6 +260,7 @@ class MultiTaskLoss(nn.Module):
         self.edge_w = float(edge_w)
         self.load_balancing = float(load_balancing)
         self.aux_weight = float(aux_weight)
+        self.deep_weight = float(deep_weight)
         if balancing not in ('fixed', 'lps'):
             raise ValueError(f"loss balancing must be 'fixed' or 'lps', got {balancing!r}")
         self.balancing = balancing
@@ -286,6 +299,11 @@ class MultiTaskLoss(nn.Module):
             aux_total = aux_total if self.prioritizer is None else aux_total[0]
             result['aux'] = aux_total.detach()
             total = total + self.aux_weight * aux_total
+        deep = outputs.get('deep') or []
+        if deep and self.deep_weight > 0:
+            deep_total = sum(sum(self.task_losses(level, targets).values()) for level in deep)
+            result['deep'] = deep_total.detach()
+            total = total + self.deep_weight * deep_total
         routes = outputs.get('routes') or []
         if routes and self.load_balancing > 0:
             balance = load_balancing_loss(routes)

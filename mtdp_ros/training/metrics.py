@@ -182,9 +182,12 @@ def edge_nms(prob, radius=1.0):
     largest absolute curvature: across a ridge the profile bends most, on its crest
     (negative) as on its flanks (positive), while along it the map barely changes. It is
     quantised to 0/45/90/135 degrees and a pixel survives when it is >= both neighbours
-    along it (as Canny's non-maximum suppression).
+    along it (as Canny's non-maximum suppression). Non-finite probabilities count as 0, no
+    edge: a NaN would spread through the smoothing and its quantised direction would be the
+    integer value of a NaN, which is undefined.
     """
     prob = np.asarray(prob, dtype=np.float32)
+    prob = np.where(np.isfinite(prob), prob, np.float32(0.0))
     smooth = cv2.GaussianBlur(prob, (0, 0), radius) if radius > 0 else prob
     dxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=3)
     dyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2, ksize=3)
@@ -416,6 +419,8 @@ def predictions_from_raw(task, raw):
     if activation == 'argmax':
         return raw.argmax(dim=1)
     if activation == 'softmax':
+        if raw.shape[1] == 1:                     # one logit (MT-CP): 255 * sigmoid / 255
+            return torch.sigmoid(raw.float())[:, 0]
         return torch.softmax(raw.float(), dim=1)[:, 1]
     if activation == 'sigmoid':
         return torch.sigmoid(raw.float())

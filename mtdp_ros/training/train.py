@@ -220,7 +220,19 @@ class Trainer:
                 raise ValueError(f'init: model, but the model {config["model"]!r} comes '
                                  f'without weights (give a checkpoint path or random)')
             init = shipped
-        if isinstance(init, dict):
+        if isinstance(init, dict) and 'backbone' in init:
+            if not hasattr(self.model, 'load_pretrained_backbone'):
+                raise ValueError(f'init: {{backbone: PATH}} loads a Mask2Former folder into '
+                                 f'MT-CP models; {self.model_config.family} takes '
+                                 f'{{encoder: PATH}}')
+            report = self.model.load_pretrained_backbone(init['backbone'])
+            self.echo(f'backbone initialised from {init["backbone"]} ({report["layout"]}; '
+                      f'kept: {", ".join(report["kept"]) or "-"}); the rest random')
+        elif isinstance(init, dict):
+            if not hasattr(self.model, 'encoder'):
+                raise ValueError(f'init: {{encoder: PATH}} loads an ImageNet ViT; '
+                                 f'{self.model_config.family} has no ViT encoder (MT-CP: '
+                                 f'{{backbone: PATH}})')
             report = load_pretrained_encoder(self.model.encoder, init['encoder'])
             self.echo(f'encoder initialised from {init["encoder"]} (position embedding '
                       f'{report["pos_embed"]}; left out: {", ".join(report["dropped"]) or "-"})'
@@ -243,7 +255,8 @@ class Trainer:
             self.loss_tasks, loss_cfg['weights'], edge_w=loss_cfg['edge_w'],
             load_balancing=loss_cfg['load_balancing'],
             aux_weight=loss_cfg['aux_weight'] if options.is_diffusion(self.model_config) else 0.0,
-            balancing=loss_cfg['balancing'], lps=loss_cfg['lps'])
+            balancing=loss_cfg['balancing'], lps=loss_cfg['lps'],
+            deep_weight=loss_cfg['deep_supervision'])
         self.sync_batchnorm = use_sync_batchnorm(train['sync_batchnorm'], self.device,
                                                  self.distributed)
         if self.sync_batchnorm:
