@@ -28,6 +28,12 @@ camera (at most ``cameras.max_batch``, round-robin beyond) and runs them as one 
 through the one engine (:mod:`mtdp_ros.ros.batching`); /diagnostics has a status per
 camera plus the engine's.
 
+Transitions never wait long for a frame: deactivate closes the
+:class:`~mtdp_ros.ros.output_gate.OutputGate` (nothing of the frame in flight is published
+after it) and returns; cleanup waits up to TRANSITION_WAIT s, then leaves the engine's
+release to the inference thread at the end of that frame. So parameters, diagnostics and
+transitions keep being served while a frame takes seconds.
+
 Stops: SIGINT and SIGTERM only set an event (later signals do nothing), the main thread
 leaves the executor loop and shuts down once; see :mod:`mtdp_ros.ros.stops`.
 """
@@ -43,15 +49,18 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.exceptions import ParameterNotDeclaredException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
-from mtdp_ros.ros import engine_setup, node_settings, parameters
+from mtdp_ros.ros import (engine_setup, memory_return, node_settings, parameter_names,
+                          parameters)
 from mtdp_ros.ros.batching import BatchScheduler, BatchStatistics, run_batch
 from mtdp_ros.ros.diagnostics import build_engine_status, build_status
 from mtdp_ros.ros.monitoring import STAGES, seconds_since_program_start
 from mtdp_ros.ros.engine_setup import StartupError
+from mtdp_ros.ros.output_gate import OutputGate
 from mtdp_ros.ros.outputs import OUTPUT_TOPICS
 from mtdp_ros.ros.qos import deprecated_aliases, describe_qos, qos_profile
 from mtdp_ros.ros.runtime_log import RuntimeLogBridge
@@ -65,9 +74,10 @@ __all__ = ['NODE_NAME', 'OUTPUT_TOPICS', 'STAGES', 'PerceptionNode', 'StartupErr
 NODE_NAME = 'mtdp_perception'
 # Seconds the inference thread may take to finish its frame at shutdown.
 STOP_TIMEOUT = 3.0
-# Seconds a deactivate/cleanup transition waits for the frame in flight (a large model on
-# a CPU takes seconds per frame; the engine must not be released under it).
-TRANSITION_TIMEOUT = 60.0
+# Seconds cleanup waits for the frame in flight before leaving the engine's release to the
+# inference thread (a large model on a CPU takes seconds per frame; the executor must not
+# stall that long, and the engine must not be released under the frame).
+TRANSITION_WAIT = 1.0
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 ERROR = TransitionCallbackReturn.ERROR
@@ -115,6 +125,13 @@ class PerceptionNode(LifecycleNode):
         # Held by the inference thread for each frame: a transition that stops the outputs
         # or releases the engine takes it, so no frame is half-way through then.
         self._frame_lock = threading.Lock()
+        # Closed by every transition that stops the outputs: a frame in flight then
+        # publishes nothing more (see output_gate).
+        self._gate = OutputGate()
+        # An engine released by cleanup while a frame still used it: the inference thread
+        # closes it when that frame ends.
+        self._engine_to_close = None
+        self._handoff = threading.Lock()
         self._stopping = threading.Event()
         self._stopped = None            # set by stop(): whether the engine was released
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -123,6 +140,7 @@ class PerceptionNode(LifecycleNode):
         values = parameters.current_values(self)
         self.camera_names = [n for n in parameters.camera_names(values) if n]
         self.streams = [camera_stream(self, name) for name in self.camera_names or ['']]
+        self._set_max_pixels(values['input.max_pixels'])
         self._max_batch = int(values['cameras.max_batch'])
         self._scheduler = BatchScheduler(self.streams, self._max_batch)
         self.batch_statistics = BatchStatistics()
@@ -136,6 +154,8 @@ class PerceptionNode(LifecycleNode):
         self._worker = threading.Thread(target=self._run_inference, name='mtdp_inference',
                                         daemon=True)
         self._worker.start()
+        # Last: every parameter (per-camera ones included) is declared by now.
+        self._warn_unmatched_parameters(sys.argv[1:] + list(kwargs.get('cli_args') or []))
         if not self.autostart:
             self._log.info('autostart is false: unconfigured, no engine; waiting for the '
                            'configure transition on ~/change_state')
@@ -176,6 +196,7 @@ class PerceptionNode(LifecycleNode):
         for stream in self.streams:
             stream.activated()
         self._active = True
+        self._gate.open()
         for stream in self.streams:
             subscription = subscribe_images(self, stream, stream.input_qos)
             self._image_subscriptions.append(subscription)
@@ -191,18 +212,21 @@ class PerceptionNode(LifecycleNode):
 
     @_callback_returning(ERROR)
     def on_deactivate(self, state):
-        """Unsubscribe, and wait for the frame in flight: no outputs after this."""
-        self._deactivate(TRANSITION_TIMEOUT)
-        self._log.info('deactivated (inactive): no outputs')
+        """Unsubscribe and close the output gate: no outputs after this (no waiting)."""
+        busy = self._deactivate()
+        self._log.info('deactivated (inactive): no outputs' +
+                       ('; the frame in flight runs to its end, its outputs dropped'
+                        if busy else ''))
         return SUCCESS
 
     @_callback_returning(ERROR)
     def on_cleanup(self, state):
         """Release the engine and its (GPU) memory, destroy the output publishers."""
-        if not self._release_engine(TRANSITION_TIMEOUT):
-            self._log.error('cleanup: the frame in flight did not finish; engine kept')
-            return FAILURE
-        self._log.info('cleaned up (unconfigured): engine released')
+        if self._release_engine(TRANSITION_WAIT):
+            self._log.info('cleaned up (unconfigured): engine released')
+        else:
+            self._log.info('cleaned up (unconfigured): the engine is released when the '
+                           'frame in flight ends')
         return SUCCESS
 
     def on_shutdown(self, state):
@@ -215,8 +239,8 @@ class PerceptionNode(LifecycleNode):
 
     def on_error(self, state):
         """After a failed transition: release everything, back to unconfigured."""
-        self._deactivate(STOP_TIMEOUT)
-        self._release_engine(STOP_TIMEOUT)
+        self._deactivate()
+        self._release_engine(TRANSITION_WAIT)
         return SUCCESS
 
     def _configure(self):
@@ -248,7 +272,8 @@ class PerceptionNode(LifecycleNode):
         output_qos = qos_profile(values['output.qos'], values['output.qos_depth'])
         try:
             for stream in self.streams:
-                stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos)
+                stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos,
+                                            gate=self._gate)
         except QoSOverrideError as exc:
             raise StartupError(f'invalid QoS override: {exc}') from None
         warmed = []
@@ -262,46 +287,61 @@ class PerceptionNode(LifecycleNode):
             if geometry in warmed:
                 continue
             warmed.append(geometry)
+            if info.width * info.height > self._settings.max_pixels:
+                # input.max_pixels was lowered after this camera_info came.
+                self._log.warning(f'no warm-up at the camera size {info.width}x{info.height}: '
+                                  f'more than input.max_pixels ({self._settings.max_pixels})')
+                continue
             if engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
                                     self._log, stream.focal, info):
                 size = f'{info.width}x{info.height}'
                 self._warmed_size = size if self._warmed_size is None else \
                     f'{self._warmed_size}, {size}'
 
-    def _deactivate(self, timeout):
+    def _deactivate(self):
+        """Stop the outputs now; True when a frame is still in flight (it publishes nothing)."""
         self._active = False
+        self._gate.close()
         for subscription in self._image_subscriptions:
             self.destroy_subscription(subscription)
         self._image_subscriptions = []
         for stream in self.streams:
             stream.reset('deactivate')
-        if self._frame_lock.acquire(timeout=timeout):
-            self._frame_lock.release()
-            return True
-        return False
+        return self._frame_lock.locked()
 
-    def _release_engine(self, timeout=STOP_TIMEOUT):
-        """Close the engine once no frame uses it; False when the frame in flight stays."""
-        if not self._frame_lock.acquire(timeout=timeout):
-            return False
+    def _release_engine(self, timeout=TRANSITION_WAIT):
+        """Release the engine; False when a frame still uses it (closed when it ends).
+
+        The outputs are stopped already (the gate is closed), so the publishers go now.
+        """
+        held = self._frame_lock.acquire(timeout=timeout)
         try:
             engine, self.engine = self.engine, None
+            self._settings = None
             for stream in self.streams:
                 if isinstance(stream.sink, PublisherSink):
                     stream.sink.destroy(self)
                 stream.sink = Sink()
                 stream.reset('cleanup')
                 stream.release_outputs()
-            self._settings = None
             self._warmed_size = None
-            if engine is not None:
-                engine.close()
-                del engine
-                gc.collect()
+            if not held:
+                with self._handoff:
+                    self._engine_to_close = engine
+                # The frame may have ended meanwhile, before it could see the handoff.
+                held = self._frame_lock.acquire(blocking=False)
+                engine = self._take_engine_to_close() if held else None
+            _close(engine)
         finally:
-            self._frame_lock.release()
+            if held:
+                self._frame_lock.release()
         self._runtime_log.detach()
-        return True
+        return held
+
+    def _take_engine_to_close(self):
+        with self._handoff:
+            engine, self._engine_to_close = self._engine_to_close, None
+            return engine
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, changed):
@@ -315,7 +355,35 @@ class PerceptionNode(LifecycleNode):
         reason = node_settings.check_changes(changed, current, self.engine, self._model_tasks)
         return SetParametersResult(successful=not reason, reason=reason or '')
 
+    def _warn_unmatched_parameters(self, args):
+        """Warn about overrides no parameter takes and params files for other nodes."""
+        declared = self._parameters.keys()
+        unknown = parameter_names.unknown_names(self._parameter_overrides, declared)
+        if unknown:
+            self._log.warning('ignored: no parameter of this node is named ' +
+                              parameter_names.describe_unknown(unknown, declared))
+        for path in parameter_names.params_files(args):
+            problem = parameter_names.params_file_problem(
+                path, self.get_fully_qualified_name())
+            if problem:
+                self._log.warning(problem)
+
+    def _check_undeclared_parameters(self, parameter_list):
+        # rclpy's own lists the names as [] (a generator consumed by any()).
+        unknown = [p.name for p in parameter_list if p.name not in self._parameters]
+        if unknown:
+            raise ParameterNotDeclaredException(
+                parameter_names.describe_unknown(unknown, self._parameters.keys()))
+        super()._check_undeclared_parameters(parameter_list)
+
+    def _set_max_pixels(self, max_pixels):
+        for stream in self.streams:
+            stream.max_pixels = int(max_pixels)
+
     def _after_set_parameters(self, changed):
+        for parameter in changed:
+            if parameter.name == 'input.max_pixels':
+                self._set_max_pixels(parameter.value)
         if self._settings is None:     # unconfigured: configure reads the parameters
             return
         self._settings, updates = node_settings.apply_changes(
@@ -330,29 +398,46 @@ class PerceptionNode(LifecycleNode):
             if not batch:
                 continue
             with self._frame_lock:
-                if not self._active or self.engine is None or self._stopping.is_set():
+                engine, settings = self.engine, self._settings
+                if not self._active or engine is None or self._stopping.is_set():
                     continue
+                self._gate.begin_frame()
                 try:
-                    self._process(batch)
+                    self._process(batch, engine, settings)
                 except Exception as exc:  # noqa: B902 - the node must keep serving
                     if self._stopping.is_set() or not self.context.ok():
                         return
                     for stream, _ in batch:
                         self._frame_failed(stream, exc)
+            # Cleanup came during the frame: the engine is no one's now.
+            engine = self._take_engine_to_close()
+            if engine is not None:
+                _close(engine)
+                self._log.info('engine released (the frame in flight at cleanup ended)')
 
     def _frame_failed(self, stream, exc):
         stream.statistics.counters.add('errors')
         stream.warn('error', f'frame from {stream.input_topic} failed: '
                              f'{type(exc).__name__}: {exc}')
 
-    def _process(self, batch):
-        """The frames of ``batch`` ([(stream, item)]) through the engine; logs first outputs."""
-        settings = self._settings
+    def _process(self, batch, engine, settings):
+        """The frames of ``batch`` ([(stream, item)]) through the engine; logs first outputs.
+
+        Their outputs go out only while the gate lets these frames publish: a transition
+        during them drops the rest (counted as ``abandoned``).
+        """
         entries = [(stream, settings.for_frames(stream.focal.rectified,
                                                 self.streams.index(stream)), *item)
                    for stream, item in batch]
-        results = run_batch(self.engine, entries, on_error=self._frame_failed,
+        results = run_batch(engine, entries, on_error=self._frame_failed,
                             statistics=self.batch_statistics)
+        if not self._gate.frame_allowed():
+            # A transition came during the frames: the gate refused their outputs.
+            for stream, _ in batch:
+                stream.statistics.counters.add('abandoned')
+            self._log.info(f'the outputs of {len(batch)} frame(s) in flight when the outputs '
+                           f'stopped were dropped')
+            return
         for stream, result in results:
             if result.first:
                 self._first_output(stream)
@@ -393,10 +478,12 @@ class PerceptionNode(LifecycleNode):
         self._diagnostics_publisher.publish(array)
 
     def _watchdog(self):
-        """Warn when no frame arrives while active, naming topic, QoS and publishers."""
+        """Warn when no frame arrives while active; count losses only with one publisher."""
         if not self._active or self._settings is None:
             return
         for stream in self.streams:
+            if stream.sequence_gaps is not None:
+                stream.sequence_gaps.publishers_changed(self.count_publishers(stream.input_topic))
             text = stream.watchdog.check(self, stream.statistics,
                                          self._settings.watchdog_timeout, stream.input_topic,
                                          stream.input_qos)
@@ -415,7 +502,7 @@ class PerceptionNode(LifecycleNode):
             return self._stopped
         deadline = time.monotonic() + STOP_TIMEOUT
         self._stopping.set()
-        self._deactivate(STOP_TIMEOUT)
+        self._deactivate()
         for stream in self.streams:
             stream.slot.close()
         self._scheduler.close()
@@ -433,14 +520,26 @@ class PerceptionNode(LifecycleNode):
         return super().destroy_node()
 
 
+def _close(engine):
+    """Close ``engine`` (None: nothing) and return its memory."""
+    if engine is not None:
+        engine.close()
+        del engine
+        gc.collect()
+
+
 def main(args=None):
     """Console entry point; returns the process exit code (0 on SIGINT / SIGTERM)."""
     signals = StopSignals()
     signals.install()
     node = None
+    # Before the middleware starts: memory of a rare large frame goes back afterwards.
+    returned = memory_return.prepare()
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = PerceptionNode()
+        if returned:
+            node.get_logger().info(f'large-frame memory given back: {returned}')
         if node.autostart and not node.run_autostart():
             # The failed transition logged its reason.
             node.destroy_node()

@@ -11,6 +11,10 @@ the model and the network's own activations (warmed up on a small image) are not
   it: conversion, the engine (letterbox, network, post-processing back to the camera size),
   a raw and a colour output message per task, as perception_node.py builds them.
 
+- ``--burst N``: the resident memory of the node's stream (decode, engine, every output
+  message) after N frames of ``--size``, once frames of ``--small`` come again (memory
+  sized for a rare large frame should be returned).
+
 Run from the repository root (``PYTHONPATH`` may point at another checkout to measure it)::
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_input_memory.py --size 2160x3840
@@ -100,6 +104,50 @@ def run_frame(height, width, model):
             'resident_growth_mb': round(resident_mb() - before_resident, 1)}
 
 
+def run_burst(big, small, count_big, count_small, model):
+    """Resident memory after a burst of large frames, once frames are small again.
+
+    The frames go through :class:`~mtdp_ros.ros.stream.CameraStream` (decode, engine, every
+    output message of every task, the point cloud) in a thread of their own, as in the node
+    (its inference thread: glibc gives such a thread its own malloc arena).
+    """
+    import threading
+    import numpy as np
+    sys.path.insert(0, str(HERE.parent / 'test'))
+    from ros_harness import camera_info
+    from mtdp_ros.ros.image_output import rgb_to_image_msg
+    from mtdp_ros.ros.stream import CameraStream, FrameSettings
+    from mtdp_ros.runtime import create_engine
+    engine = create_engine(model, device='cpu')
+    stream = CameraStream()
+    settings = FrameSettings(tasks=tuple(engine.tasks), max_pixels=2 ** 31 - 1)
+    rng = np.random.default_rng(0)
+    figures = {}
+
+    def frames(size, count):
+        height, width = size
+        stream.camera_info = camera_info(width, height)
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        for _ in range(count):
+            stream.process(engine, rgb_to_image_msg(rgb, 'rgb8'), settings)
+
+    def run():
+        frames(small, count_small)
+        figures['before_mb'] = round(resident_mb(), 1)
+        figures['before_peak_mb'] = round(peak_mb(), 1)
+        frames(big, count_big)
+        figures['after_big_mb'] = round(resident_mb(), 1)
+        frames(small, count_small)
+        figures['after_small_mb'] = round(resident_mb(), 1)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    return {'case': 'burst', 'model': model, 'big': '{}x{}'.format(*big),
+            'count_big': count_big, 'small': '{}x{}'.format(*small),
+            'count_small': count_small, 'peak_mb': round(peak_mb(), 1), **figures}
+
+
 def main():
     """Run each case in a fresh subprocess and print one JSON line per case."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -107,8 +155,17 @@ def main():
                         help='HxW of a raw frame (repeatable; default 2160x3840)')
     parser.add_argument('--model', default='default')
     parser.add_argument('--no-bombs', action='store_true', help='skip the hostile messages')
+    parser.add_argument('--burst', type=int, default=0,
+                        help='N: resident memory after N frames of the first --size (default '
+                             '2160x3840) through the node\'s stream, then small ones again')
+    parser.add_argument('--small', default='480x640', help='HxW of the small frames')
     parser.add_argument('--child', help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.burst:
+        big = tuple(int(v) for v in (args.size or ['2160x3840'])[0].split('x'))
+        small = tuple(int(v) for v in args.small.split('x'))
+        print(json.dumps(run_burst(big, small, args.burst, 5, args.model)))
+        return 0
     if args.child == 'bombs':
         print(json.dumps(run_bombs()))
         return 0

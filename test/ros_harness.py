@@ -102,8 +102,9 @@ class NodeProcess:
     """``python -m mtdp_ros.perception_node`` with parameters, its log in a file."""
 
     def __init__(self, domain, log_path, params=None, remaps=None, namespace=None,
-                 new_session=False, env=None):
-        command = [sys.executable, '-m', 'mtdp_ros.perception_node', '--ros-args']
+                 new_session=False, env=None, ros_args=()):
+        command = [sys.executable, '-m', 'mtdp_ros.perception_node', '--ros-args',
+                   *ros_args]
         for name, value in (params or {}).items():
             command += ['-p', f'{name}:={format_value(value)}']
         for source, target in (remaps or {}).items():
@@ -115,6 +116,7 @@ class NodeProcess:
         # new_session: its own process group, which a test can signal as a terminal does
         # (Ctrl-C reaches the whole group) without hitting pytest.
         # env: more environment variables (e.g. MTDP_CACHE_DIR) for this process only.
+        # ros_args: more --ros-args arguments (e.g. --params-file PATH).
         self.process = subprocess.Popen(command, env={**ros_env(domain), **(env or {})},
                                         cwd=REPO,
                                         stdout=self._log, stderr=subprocess.STDOUT,

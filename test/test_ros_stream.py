@@ -130,6 +130,19 @@ def test_camera_info_problems_are_refused_and_named():
     assert stream.on_camera_info(camera_info(64, 48)) is None and stream.camera_info.width == 64
 
 
+def test_a_camera_info_over_max_pixels_is_refused_and_the_good_one_kept():
+    stream = CameraStream(log=Log(), info_topic='/cam/camera_info')
+    assert stream.max_pixels == 4096 * 3072     # input.max_pixels' default
+    assert stream.on_camera_info(camera_info(640, 480)) is None
+    problem = stream.on_camera_info(camera_info(9000, 9000))
+    assert '9000x9000' in problem and 'input.max_pixels' in problem
+    assert stream.camera_info.width == 640 and stream.camera_info_problem == problem
+    stream.max_pixels = 640 * 480 - 1
+    assert 'input.max_pixels (307199)' in stream.on_camera_info(camera_info(640, 480))
+    assert stream.on_camera_info(camera_info(320, 240)) is None
+    assert stream.camera_info.width == 320 and stream.camera_info_problem is None
+
+
 def test_named_stream_topics_and_per_stream_state():
     single, front = CameraStream(), CameraStream('front', compressed=True)
     assert single.topic('depth') == 'depth' and single.image_topic == 'image'

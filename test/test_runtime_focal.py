@@ -89,8 +89,8 @@ def test_engine_scales_depth_exactly_by_the_focal_ratio(backend, focal_config, m
     wider = engine.infer(image, intrinsics=(80.0, 80.0, 79.5, 63.5))
     assert engine.last_focal_factor == pytest.approx(0.5, rel=1e-12)
     np.testing.assert_allclose(wider['depth'], plain['depth'] * 0.5, rtol=1e-6)
-    batch = engine.infer_batch([image, image], intrinsics=[(400.0, 400.0, 79.5, 63.5),
-                                                          (80.0, 80.0, 79.5, 63.5)])
+    batch = engine.infer_batch([image, image], intrinsics=[
+        (400.0, 400.0, 79.5, 63.5), (80.0, 80.0, 79.5, 63.5)])
     assert engine.last_focal_factors == pytest.approx([2.5 ** 0.5, 0.5], rel=1e-12)
     np.testing.assert_allclose(batch[0]['depth'], zoomed['depth'], rtol=1e-5)
     # Without depth among the tasks there is nothing to correct.

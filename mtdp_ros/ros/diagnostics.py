@@ -28,14 +28,16 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
 
     ``engine`` and ``settings`` are None while the node is unconfigured.
     ``camera_info_problem``: why the last camera_info was refused (None: it was used);
-    reported as ``camera_info_problem`` and, while active, as a warning, since the cloud
-    and depth/camera_info stop (or keep an older calibration) because of it.
-    ``engine_state``: the camera stream's (its ``report()``, e.g. the warm start's last
-    decision, is shown).
+    reported as ``camera_info_problem`` (in every state: configure warms up at its size)
+    and, while active, as a warning, since the cloud and depth/camera_info stop (or keep
+    an older calibration) because of it. ``engine_state``: the camera stream's (its
+    ``report()``, e.g. the warm start's last decision, is shown).
     """
     status = DiagnosticStatus()
     status.name = name
     values = {'lifecycle_state': state}
+    if camera_info_problem:
+        values['camera_info_problem'] = camera_info_problem
     if engine is None:
         status.level, status.message = DiagnosticStatus.OK, f'{state}: no engine'
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
@@ -75,6 +77,10 @@ def build_status(name, state, statistics, engine=None, settings=None, input_topi
         'frames_in': str(statistics.input_rate.total),
         'frames_out': str(statistics.output_rate.total),
         'dropped': str(counters.get('dropped', 0)),
+        # Frames in flight when a transition stopped the outputs (their outputs dropped).
+        'abandoned': str(counters.get('abandoned', 0)),
+        # Frames replaced in the subscription's history before the callback saw them.
+        'lost_before_callback': str(counters.get('lost_before_callback', 0)),
         'rejected': str(counters.get('rejected', 0)),
         'errors': str(counters.get('errors', 0)),
         'device': engine.device,

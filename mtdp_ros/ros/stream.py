@@ -26,6 +26,15 @@ from mtdp_ros.ros.outputs import KINDS, OutputBuilder, OutputOptions
 from mtdp_ros.runtime.warm_runner import WarmStartRunner, WarmStartSettings
 
 
+def camera_info_size_problem(msg, max_pixels):
+    """Why a camera_info's size is refused (over ``max_pixels``, input.max_pixels), or None."""
+    pixels = int(msg.width) * int(msg.height)
+    if pixels > max_pixels:
+        return (f'it declares {msg.width}x{msg.height} = {pixels} pixels, more than '
+                f'input.max_pixels ({max_pixels})')
+    return None
+
+
 class LatestFrame:
     """A one-slot buffer: ``put`` replaces what waits there; ``take`` blocks for a frame."""
 
@@ -162,11 +171,16 @@ class CameraStream:
         self._on_reject = on_reject
         self._now_ns = now_ns
         self.camera_info = None
+        # input.max_pixels: a camera_info declaring more is refused (configure warms the
+        # engine up at the camera_info's size); why the last one was refused, or None.
+        self.max_pixels = DEFAULT_MAX_PIXELS
         self.camera_info_problem = None
         self.slot = LatestFrame()
         self.statistics = FrameStatistics()
         # The node's InputWatchdog of this camera (it asks the ROS graph who publishes).
         self.watchdog = None
+        # The node's SequenceGaps of the image subscription (frames lost before the callback).
+        self.sequence_gaps = None
         self.outputs = OutputBuilder()
         # Per-camera engine state carried from frame to frame (the WarmStartRunner of a
         # warm start, made by the first warm frame, holding the previous diffusion map);
@@ -191,7 +205,8 @@ class CameraStream:
 
     def on_camera_info(self, msg):
         """Use ``msg`` from now on; the problem (a sentence) when it is ignored, else None."""
-        problem = camera_info_problem(msg, self.focal.rectified)
+        problem = (camera_info_size_problem(msg, self.max_pixels) or
+                   camera_info_problem(msg, self.focal.rectified))
         self.camera_info_problem = problem       # for /diagnostics: why outputs stopped
         if problem:        # e.g. NaN in D: the cloud would be all NaN
             self.warn('camera_info', f'ignoring camera_info from {self.info_topic}: {problem}')

@@ -11,6 +11,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from mtdp_ros.ros.camera import FocalCorrection
 from mtdp_ros.ros.diagnostics import InputWatchdog
+from mtdp_ros.ros.input_loss import SequenceGaps
 from mtdp_ros.ros.outputs import output_topics
 from mtdp_ros.ros.qos import (INPUT_DEFAULTS, declare_overrides, overriding_options,
                               qos_profile)
@@ -22,9 +23,14 @@ class QoSOverrideError(ValueError):
 
 
 class PublisherSink(Sink):
-    """A stream's output publishers: a message is built only when somebody subscribes."""
+    """A stream's output publishers: a message is built only when somebody subscribes.
 
-    def __init__(self, node, stream, model_tasks, qos):
+    ``gate``: the node's :class:`~mtdp_ros.ros.output_gate.OutputGate`; a message goes out
+    only while it lets the frame in flight publish (nothing after a transition).
+    """
+
+    def __init__(self, node, stream, model_tasks, qos, gate=None):
+        self._gate = gate
         # Only the outputs this model has are advertised (no points without depth). ``qos``
         # is the default; each topic's qos_overrides.<topic>.publisher.* apply.
         checked = []
@@ -40,12 +46,19 @@ class PublisherSink(Sink):
             for topic, msg_type in checked}
 
     def wanted(self, topic):
-        """Whether ``topic`` has a subscriber."""
+        """Whether ``topic`` has a subscriber (and the frame may still publish)."""
+        if self._gate is not None and not self._gate.frame_allowed():
+            return False
         return self.publishers[topic].get_subscription_count() > 0
 
     def publish(self, topic, msg):
-        """Publish ``msg`` on ``topic``."""
-        self.publishers[topic].publish(msg)
+        """Publish ``msg`` on ``topic``, unless the gate has closed meanwhile."""
+        if self._gate is None:
+            self.publishers[topic].publish(msg)
+            return
+        with self._gate.publishing() as allowed:
+            if allowed:
+                self.publishers[topic].publish(msg)
 
     def destroy(self, node):
         """Destroy the publishers (cleanup)."""
@@ -104,12 +117,20 @@ def subscribe_camera_info(node, stream, qos):
 def subscribe_images(node, stream, qos):
     """Feed ``stream``'s image topic to ``stream.on_image``, stamped on arrival.
 
+    Frames lost before the callback (gaps in the writer's sequence numbers, see
+    :mod:`~mtdp_ros.ros.input_loss`) are counted as ``lost_before_callback``;
+    ``stream.sequence_gaps`` is this subscription's counter (new with each subscription).
     ``qos``: the default; qos_overrides.<topic>.subscription.* apply (declared at
     configure by :func:`input_qos`).
     """
     clock = node.get_clock()
     msg_type = CompressedImage if stream.compressed else Image
-    return node.create_subscription(
-        msg_type, stream.image_topic,
-        lambda msg: stream.on_image(msg, clock.now().nanoseconds), qos,
-        qos_overriding_options=overriding_options())
+    gaps = stream.sequence_gaps = SequenceGaps()
+
+    def on_message(msg, info):
+        lost = gaps.seen(info.get('publication_sequence_number'))
+        if lost:
+            stream.statistics.counters.add('lost_before_callback', lost)
+        stream.on_image(msg, clock.now().nanoseconds)
+    return node.create_subscription(msg_type, stream.image_topic, on_message, qos,
+                                    qos_overriding_options=overriding_options())
