@@ -39,7 +39,6 @@ leaves the executor loop and shuts down once; see :mod:`mtdp_ros.ros.stops`.
 """
 
 import functools
-import gc
 import sys
 import threading
 import time
@@ -49,25 +48,24 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.exceptions import ParameterNotDeclaredException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
-from mtdp_ros.ros import (engine_setup, memory_return, node_settings, parameter_names,
-                          parameters)
-from mtdp_ros.ros.batching import BatchScheduler, BatchStatistics, run_batch
-from mtdp_ros.ros.diagnostics import build_engine_status, build_status
+from mtdp_ros.ros import (engine_setup, memory_return, node_monitoring, node_settings,
+                          parameter_names, parameters)
+from mtdp_ros.ros.batching import BatchScheduler, BatchStatistics, serve_batch
 from mtdp_ros.ros.monitoring import STAGES, seconds_since_program_start
+from mtdp_ros.ros.engine_handoff import EngineHandoff
 from mtdp_ros.ros.engine_setup import StartupError
 from mtdp_ros.ros.output_gate import OutputGate
 from mtdp_ros.ros.outputs import OUTPUT_TOPICS
-from mtdp_ros.ros.qos import deprecated_aliases, describe_qos, qos_profile
+from mtdp_ros.ros.qos import deprecated_aliases, describe_qos
 from mtdp_ros.ros.runtime_log import RuntimeLogBridge
 from mtdp_ros.ros.stops import leave_now, StopSignals
 from mtdp_ros.ros.stream import Sink
-from mtdp_ros.ros.stream_endpoints import (PublisherSink, QoSOverrideError, camera_stream,
-                                           input_qos, subscribe_images)
+from mtdp_ros.ros.stream_endpoints import (camera_stream, configure_inputs, configure_outputs,
+                                           PublisherSink, subscribe_images)
 
 __all__ = ['NODE_NAME', 'OUTPUT_TOPICS', 'STAGES', 'PerceptionNode', 'StartupError', 'main']
 
@@ -98,7 +96,7 @@ def _callback_returning(result_on_exception):
     return decorator
 
 
-class PerceptionNode(LifecycleNode):
+class PerceptionNode(parameter_names.NamesUndeclaredParameters, LifecycleNode):
     """The perception node (see the module docstring).
 
     Constructing it declares the parameters and creates only the diagnostics, the camera
@@ -120,18 +118,14 @@ class PerceptionNode(LifecycleNode):
         self._image_subscriptions = []
         self._active = False
         self._warmed_size = None        # 'WxH' of the warm-up at configure, if any
-        self._startup_to_first_output_s = None
+        self.startup_to_first_output_s = None
         self._runtime_log = RuntimeLogBridge(self._log)
-        # Held by the inference thread for each frame: a transition that stops the outputs
-        # or releases the engine takes it, so no frame is half-way through then.
-        self._frame_lock = threading.Lock()
+        # The inference thread's frame lock; an engine released during a frame is closed
+        # by that thread when the frame ends.
+        self._engines = EngineHandoff()
         # Closed by every transition that stops the outputs: a frame in flight then
         # publishes nothing more (see output_gate).
         self._gate = OutputGate()
-        # An engine released by cleanup while a frame still used it: the inference thread
-        # closes it when that frame ends.
-        self._engine_to_close = None
-        self._handoff = threading.Lock()
         self._stopping = threading.Event()
         self._stopped = None            # set by stop(): whether the engine was released
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -141,8 +135,8 @@ class PerceptionNode(LifecycleNode):
         self.camera_names = [n for n in parameters.camera_names(values) if n]
         self.streams = [camera_stream(self, name) for name in self.camera_names or ['']]
         self._set_max_pixels(values['input.max_pixels'])
-        self._max_batch = int(values['cameras.max_batch'])
-        self._scheduler = BatchScheduler(self.streams, self._max_batch)
+        self.max_batch = int(values['cameras.max_batch'])
+        self._scheduler = BatchScheduler(self.streams, self.max_batch)
         self.batch_statistics = BatchStatistics()
         self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics',
                                                             10)
@@ -155,7 +149,7 @@ class PerceptionNode(LifecycleNode):
                                         daemon=True)
         self._worker.start()
         # Last: every parameter (per-camera ones included) is declared by now.
-        self._warn_unmatched_parameters(sys.argv[1:] + list(kwargs.get('cli_args') or []))
+        parameter_names.warn_unmatched(self, sys.argv[1:] + list(kwargs.get('cli_args') or []))
         if not self.autostart:
             self._log.info('autostart is false: unconfigured, no engine; waiting for the '
                            'configure transition on ~/change_state')
@@ -164,6 +158,11 @@ class PerceptionNode(LifecycleNode):
     def state(self):
         """The lifecycle state's label ('unconfigured', 'inactive', 'active', ...)."""
         return self._state_machine.current_state[1]
+
+    @property
+    def settings(self):
+        """The frame settings while configured (None otherwise)."""
+        return self._settings
 
     @property
     def statistics(self):
@@ -251,15 +250,7 @@ class PerceptionNode(LifecycleNode):
         for warning in deprecated_aliases(values):
             self._log.warning(warning)
         # QoS (qos_overrides.* over the defaults) is checked before the model loads.
-        input_default = qos_profile(values['input.qos'], values['input.qos_depth'])
-        try:
-            for stream in self.streams:
-                stream.compressed = values['input.transport'] == 'compressed'
-                stream.input_topic = self.resolve_topic_name(stream.image_topic)
-                stream.input_qos = input_qos(self, stream.input_topic, input_default)
-                input_qos(self, stream.info_topic, input_default)
-        except QoSOverrideError as exc:
-            raise StartupError(f'invalid QoS override: {exc}') from None
+        configure_inputs(self, self.streams, values)
         self.engine = engine_setup.create_engine(values, self._runtime_log, self._log)
         self._model_tasks = tuple(self.engine.tasks)
         self._is_diffusion = self.engine.diffusion
@@ -269,34 +260,9 @@ class PerceptionNode(LifecycleNode):
                                            list(self._model_tasks))])
             values['tasks'] = list(self._model_tasks)
         self._settings = node_settings.settings_from(values, self._model_tasks)
-        output_qos = qos_profile(values['output.qos'], values['output.qos_depth'])
-        try:
-            for stream in self.streams:
-                stream.sink = PublisherSink(self, stream, self._model_tasks, output_qos,
-                                            gate=self._gate)
-        except QoSOverrideError as exc:
-            raise StartupError(f'invalid QoS override: {exc}') from None
-        warmed = []
-        for stream in self.streams:
-            info = stream.camera_info
-            if info is None or info.width <= 0 or info.height <= 0:
-                continue
-            # One warm-up per camera geometry (size and focal plan: canonical letterboxes
-            # differ by focal length).
-            geometry = (info.height, info.width, tuple(info.k))
-            if geometry in warmed:
-                continue
-            warmed.append(geometry)
-            if info.width * info.height > self._settings.max_pixels:
-                # input.max_pixels was lowered after this camera_info came.
-                self._log.warning(f'no warm-up at the camera size {info.width}x{info.height}: '
-                                  f'more than input.max_pixels ({self._settings.max_pixels})')
-                continue
-            if engine_setup.warm_up(self.engine, self._settings, info.height, info.width,
-                                    self._log, stream.focal, info):
-                size = f'{info.width}x{info.height}'
-                self._warmed_size = size if self._warmed_size is None else \
-                    f'{self._warmed_size}, {size}'
+        configure_outputs(self, self.streams, values, self._model_tasks, self._gate)
+        self._warmed_size = engine_setup.warm_up_cameras(self.engine, self._settings,
+                                                         self.streams, self._log)
 
     def _deactivate(self):
         """Stop the outputs now; True when a frame is still in flight (it publishes nothing)."""
@@ -307,41 +273,27 @@ class PerceptionNode(LifecycleNode):
         self._image_subscriptions = []
         for stream in self.streams:
             stream.reset('deactivate')
-        return self._frame_lock.locked()
+        return self._engines.busy()
 
     def _release_engine(self, timeout=TRANSITION_WAIT):
         """Release the engine; False when a frame still uses it (closed when it ends).
 
         The outputs are stopped already (the gate is closed), so the publishers go now.
         """
-        held = self._frame_lock.acquire(timeout=timeout)
-        try:
-            engine, self.engine = self.engine, None
-            self._settings = None
-            for stream in self.streams:
-                if isinstance(stream.sink, PublisherSink):
-                    stream.sink.destroy(self)
-                stream.sink = Sink()
-                stream.reset('cleanup')
-                stream.release_outputs()
-            self._warmed_size = None
-            if not held:
-                with self._handoff:
-                    self._engine_to_close = engine
-                # The frame may have ended meanwhile, before it could see the handoff.
-                held = self._frame_lock.acquire(blocking=False)
-                engine = self._take_engine_to_close() if held else None
-            _close(engine)
-        finally:
-            if held:
-                self._frame_lock.release()
+        engine, self.engine = self.engine, None
+        held = self._engines.release(engine, timeout, self._drop_outputs)
         self._runtime_log.detach()
         return held
 
-    def _take_engine_to_close(self):
-        with self._handoff:
-            engine, self._engine_to_close = self._engine_to_close, None
-            return engine
+    def _drop_outputs(self):
+        self._settings = None
+        self._warmed_size = None
+        for stream in self.streams:
+            if isinstance(stream.sink, PublisherSink):
+                stream.sink.destroy(self)
+            stream.sink = Sink()
+            stream.reset('cleanup')
+            stream.release_outputs()
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, changed):
@@ -354,27 +306,6 @@ class PerceptionNode(LifecycleNode):
                    for name in ('depth.color_min', 'depth.color_max')}
         reason = node_settings.check_changes(changed, current, self.engine, self._model_tasks)
         return SetParametersResult(successful=not reason, reason=reason or '')
-
-    def _warn_unmatched_parameters(self, args):
-        """Warn about overrides no parameter takes and params files for other nodes."""
-        declared = self._parameters.keys()
-        unknown = parameter_names.unknown_names(self._parameter_overrides, declared)
-        if unknown:
-            self._log.warning('ignored: no parameter of this node is named ' +
-                              parameter_names.describe_unknown(unknown, declared))
-        for path in parameter_names.params_files(args):
-            problem = parameter_names.params_file_problem(
-                path, self.get_fully_qualified_name())
-            if problem:
-                self._log.warning(problem)
-
-    def _check_undeclared_parameters(self, parameter_list):
-        # rclpy's own lists the names as [] (a generator consumed by any()).
-        unknown = [p.name for p in parameter_list if p.name not in self._parameters]
-        if unknown:
-            raise ParameterNotDeclaredException(
-                parameter_names.describe_unknown(unknown, self._parameters.keys()))
-        super()._check_undeclared_parameters(parameter_list)
 
     def _set_max_pixels(self, max_pixels):
         for stream in self.streams:
@@ -397,7 +328,7 @@ class PerceptionNode(LifecycleNode):
             batch = self._scheduler.take(timeout=0.5)
             if not batch:
                 continue
-            with self._frame_lock:
+            with self._engines.frame_lock:
                 engine, settings = self.engine, self._settings
                 if not self._active or engine is None or self._stopping.is_set():
                     continue
@@ -408,87 +339,31 @@ class PerceptionNode(LifecycleNode):
                     if self._stopping.is_set() or not self.context.ok():
                         return
                     for stream, _ in batch:
-                        self._frame_failed(stream, exc)
+                        stream.frame_failed(exc)
             # Cleanup came during the frame: the engine is no one's now.
-            engine = self._take_engine_to_close()
-            if engine is not None:
-                _close(engine)
-                self._log.info('engine released (the frame in flight at cleanup ended)')
-
-    def _frame_failed(self, stream, exc):
-        stream.statistics.counters.add('errors')
-        stream.warn('error', f'frame from {stream.input_topic} failed: '
-                             f'{type(exc).__name__}: {exc}')
+            self._engines.after_frame(self._log)
 
     def _process(self, batch, engine, settings):
-        """The frames of ``batch`` ([(stream, item)]) through the engine; logs first outputs.
-
-        Their outputs go out only while the gate lets these frames publish: a transition
-        during them drops the rest (counted as ``abandoned``).
-        """
-        entries = [(stream, settings.for_frames(stream.focal.rectified,
-                                                self.streams.index(stream)), *item)
-                   for stream, item in batch]
-        results = run_batch(engine, entries, on_error=self._frame_failed,
-                            statistics=self.batch_statistics)
-        if not self._gate.frame_allowed():
-            # A transition came during the frames: the gate refused their outputs.
-            for stream, _ in batch:
-                stream.statistics.counters.add('abandoned')
-            self._log.info(f'the outputs of {len(batch)} frame(s) in flight when the outputs '
-                           f'stopped were dropped')
-            return
-        for stream, result in results:
-            if result.first:
-                self._first_output(stream)
-
-    def _first_output(self, stream):
-        text = f'first output {stream.statistics.first_output_s:.2f} s after activation'
-        if stream.name:
-            text = f'camera {stream.name}: {text}'
-        if self._startup_to_first_output_s is None:
-            self._startup_to_first_output_s = seconds_since_program_start()
-            text += f' ({self._startup_to_first_output_s:.2f} s after the program start)'
-        self._log.info(text)
+        """The frames of ``batch`` through the engine (batching.serve_batch); first outputs."""
+        for stream in serve_batch(engine, batch, settings, self.streams, self._gate,
+                                  self.batch_statistics, self._log.info):
+            text = f'first output {stream.statistics.first_output_s:.2f} s after activation'
+            if stream.name:
+                text = f'camera {stream.name}: {text}'
+            if self.startup_to_first_output_s is None:
+                self.startup_to_first_output_s = seconds_since_program_start()
+                text += f' ({self.startup_to_first_output_s:.2f} s after the program start)'
+            self._log.info(text)
 
     # ------------------------------------------------------------------ monitoring
     def _publish_diagnostics(self):
         """Publish the DiagnosticStatus of each camera (and of the engine, with several)."""
-        # With the namespace: two nodes named alike in two namespaces must not collide.
-        node_name = self.get_fully_qualified_name().lstrip('/')
-        statuses = []
-        for stream in self.streams:
-            name = f'{node_name}: perception'
-            if stream.name:
-                name += f' {stream.name}'
-            statuses.append(build_status(
-                name, self.state, stream.statistics, engine=self.engine,
-                settings=self._settings, input_topic=stream.input_topic,
-                input_qos=describe_qos(stream.input_qos) if stream.input_qos else '',
-                startup_to_first_output_s=self._startup_to_first_output_s,
-                camera_info_problem=stream.camera_info_problem,
-                engine_state=stream.engine_state))
-        if self.camera_names:
-            statuses.append(build_engine_status(
-                f'{node_name}: engine', self.state, self.engine,
-                self.batch_statistics, self.camera_names, self._max_batch))
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status = statuses
-        self._diagnostics_publisher.publish(array)
+        self._diagnostics_publisher.publish(node_monitoring.diagnostic_array(self))
 
     def _watchdog(self):
-        """Warn when no frame arrives while active; count losses only with one publisher."""
-        if not self._active or self._settings is None:
-            return
-        for stream in self.streams:
-            if stream.sequence_gaps is not None:
-                stream.sequence_gaps.publishers_changed(self.count_publishers(stream.input_topic))
-            text = stream.watchdog.check(self, stream.statistics,
-                                         self._settings.watchdog_timeout, stream.input_topic,
-                                         stream.input_qos)
-            if text is not None:
-                self._log.warning(text)
+        """Warn when no frame arrives while active (see node_monitoring.watch_streams)."""
+        if self._active and self._settings is not None:
+            node_monitoring.watch_streams(self, self._settings.watchdog_timeout)
 
     # ------------------------------------------------------------------ shutdown
     def stop(self):
@@ -518,14 +393,6 @@ class PerceptionNode(LifecycleNode):
         """Stop inference, release the engine, destroy the ROS entities."""
         self.stop()
         return super().destroy_node()
-
-
-def _close(engine):
-    """Close ``engine`` (None: nothing) and return its memory."""
-    if engine is not None:
-        engine.close()
-        del engine
-        gc.collect()
 
 
 def main(args=None):

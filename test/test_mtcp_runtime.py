@@ -12,7 +12,7 @@ from sensor_msgs.msg import Image
 
 from conftest import load_reference
 from mtdp_ros.models import build_model, load_checkpoint, PRESETS, save_checkpoint
-from mtdp_ros.ros.conversions import image_msg_to_numpy
+from mtdp_ros.ros.image_output import image_msg_to_numpy
 from mtdp_ros.runtime import create_engine
 from mtdp_ros.runtime.onnx_export import export_onnx
 from mtdp_ros.runtime.postprocess import postprocess_task_reference

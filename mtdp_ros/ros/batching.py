@@ -171,3 +171,23 @@ def _publish(stream, frame, outputs, settings, timing, engine_s, on_error):
             raise
         on_error(stream, exc)
         return None
+
+
+def serve_batch(engine, batch, settings, streams, gate, statistics, log):
+    """The frames of ``batch`` ([(stream, item)]) through the engine; streams with a first output.
+
+    Their outputs go out only while ``gate`` lets these frames publish: a transition during
+    them drops the rest (counted as ``abandoned`` and said through ``log``).
+    """
+    entries = [(stream, settings.for_frames(stream.focal.rectified, streams.index(stream)),
+                *item) for stream, item in batch]
+    results = run_batch(engine, entries, on_error=lambda stream, exc: stream.frame_failed(exc),
+                        statistics=statistics)
+    if not gate.frame_allowed():
+        # A transition came during the frames: the gate refused their outputs.
+        for stream, _ in batch:
+            stream.statistics.counters.add('abandoned')
+        log(f'the outputs of {len(batch)} frame(s) in flight when the outputs stopped were '
+            f'dropped')
+        return []
+    return [stream for stream, result in results if result.first]

@@ -98,3 +98,29 @@ def warm_up(engine, settings, height, width, log, focal=None, camera_info=None):
     log.info(f'warmed up at the camera size {width}x{height} (from camera_info) '
              f'in {time.perf_counter() - started:.2f} s')
     return True
+
+
+def warm_up_cameras(engine, settings, streams, log):
+    """Warm up once per camera geometry whose camera_info is known; 'WxH, ...' or None.
+
+    A size beyond ``input.max_pixels`` (lowered after its camera_info came) is skipped with
+    a warning: the limit bounds every allocation made from what the node receives.
+    """
+    warmed, sizes = [], []
+    for stream in streams:
+        info = stream.camera_info
+        if info is None or info.width <= 0 or info.height <= 0:
+            continue
+        # One warm-up per camera geometry (size and focal plan: the canonical letterbox
+        # differs by focal length).
+        geometry = (info.height, info.width, tuple(info.k))
+        if geometry in warmed:
+            continue
+        warmed.append(geometry)
+        if info.width * info.height > settings.max_pixels:
+            log.warning(f'no warm-up at the camera size {info.width}x{info.height}: '
+                        f'more than input.max_pixels ({settings.max_pixels})')
+            continue
+        if warm_up(engine, settings, info.height, info.width, log, stream.focal, info):
+            sizes.append(f'{info.width}x{info.height}')
+    return ', '.join(sizes) or None

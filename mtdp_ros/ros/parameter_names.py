@@ -65,3 +65,31 @@ def params_file_problem(path, node_fqn):
         return None
     return (f'params file {path} sets parameters of {", ".join(keys)} but none of this '
             f'node ({node_fqn}): check the node name (and namespace) in it')
+
+
+def warn_unmatched(node, args):
+    """Warn about overrides no parameter of ``node`` takes and params files for other nodes."""
+    declared = node._parameters.keys()
+    unknown = unknown_names(node._parameter_overrides, declared)
+    if unknown:
+        node.get_logger().warning('ignored: no parameter of this node is named ' +
+                                  describe_unknown(unknown, declared))
+    for path in params_files(args):
+        problem = params_file_problem(path, node.get_fully_qualified_name())
+        if problem:
+            node.get_logger().warning(problem)
+
+
+class NamesUndeclaredParameters:
+    """Node mixin: setting an undeclared parameter is refused naming it.
+
+    rclpy's own check lists the names as ``[]`` (a generator consumed by ``any()``).
+    """
+
+    def _check_undeclared_parameters(self, parameter_list):
+        unknown = [p.name for p in parameter_list if p.name not in self._parameters]
+        if unknown:
+            from rclpy.exceptions import ParameterNotDeclaredException
+            raise ParameterNotDeclaredException(
+                describe_unknown(unknown, self._parameters.keys()))
+        super()._check_undeclared_parameters(parameter_list)

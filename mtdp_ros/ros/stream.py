@@ -225,6 +225,11 @@ class CameraStream:
         if self.watchdog is not None:
             self.watchdog.reset()
 
+    def frame_failed(self, exc):
+        """Count and report (throttled) a frame the engine or the publishing failed on."""
+        self.statistics.counters.add('errors')
+        self.warn('error', f'frame from {self.input_topic} failed: {type(exc).__name__}: {exc}')
+
     def reset(self, reason='reset'):
         """Forget the waiting frame and the per-camera engine state (deactivate, cleanup).
 

@@ -107,6 +107,35 @@ def input_qos(node, topic, default):
     return profile
 
 
+def configure_inputs(node, streams, values):
+    """Transport, resolved image topic and QoS (``qos_overrides.*`` over the defaults).
+
+    Checked at configure before the model loads: a bad override fails configure (StartupError
+    naming it).
+    """
+    from mtdp_ros.ros.engine_setup import StartupError
+    default = qos_profile(values['input.qos'], values['input.qos_depth'])
+    try:
+        for stream in streams:
+            stream.compressed = values['input.transport'] == 'compressed'
+            stream.input_topic = node.resolve_topic_name(stream.image_topic)
+            stream.input_qos = input_qos(node, stream.input_topic, default)
+            input_qos(node, stream.info_topic, default)
+    except QoSOverrideError as exc:
+        raise StartupError(f'invalid QoS override: {exc}') from None
+
+
+def configure_outputs(node, streams, values, tasks, gate):
+    """Each stream's publishers (output QoS as for the inputs), behind the output ``gate``."""
+    from mtdp_ros.ros.engine_setup import StartupError
+    default = qos_profile(values['output.qos'], values['output.qos_depth'])
+    try:
+        for stream in streams:
+            stream.sink = PublisherSink(node, stream, tasks, default, gate=gate)
+    except QoSOverrideError as exc:
+        raise StartupError(f'invalid QoS override: {exc}') from None
+
+
 def subscribe_camera_info(node, stream, qos):
     """Feed ``stream``'s camera_info topic to ``stream.on_camera_info``."""
     return node.create_subscription(CameraInfo, stream.topic('camera_info'),
