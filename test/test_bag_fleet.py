@@ -87,6 +87,29 @@ def decoded(path):
     return topics
 
 
+def assert_same_outputs(got, want):
+    """Bags of ``decoded`` outputs equal up to float rounding of another thread count.
+
+    Ray's workers run PyTorch on one thread (Ray sets OMP_NUM_THREADS=1) and the driver on
+    the machine's: sums in another order change the last bits of float outputs, and on
+    rare ties a label or a colour level. Headers, sizes and encodings must be equal.
+    """
+    import numpy as np
+    assert sorted(got) == sorted(want)
+    for topic in want:
+        assert len(got[topic]) == len(want[topic]), topic
+        for mine, theirs in zip(got[topic], want[topic]):
+            assert mine[:-1] == theirs[:-1], topic
+            if mine[5].startswith('32FC'):
+                np.testing.assert_allclose(np.frombuffer(mine[-1], np.float32),
+                                           np.frombuffer(theirs[-1], np.float32),
+                                           rtol=1e-4, atol=1e-5, err_msg=topic)
+            else:
+                a = np.frombuffer(mine[-1], np.uint8)
+                b = np.frombuffer(theirs[-1], np.uint8)
+                assert np.count_nonzero(a != b) <= max(1, a.size // 1000), topic
+
+
 def storage_files(out):
     """{output bag: (inode, mtime) of its storage file}: what a re-run must not touch."""
     files = {}
@@ -256,7 +279,7 @@ def test_ray_processes_every_bag_and_resumes(tmp_path, model, bags, ray_cluster,
     assert sorted(os.listdir(out)) == ['a', 'b', 'c']
     single = str(tmp_path / 'single_a')
     assert run_bag(model, os.path.join(bags['folder'], 'a'), '--out', single) == 0
-    assert decoded(os.path.join(out, 'a')) == decoded(single)
+    assert_same_outputs(decoded(os.path.join(out, 'a')), decoded(single))
     # Ray and the one-machine loop make the same outputs: a re-run without Ray skips them.
     before = storage_files(out)
     capsys.readouterr()

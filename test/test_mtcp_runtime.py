@@ -109,7 +109,7 @@ def mtcp_node(tmp_path_factory, tiny_checkpoint):
         'engine.device': 'cpu', 'input.qos': 'reliable'})
     client = RosClient(domain, namespace=NAMESPACE)
     try:
-        for topic in ('semantic/labels', 'depth', 'normals'):
+        for topic in ('semantic/labels', 'depth/image', 'normals'):
             client.subscribe(Image, topic, RELIABLE)
         publisher = client.publisher(Image, 'image', reliable=True)
         assert node.wait_for_log('ready', 180), node.log()
@@ -125,7 +125,7 @@ def mtcp_node(tmp_path_factory, tiny_checkpoint):
 def test_node_serves_mtcp_over_dds(mtcp_node, tiny_checkpoint):
     node, client, publisher = mtcp_node
     rgb = pattern_image(120, 160, seed=9)
-    topics = ['semantic/labels', 'depth', 'normals']
+    topics = ['semantic/labels', 'depth/image', 'normals']
     for _ in range(10):
         stamp = make_stamp()
         publisher.publish(image_msg(rgb, stamp=stamp))
