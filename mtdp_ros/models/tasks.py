@@ -168,6 +168,26 @@ def find_task(name):
     return _TASKS.get(name) if isinstance(name, str) else None
 
 
+def select_tasks(model_tasks, tasks=None) -> Tuple[str, ...]:
+    """Validated tuple of ``tasks`` requested of a model with ``model_tasks`` (None: all).
+
+    In the model's order; a single name may be given as a string. ValueError naming unknown
+    tasks or an empty request.
+    """
+    model_tasks = tuple(model_tasks)
+    if tasks is None:
+        return model_tasks
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    tasks = list(tasks)
+    unknown = [t for t in tasks if t not in model_tasks]
+    if unknown:
+        raise ValueError(f'unknown tasks {unknown}; this model has {list(model_tasks)}')
+    if not tasks:
+        raise ValueError('at least one task must be requested')
+    return tuple(t for t in model_tasks if t in tasks)
+
+
 def display_order(names=None) -> Tuple[str, ...]:
     """``names`` (default: every task) sorted for display (RViz, demo pictures)."""
     names = task_names() if names is None else tuple(names)

@@ -11,7 +11,7 @@ import math
 from typing import Dict, Optional, Tuple
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
-from ..tasks import get_task
+from ..tasks import get_task, select_tasks
 
 # The authors' two multi-task classes, their tasks (in order) and which module names hold
 # each task's blocks. The module names are the authors' (their checkpoints load strictly).
@@ -151,17 +151,7 @@ class MTCPConfig:
 
     def select_tasks(self, tasks=None):
         """Validated tuple of requested tasks in the model's order (None: all)."""
-        if tasks is None:
-            return self.tasks
-        if isinstance(tasks, str):
-            tasks = [tasks]
-        tasks = list(tasks)
-        unknown = [t for t in tasks if t not in self.tasks]
-        if unknown:
-            raise ValueError(f'unknown tasks {unknown}; this model has {list(self.tasks)}')
-        if not tasks:
-            raise ValueError('at least one task must be requested')
-        return tuple(t for t in self.tasks if t in tasks)
+        return select_tasks(self.tasks, tasks)
 
     # ------------------------------------------------------------------ validation
     def validate(self):
