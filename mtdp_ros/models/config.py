@@ -183,13 +183,7 @@ class ModelConfig:
                 fail('scale must be positive')
             if self.time_difference < 0:
                 fail('time_difference must be >= 0')
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            fail('mean and std need three values each, std positive')
-        if self.train_focal_px is not None:
-            focal = self.train_focal_px
-            if isinstance(focal, bool) or not isinstance(focal, (int, float)) \
-                    or not math.isfinite(focal) or focal <= 0:
-                fail(f'train_focal_px must be a positive number of pixels, got {focal!r}')
+        check_input_fields(self, fail)
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -213,14 +207,7 @@ class ModelConfig:
             config_class = get_family(data['family']).config_class
             if config_class not in (None, ModelConfig):
                 return config_class.from_dict(data)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f'unknown model config keys {unknown}; known: {sorted(known)}')
-        missing = [f.name for f in fields(cls)
-                   if f.default is MISSING and f.default_factory is MISSING and f.name not in data]
-        if missing:
-            raise ValueError(f'model config lacks required keys {missing}')
+        check_config_keys(cls, data, 'model config')
         # The reference schema writes None for fields a family does not use: keep defaults.
         values = {k: v for k, v in data.items() if v is not None or _default_is_none(k)}
         try:
@@ -241,6 +228,29 @@ class ModelConfig:
         data = self.to_dict()
         data.update(changes)
         return ModelConfig.from_dict(data)
+
+
+def check_config_keys(cls, data, label):
+    """Raise ValueError naming keys of ``data`` unknown to dataclass ``cls``, or missing."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f'unknown {label} keys {unknown}; known: {sorted(known)}')
+    missing = [f.name for f in fields(cls)
+               if f.default is MISSING and f.default_factory is MISSING and f.name not in data]
+    if missing:
+        raise ValueError(f'{label} lacks required keys {missing}')
+
+
+def check_input_fields(config, fail):
+    """The fields every family's config shares: ``mean``, ``std``, ``train_focal_px``."""
+    if len(config.mean) != 3 or len(config.std) != 3 or min(config.std) <= 0:
+        fail('mean and std need three values each, std positive')
+    if config.train_focal_px is not None:
+        focal = config.train_focal_px
+        if isinstance(focal, bool) or not isinstance(focal, (int, float)) \
+                or not math.isfinite(focal) or focal <= 0:
+            fail(f'train_focal_px must be a positive number of pixels, got {focal!r}')
 
 
 def _default_is_none(key):

@@ -5,12 +5,11 @@ kept as the plain ``Mask2FormerConfig.to_dict()`` dictionary and rebuilt when a 
 built), so the family registers without the optional dependency installed.
 """
 
-from dataclasses import asdict, dataclass, field, fields, MISSING
+from dataclasses import asdict, dataclass, field
 import json
-import math
 from typing import Dict, Optional, Tuple
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..config import check_config_keys, check_input_fields, IMAGENET_MEAN, IMAGENET_STD
 from ..tasks import get_task, select_tasks
 
 # The authors' two multi-task classes, their tasks (in order) and which module names hold
@@ -230,13 +229,7 @@ class MTCPConfig:
         if unknown:
             fail(f'unused_backbone has unknown keys {unknown}')
         _check_mask2former(self.mask2former, c, fail)
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            fail('mean and std need three values each, std positive')
-        if self.train_focal_px is not None:
-            focal = self.train_focal_px
-            if isinstance(focal, bool) or not isinstance(focal, (int, float)) \
-                    or not math.isfinite(focal) or focal <= 0:
-                fail(f'train_focal_px must be a positive number of pixels, got {focal!r}')
+        check_input_fields(self, fail)
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -246,14 +239,7 @@ class MTCPConfig:
             return data
         if not isinstance(data, dict):
             raise ValueError(f'model config must be a mapping, got {type(data).__name__}')
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f'unknown MT-CP config keys {unknown}; known: {sorted(known)}')
-        missing = [f.name for f in fields(cls)
-                   if f.default is MISSING and f.default_factory is MISSING and f.name not in data]
-        if missing:
-            raise ValueError(f'MT-CP config lacks required keys {missing}')
+        check_config_keys(cls, data, 'MT-CP config')
         try:
             return cls(**data)
         except TypeError as exc:
