@@ -202,6 +202,14 @@ class RosClient:
         self._subscriptions = {}
         self._publishers = {}
 
+    def newest_status(self, name):
+        """The key/values of the newest /diagnostics status called ``name`` ({} if none)."""
+        for array in reversed(self.received.get('/diagnostics', [])):
+            for status in array.status:
+                if status.name == name:
+                    return {kv.key: kv.value for kv in status.values}
+        return {}
+
     # ---------------------------------------------------------------- topics
     def publisher(self, msg_type, topic, reliable=False, depth=10):
         """A (cached) publisher; best effort unless ``reliable``."""

@@ -58,11 +58,7 @@ def diagnostics_of(client, name):
     """The key/values of the newest /diagnostics status of node ``name`` ({} if none)."""
     # The namespace is part of the name: two nodes named alike in two namespaces differ.
     wanted = f'{service_name(name).lstrip("/")}: perception'
-    for array in reversed(client.received['/diagnostics']):
-        for status in array.status:
-            if status.name == wanted:
-                return {kv.key: kv.value for kv in status.values}
-    return {}
+    return client.newest_status(wanted)
 
 
 def wait_for_diagnostics(client, name, predicate, timeout=20.0):

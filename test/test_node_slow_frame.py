@@ -26,11 +26,7 @@ STATUS_NAME = f'{NODE_NAME}: perception'
 
 def newest_diagnostics(client):
     """The key/values of the newest status of the node ({} if none)."""
-    for array in reversed(client.received['/diagnostics']):
-        for status in array.status:
-            if status.name == STATUS_NAME:
-                return {kv.key: kv.value for kv in status.values}
-    return {}
+    return client.newest_status(STATUS_NAME)
 
 
 def next_diagnostics(client, predicate, timeout=60.0):
