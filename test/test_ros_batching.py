@@ -38,6 +38,20 @@ def test_the_newest_frame_of_every_waiting_camera_forms_one_batch():
     assert scheduler.take(timeout=0.05) == []
 
 
+def test_every_camera_with_a_frame_is_in_the_batch():
+    # Frames on every camera: all of them run together, whichever camera served last.
+    cams = streams(['a', 'b', 'c'])
+    scheduler = BatchScheduler(cams, max_batch=8)
+    for round_index in range(4):
+        for stream in cams:
+            stream.on_image(f'{stream.name}{round_index}', 0)
+        batch = scheduler.take(timeout=1.0)
+        assert sorted(s.name for s, _ in batch) == ['a', 'b', 'c'], round_index
+    cams[1].on_image('b9', 0)
+    cams[2].on_image('c9', 0)
+    assert sorted(s.name for s, _ in scheduler.take(timeout=1.0)) == ['b', 'c']
+
+
 def test_beyond_max_batch_cameras_take_turns():
     cams = streams(['a', 'b', 'c', 'd', 'e'])
     scheduler = BatchScheduler(cams, max_batch=2)

@@ -28,10 +28,15 @@ def parse_tasks(text):
 def engine_from_args(args):
     """The engine of :func:`add_engine_arguments`' options; warns about random weights."""
     from mtdp_ros.runtime import create_engine
+    options = {}
+    cameras = len(getattr(args, 'cameras', None) or getattr(args, 'image_topic', None) or [])
+    if args.backend == 'onnxruntime' and cameras > 1 and getattr(args, 'max_batch', 1) > 1:
+        # mtdp bag with several cameras: one graph run per batch (see OrtEngine).
+        options['dynamic_batch'] = True
     try:
         engine = create_engine(args.model, checkpoint=args.checkpoint, backend=args.backend,
                                device=args.device, precision=args.precision, steps=args.steps,
-                               seed=args.seed)
+                               seed=args.seed, **options)
     except RuntimeError as exc:
         raise CommandError(str(exc)) from None
     if engine.random_weights:

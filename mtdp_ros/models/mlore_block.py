@@ -186,6 +186,31 @@ class MLoREBlock(nn.Module):
         return outputs
 
 
+def per_sample_conv3x3(h, kernel, bias, any_batch=False):
+    """A 3x3 convolution (padding 1) of each of G maps with its own kernel.
+
+    ``h``: G x C x H x W, ``kernel``: G x O x C x 3 x 3, ``bias``: G x O -> G x O x H x W.
+    One grouped convolution (groups = G), the fastest form. ``any_batch``: the same sum as
+    nine shifted views of the padded maps times the kernels (one batched MatMul), for an
+    exported graph that must take any batch: an ONNX ``Conv`` holds its group count as a
+    fixed attribute, which would fix G, hence the batch.
+    """
+    groups, channels, height, width = h.shape
+    out_channels = kernel.shape[1]
+    if not any_batch:
+        y = F.conv2d(h.reshape(1, groups * channels, height, width),
+                     kernel.reshape(groups * out_channels, channels, 3, 3), bias.reshape(-1),
+                     padding=1, groups=groups)
+        return y.view(groups, out_channels, height, width)
+    padded = F.pad(h, (1, 1, 1, 1))
+    # Patch index c * 9 + 3i + j matches the kernel's flattened C x 3 x 3 layout.
+    patches = torch.stack([padded[:, :, i:i + height, j:j + width]
+                           for i in range(3) for j in range(3)], dim=2)
+    y = torch.matmul(kernel.reshape(groups, out_channels, channels * 9),
+                     patches.reshape(groups, channels * 9, height * width))
+    return (y + bias[:, :, None]).reshape(groups, out_channels, height, width)
+
+
 def _fold_bn(bn):
     """Per-channel scale and shift of an eval-mode BatchNorm."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
@@ -214,6 +239,9 @@ class FusedMLoREBlock(nn.Module):
         if block.training:
             raise ValueError('reparameterize needs an eval-mode model (BatchNorm statistics)')
         self.tasks = block.tasks
+        self.channels = block.experts[0].down.weight.shape[1]
+        # Set by a dynamic-batch ONNX export (see per_sample_conv3x3).
+        self.conv_for_any_batch = False
         self.top_k = block.top_k
         self.pre_softmax = block.pre_softmax
         tasks = self.tasks
@@ -289,14 +317,14 @@ class FusedMLoREBlock(nn.Module):
         """Router logits of every task at once: h is B x T x C x HW -> B x T x 2N+1."""
         pooled = torch.einsum('tkc,btcp->btpk', param('pool_in_weight'), h)
         pooled = pooled + param('pool_in_bias')[None, :, None]
-        pooled = F.layer_norm(pooled, pooled.shape[-1:], eps=self.pool_eps)
+        pooled = F.layer_norm(pooled, (self.channels // 4,), eps=self.pool_eps)
         pooled = F.gelu(pooled * param('pool_norm_weight')[None, :, None]
                         + param('pool_norm_bias')[None, :, None]).mean(dim=2)   # B x T x C/4
         pooled = (torch.einsum('tjk,btk->btj', param('pool_out_weight'), pooled)
                   + param('pool_out_bias'))
         positional = (torch.einsum('tp,btcp->btc', param('position_weights_weight'), h)
                       + param('position_weights_bias')[None, :, None])
-        positional = F.layer_norm(positional, positional.shape[-1:], eps=self.position_eps)
+        positional = F.layer_norm(positional, (self.channels,), eps=self.position_eps)
         positional = F.gelu(positional * param('position_norm_weight')
                             + param('position_norm_bias'))
         positional = (torch.einsum('tkc,btc->btk', param('position_out_weight'), positional)
@@ -311,7 +339,10 @@ class FusedMLoREBlock(nn.Module):
         param = self._params(index)
         num_tasks = len(tasks)
         first = inputs[tasks[0]]
-        batch, channels, height, width = first.shape
+        batch, _, height, width = first.shape
+        # A Python int, not the input's traced size: an exported 1x1 kernel needs a fixed
+        # shape even when the batch axis is dynamic.
+        channels = self.channels
         in_weight = param('in_weight')
         if all(inputs[t] is first for t in tasks):
             # One input for all tasks (the first block of a level): one 1x1 conv.
@@ -335,10 +366,11 @@ class FusedMLoREBlock(nn.Module):
                 * param('expert_scale')[:, None]
                 + mix[:, :, None] * param('task_bias')[:, None]
                 + param('base_bias')[:, None])
-        groups = num_tasks * batch
-        y = F.conv2d(h.transpose(0, 1).reshape(1, groups * channels, height, width),
-                     kernel.reshape(groups * channels, channels, 3, 3), bias.reshape(-1),
-                     padding=1, groups=groups)
+        y = per_sample_conv3x3(h.transpose(0, 1).reshape(num_tasks * batch, channels,
+                                                         height, width),
+                               kernel.reshape(num_tasks * batch, channels, channels, 3, 3),
+                               bias.reshape(num_tasks * batch, channels),
+                               any_batch=self.conv_for_any_batch)
         y = F.gelu(y).view(num_tasks, batch, channels, height, width).transpose(0, 1)
         out = F.conv2d(y.reshape(batch, num_tasks * channels, height, width),
                        param('out_weight').reshape(num_tasks * channels, channels, 1, 1),

@@ -57,10 +57,12 @@ class BatchScheduler:
             self._pending = False
         count = len(self.streams)
         batch = []
+        # Fixed before the loop: the loop moves _next past each camera it takes from.
+        first = self._next
         for offset in range(count):
             if len(batch) == self.max_batch:
                 break
-            index = (self._next + offset) % count
+            index = (first + offset) % count
             stream = self.streams[index]
             item = stream.slot.take(0)
             if item is not None:

@@ -147,6 +147,8 @@ def build_engine_status(name, state, engine, batches, cameras, max_batch):
             'model_per_batch_p50_ms': _fmt(batches.model_ms.percentile(50)),
             'model_per_batch_p95_ms': _fmt(batches.model_ms.percentile(95)),
             'engine_per_batch_p50_ms': _fmt(batches.engine_ms.percentile(50)),
+            # false: the engine runs a batch's frames one after another (a batch-1 graph).
+            'batch_in_one_pass': str(engine.batches_in_one_pass).lower(),
             'device': engine.device, 'backend': engine.backend,
             'precision': engine.precision, 'model': engine.model_name,
         })

@@ -23,6 +23,10 @@ def create_engine(values, runtime_log, log):
     both to the ROS logger ``log``, once.
     """
     from mtdp_ros.runtime import create_engine as create
+    options = {}
+    if values['engine.backend'] == 'onnxruntime' and batches_cameras(values):
+        # One graph run per batch of cameras (a batch-1 graph would run them one by one).
+        options['dynamic_batch'] = True
     runtime_log.attach()
     try:
         with runtime_log.forwarding_warnings() as said:
@@ -32,7 +36,7 @@ def create_engine(values, runtime_log, log):
                             device=values['engine.device'],
                             precision=values['engine.precision'],
                             seed=values['diffusion.seed'],
-                            reparameterize=values['engine.reparameterize'])
+                            reparameterize=values['engine.reparameterize'], **options)
     except Exception as exc:  # noqa: B902 - every failure here is a start-up error
         raise StartupError(f'cannot create the engine for model.preset '
                            f'{values["model.preset"]!r} (checkpoint '
@@ -49,6 +53,12 @@ def create_engine(values, runtime_log, log):
              f'{list(engine.tasks)}), backend {engine.backend}, device '
              f'{engine.device}, precision {engine.precision}')
     return engine
+
+
+def batches_cameras(values):
+    """Whether the node of parameter ``values`` runs frames of several cameras as a batch."""
+    names = [name for name in parameters.camera_names(values) if name]
+    return len(names) > 1 and int(values['cameras.max_batch']) > 1
 
 
 def check_model_values(values, engine):

@@ -72,6 +72,8 @@ class Engine:
 
     backend = None
     supports_warm_start = False
+    # Whether infer_batch runs its images in one network pass (else one pass per image).
+    batches_in_one_pass = False
 
     def __init__(self, config: ModelConfig, model_name, random_weights, device, precision,
                  steps=None, seed=0):

@@ -1,13 +1,16 @@
-"""ONNX export of the multi-task models (batch 1, fixed input size).
+"""ONNX export of the multi-task models (fixed input size; batch 1 or any batch).
 
-Graph inputs: ``images`` (float32 1 x 3 x H x W, normalised with the model's mean/std) and,
+Graph inputs: ``images`` (float32 B x 3 x H x W, normalised with the model's mean/std) and,
 for TaskDiffusion families, ``noise`` (float32, the sampler's initial map,
-1 x C_map x H/16 x W/16). Outputs: one per task, named after it, holding the same raw outputs
-as the PyTorch model (1 x C x H x W). MLoRE blocks are exported re-parameterised: the
-per-sample kernels are computed in the graph (a gate-weighted matmul over the fused expert
-kernels) and applied by one grouped convolution. TaskDiffusion is unrolled for a chosen
-step count. The file carries the model config and step count in its metadata, so the ONNX
-Runtime engine needs nothing else.
+B x C_map x H/16 x W/16). Outputs: one per task, named after it, holding the same raw outputs
+as the PyTorch model (B x C x H x W). B is 1, or with ``dynamic_batch`` a named axis
+``batch`` (several cameras through one graph). MLoRE blocks are exported re-parameterised:
+the per-sample kernels are computed in the graph (a gate-weighted matmul over the fused
+expert kernels) and applied by one grouped convolution, or, in a dynamic-batch graph, by
+one batched MatMul over shifted views (an ONNX ``Conv`` fixes its group count, hence the
+batch: ``mlore_block.per_sample_conv3x3``). TaskDiffusion is unrolled for a chosen step
+count. The file carries the model config, step count and batch kind in its metadata, so
+the ONNX Runtime engine needs nothing else.
 
 The TorchScript exporter (``dynamo=False``) is used: it handles the computed-weight grouped
 convolution and needs no extra packages.
@@ -43,6 +46,8 @@ META_RANDOM = 'mtdp_random_weights'
 # fail ("GLOBALS.in_onnx_export must be False"), so every export in this process takes turns.
 EXPORT_LOCK = threading.Lock()
 META_FORMAT = 'mtdp_format'
+# '1' (a batch-1 graph) or 'dynamic' (any batch; absent in files of older exports: '1').
+META_BATCH = 'mtdp_batch'
 
 
 class ExportWrapper(nn.Module):
@@ -83,26 +88,29 @@ def prepare_model(config, checkpoint=None, reparameterize_mlore=True):
     return model.eval()
 
 
-def example_inputs(config, seed=0):
-    """Draw seeded (images[, noise]) inputs of the shapes the graph takes."""
+def example_inputs(config, seed=0, batch=1):
+    """Draw seeded (images[, noise]) inputs of the shapes the graph takes (``batch`` rows)."""
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn((1, 3, *config.image_size), generator=generator)
+    images = torch.randn((batch, 3, *config.image_size), generator=generator)
     if not is_diffusion(config):
         return (images,)
     grid = config.grid_size
-    noise = torch.randn((1, config.noise_channels, *grid), generator=generator)
+    noise = torch.randn((batch, config.noise_channels, *grid), generator=generator)
     return (images, noise)
 
 
 def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
-                reparameterize_mlore='auto', external_data=None, verify=False):
+                reparameterize_mlore='auto', external_data=None, verify=False,
+                dynamic_batch=False):
     """Export a model to ``output`` (.onnx) and validate it with the ONNX checker.
 
     ``model``: preset/default name, config file, project ``.safetensors`` file, ModelConfig
     or config dict (as ``create_engine``). ``steps``: DDIM steps baked into a TaskDiffusion
     graph (default: the trained count). ``external_data``: keep the weights in
     ``<output>.data`` (None: only when the model exceeds protobuf's 2 GiB). ``verify``: run
-    the graph with ONNX Runtime (CPU) and require agreement with PyTorch within 1e-3.
+    the graph with ONNX Runtime (CPU) and require agreement with PyTorch within 1e-3 (a
+    dynamic-batch graph on a batch of 3). ``dynamic_batch``: a graph for any batch size
+    (the first axis of every input and output is ``batch``) instead of batch 1.
     Returns a dict describing the export.
     """
     import onnx
@@ -120,9 +128,16 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
         warn(f'{name}: exporting random weights (no checkpoint given or shipped)')
     network = prepare_model(config, checkpoint, reparameterize_mlore)
     reparameterized = bool(getattr(network, 'is_reparameterized', False))
+    for module in network.modules():
+        if hasattr(module, 'conv_for_any_batch'):
+            # A fused block's per-sample convolution in a form without a batch-sized group.
+            module.conv_for_any_batch = bool(dynamic_batch)
     wrapper = ExportWrapper(network, steps).eval()
     inputs = example_inputs(config)
     input_names = ['images', 'noise'][:len(inputs)]
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {name: {0: 'batch'} for name in input_names + list(config.tasks)}
     out_dir = os.path.dirname(os.path.abspath(output))
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix='.mtdp-export-') as scratch:
@@ -134,14 +149,16 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
             with torch.no_grad(), EXPORT_LOCK:
                 torch.onnx.export(wrapper, inputs, raw_path, input_names=input_names,
                                   output_names=list(config.tasks), opset_version=opset,
-                                  do_constant_folding=True, dynamo=False)
+                                  do_constant_folding=True, dynamo=False,
+                                  dynamic_axes=dynamic_axes)
         proto = onnx.load(raw_path)           # pulls in any external tensors as well
         _float_sampling_grids(proto)
         metadata = {META_FORMAT: FORMAT_TAG, META_CONFIG: json.dumps(config.to_dict()),
                     META_STEPS: '' if steps is None else str(steps),
                     META_TASKS: ','.join(config.tasks),
                     META_REPARAM: str(reparameterized),
-                    META_NAME: name, META_RANDOM: str(checkpoint is None)}
+                    META_NAME: name, META_RANDOM: str(checkpoint is None),
+                    META_BATCH: 'dynamic' if dynamic_batch else '1'}
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -165,8 +182,12 @@ def export_onnx(model, output, checkpoint=None, steps=None, opset=DEFAULT_OPSET,
             'inputs': input_names, 'outputs': list(config.tasks), 'steps': steps,
             'opset': opset, 'reparameterized': metadata[META_REPARAM] == 'True',
             'external_data': output + '.data' if external_data else None,
-            'weights_mb': round(weights_bytes / 2 ** 20, 1), 'random_weights': checkpoint is None}
+            'weights_mb': round(weights_bytes / 2 ** 20, 1), 'random_weights': checkpoint is None,
+            'dynamic_batch': bool(dynamic_batch)}
     if verify:
+        if dynamic_batch:
+            # Rows that differ, so that a graph mixing up the batch's rows cannot pass.
+            inputs = example_inputs(config, batch=3)
         info['max_abs_diff'] = verify_onnx(output, wrapper, inputs)
     return info
 
@@ -241,5 +262,6 @@ def read_onnx_metadata(path):
     return {'config': config, 'steps': steps, 'name': props.get(META_NAME, config.name),
             'reparameterized': props.get(META_REPARAM) == 'True',
             'random_weights': props.get(META_RANDOM) == 'True',
+            'dynamic_batch': props.get(META_BATCH) == 'dynamic',
             'inputs': [i.name for i in proto.graph.input],
             'outputs': [o.name for o in proto.graph.output]}

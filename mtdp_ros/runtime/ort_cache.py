@@ -1,8 +1,9 @@
 """Where ONNX Runtime's exported graphs and TensorRT engines are cached, and under what key.
 
 An exported graph is keyed by everything that changes it: the model config, the step count,
-whether MLoRE is fused, the export format and the checkpoint's identity (path, size and
-modification time of a file; a digest of the tensors of an in-memory state dict).
+whether MLoRE is fused, the export format, a dynamic batch axis and the checkpoint's
+identity (path, size and modification time of a file; a digest of the tensors of an
+in-memory state dict).
 """
 
 import hashlib
@@ -39,11 +40,15 @@ def checkpoint_identity(checkpoint):
 
 
 def cached_graph_path(cache_dir, model_name, config, steps, checkpoint_key, reparameterized,
-                      format_tag):
-    """Where the cached export of one (config, steps, weights, form) lives."""
-    key = json.dumps({'config': config.to_dict(), 'steps': steps,
-                      'checkpoint': checkpoint_key, 'reparameterized': reparameterized,
-                      'format': format_tag}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+                      format_tag, dynamic_batch=False):
+    """Where the cached export of one (config, steps, weights, form, batch kind) lives."""
+    key = {'config': config.to_dict(), 'steps': steps, 'checkpoint': checkpoint_key,
+           'reparameterized': reparameterized, 'format': format_tag}
+    if dynamic_batch:
+        # Only then: batch-1 graphs keep the paths (and caches) they always had.
+        key['batch'] = 'dynamic'
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     suffix = f'-s{steps}' if steps is not None else ''
+    if dynamic_batch:
+        suffix += '-batch'
     return os.path.join(cache_dir, 'onnx', f'{model_name}-{digest}{suffix}.onnx')

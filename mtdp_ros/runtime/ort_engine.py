@@ -36,7 +36,7 @@ class OrtEngine(Engine):
 
     def __init__(self, model, checkpoint=None, device='auto', precision='fp32', steps=None,
                  seed=0, providers=None, cache_dir=None, trt_cache_dir=None,
-                 reparameterize='auto', trt_workspace_mb=None):
+                 reparameterize='auto', trt_workspace_mb=None, dynamic_batch=False):
         import onnxruntime as ort
         self._ort = ort
         check_choice('device', device, DEVICES)
@@ -58,6 +58,10 @@ class OrtEngine(Engine):
                 steps = None    # the graph has no step count: a requested one means nothing
             self.reparameterized = meta['reparameterized']
             self.reparameterize_reason = 'as exported in the file'
+            if dynamic_batch and not meta['dynamic_batch']:
+                warn(f'{model} is a batch-1 graph: the frames of a batch run one at a time '
+                     f'(export it with `mtdp export --dynamic-batch` to run them together)')
+            dynamic_batch = meta['dynamic_batch']
         else:
             config, checkpoint, name = resolve_engine_model(model, checkpoint)
             random_weights = checkpoint is None
@@ -66,6 +70,9 @@ class OrtEngine(Engine):
                                                              'fp32')
             memory.log_decision(fuse, self.reparameterize_reason)
             self.reparameterized = fuse
+        # A graph for any batch size (infer_batch in one run) instead of batch 1.
+        self.dynamic_batch = bool(dynamic_batch)
+        self.batches_in_one_pass = self.dynamic_batch
         self.cache_dir = cache_dir or default_cache_dir()
         self.checkpoint = checkpoint
         self.requested_device = device
@@ -118,6 +125,7 @@ class OrtEngine(Engine):
     def describe(self):
         info = super().describe()
         info.update(providers=list(self.active_providers), onnx_file=self.onnx_file,
+                    dynamic_batch=self.dynamic_batch,
                     reparameterized=self.reparameterized,
                     reparameterize_reason=self.reparameterize_reason)
         return info
@@ -127,7 +135,8 @@ class OrtEngine(Engine):
         if not hasattr(self, '_checkpoint_key'):
             self._checkpoint_key = checkpoint_identity(self.checkpoint)
         return cached_graph_path(self.cache_dir, self.model_name, self.config, steps,
-                                 self._checkpoint_key, self.reparameterized, FORMAT_TAG)
+                                 self._checkpoint_key, self.reparameterized, FORMAT_TAG,
+                                 self.dynamic_batch)
 
     def _file_reason(self, steps):
         """Why the given .onnx file cannot run ``steps`` (None when it can)."""
@@ -149,7 +158,8 @@ class OrtEngine(Engine):
                         f' for {steps} steps' if steps else '', path)
             started = time.perf_counter()
             export_onnx(self.config, path, checkpoint=self.checkpoint, steps=steps,
-                        reparameterize_mlore=self.reparameterized)
+                        reparameterize_mlore=self.reparameterized,
+                        dynamic_batch=self.dynamic_batch)
             LOGGER.info('export took %.1f s', time.perf_counter() - started)
         return path
 
@@ -313,9 +323,16 @@ class OrtEngine(Engine):
         return noise
 
     # ------------------------------------------------------------------ running
-    def _run(self, session, x, tasks, seed):
-        """Raw outputs ``{task: tensor}`` on ``self.torch_device`` for a model input tensor."""
-        noise = self._noise_array(seed) if self.diffusion else None
+    def _run(self, session, x, tasks, seeds):
+        """Raw outputs ``{task: tensor}`` on ``self.torch_device`` for a model input tensor.
+
+        ``seeds``: one noise seed per row of ``x`` (TaskDiffusion).
+        """
+        noise = None
+        if self.diffusion:
+            rows = [self._noise_array(seed) for seed in seeds]
+            concat = torch.cat if self.io_binding else np.concatenate
+            noise = rows[0] if len(rows) == 1 else concat(rows)
         if not self.io_binding:
             feeds = {'images': x.numpy()}
             if noise is not None:
@@ -334,8 +351,10 @@ class OrtEngine(Engine):
         shapes = {o.name: o.shape for o in session.get_outputs()}
         outputs = {}
         for task in tasks:
-            tensor = torch.empty(tuple(shapes[task]), dtype=torch.float32,
-                                 device=self.torch_device)
+            # A dynamic batch axis is named, not sized: the batch is the input's.
+            shape = [x.shape[0] if index == 0 else size
+                     for index, size in enumerate(shapes[task])]
+            tensor = torch.empty(tuple(shape), dtype=torch.float32, device=self.torch_device)
             binding.bind_output(name=task, device_type='cuda', device_id=device_id,
                                 element_type=np.float32, shape=tuple(tensor.shape),
                                 buffer_ptr=tensor.data_ptr())
@@ -349,10 +368,25 @@ class OrtEngine(Engine):
         """Raw outputs (numpy float32, 1 x C x h x w) for a normalised model-size input."""
         x, tasks, steps, seed = self.forward_arguments(x, tasks, steps, seed)
         with self._lock:
-            raw = self._run(self._session(steps), x.to(self.torch_device), tasks, seed)
+            raw = self._run(self._session(steps), x.to(self.torch_device), tasks, [seed])
             return {t: v.cpu().numpy() for t, v in raw.items()}
 
     def _infer(self, image, plan, tasks, steps, seed):
+        return self._run_images([image], [plan], tasks, steps, [seed])[0]
+
+    def _infer_batch(self, images, plans, tasks, steps, seeds):
+        """One run of a dynamic-batch graph over several images (else one run per image)."""
+        if not self.dynamic_batch:
+            return super()._infer_batch(images, plans, tasks, steps, seeds)
+        return self._run_images(images, plans, tasks, steps, seeds)
+
+    def _run_images(self, images, plans, tasks, steps, seeds):
+        """Outputs of ``images`` from one run of the graph (a batch of one row per image).
+
+        Each image is letterboxed by its own plan into its row, TaskDiffusion gets each
+        image's own noise draw in the same row, and each row of the raw outputs is
+        post-processed with its image's plan.
+        """
         with self._lock:
             steps = self._steps_to_run(steps)
             session = self._session(steps)
@@ -360,22 +394,30 @@ class OrtEngine(Engine):
             self.last_steps = steps
             timer = StageTimer()
             with torch.no_grad():
-                pixels = torch.from_numpy(image)
-                if self.io_binding:
-                    pixels = pixels.pin_memory().to(self.torch_device, non_blocking=True)
-                x = letterbox(pixels, plan, self.gain, self.offset)
+                rows = []
+                for image, plan in zip(images, plans):
+                    pixels = torch.from_numpy(image)
+                    if self.io_binding:
+                        pixels = pixels.pin_memory().to(self.torch_device, non_blocking=True)
+                    rows.append(letterbox(pixels, plan, self.gain, self.offset))
+                x = rows[0] if len(rows) == 1 else torch.cat(rows)
                 if self.io_binding:
                     torch.cuda.current_stream().synchronize()
                 timer.mark()
-                raw = self._run(session, x, tasks, seed)
+                raw = self._run(session, x, tasks, seeds)
                 timer.mark()
-                host = to_host_async(postprocess(raw, plan, tasks))
+                if len(plans) == 1:
+                    hosts = [to_host_async(postprocess(raw, plans[0], tasks))]
+                else:
+                    hosts = [to_host_async(postprocess({t: raw[t][i:i + 1] for t in tasks},
+                                                       plan, tasks))
+                             for i, plan in enumerate(plans)]
                 if self.io_binding:
                     torch.cuda.current_stream().synchronize()
-                result = host_to_numpy(host)
+                results = [host_to_numpy(host) for host in hosts]
                 timer.mark()
         self.last_timing = timer.timing()
-        return result
+        return results
 
     def benchmark_network(self, iters, warmup=0, tasks=None, steps=None):
         """Per-iteration latency (ms) of the ORT graph alone on a model-size input."""
@@ -387,11 +429,11 @@ class OrtEngine(Engine):
         with self._lock:
             session = self._session(steps)
             for _ in range(warmup):
-                self._run(session, x, tasks, self.seed)
+                self._run(session, x, tasks, [self.seed])
             times = []
             for _ in range(iters):
                 start = time.perf_counter()
-                self._run(session, x, tasks, self.seed)
+                self._run(session, x, tasks, [self.seed])
                 times.append((time.perf_counter() - start) * 1000.0)
         return times
 

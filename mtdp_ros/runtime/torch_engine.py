@@ -51,6 +51,7 @@ class TorchEngine(Engine):
 
     backend = 'torch'
     supports_warm_start = True
+    batches_in_one_pass = True
 
     def __init__(self, config, checkpoint, model_name, device, precision='fp32', steps=None,
                  seed=0, reparameterize_mlore='auto', cuda_graphs=True):
