@@ -97,8 +97,7 @@ def test_dynamic_batch_graph_equals_torch_frame_by_frame(name, reparameterize, r
         IMAGES[1], seed=SEEDS[1], steps=steps), f'{name} alone')
 
 
-def test_batch_one_file_runs_frames_one_at_a_time_and_says_so(mlore_reference, tmp_path,
-                                                               caplog):
+def test_batch_one_file_runs_frames_one_at_a_time(mlore_reference, tmp_path, caplog):
     config = _config(mlore_reference)
     path = str(tmp_path / 'batch1.onnx')
     info = export_onnx(config, path, checkpoint=mlore_reference['checkpoint'])
