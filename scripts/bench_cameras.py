@@ -58,6 +58,11 @@ def build_parser():
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', default='default', help="model.preset ('default')")
+    parser.add_argument('--backend', default='torch', choices=('torch', 'onnxruntime'),
+                        help='engine.backend (onnxruntime: graphs exported once, before the '
+                             'timed runs, into --cache-dir)')
+    parser.add_argument('--cache-dir', default=None,
+                        help='MTDP_CACHE_DIR of the onnxruntime runs (default: a new one)')
     parser.add_argument('--cameras', type=int, nargs='+', default=[1, 2, 3, 4, 6])
     parser.add_argument('--width', type=int, default=640)
     parser.add_argument('--height', type=int, default=480)
@@ -80,11 +85,12 @@ def build_parser():
 
 
 # ---------------------------------------------------------------------------- node runs
-def node_command(model, namespace, cameras):
+def node_command(model, namespace, cameras, backend='torch'):
     """The perception node's command line for one node."""
     command = [sys.executable, '-m', 'mtdp_ros.perception_node', '--ros-args',
                '-r', f'__ns:={namespace}', '-p', f'model.preset:={model}',
                '-p', 'engine.device:=cpu', '-p', 'input.qos:=reliable',
+               '-p', f'engine.backend:={backend}',
                '-p', 'output.qos_depth:=2', '-p', 'watchdog.timeout:=3600.0']
     if cameras:
         command += ['-p', 'cameras:=[' + ','.join(cameras) + ']']
@@ -119,6 +125,8 @@ def run_case(args, mode, count, domain):
     from scripts.bench_node import camera_frame
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
                OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED='1')
+    if args.cache_dir:
+        env['MTDP_CACHE_DIR'] = args.cache_dir
     cameras = camera_topics(mode, count)
     logs = tempfile.mkdtemp(prefix='bench_cameras_')
     processes = []
@@ -128,7 +136,8 @@ def run_case(args, mode, count, domain):
         specs = [(namespace, []) for namespace, _, _ in cameras]
     for index, (namespace, names) in enumerate(specs):
         log = open(os.path.join(logs, f'node{index}.log'), 'w', encoding='utf-8')
-        processes.append((subprocess.Popen(node_command(args.model, namespace, names),
+        processes.append((subprocess.Popen(node_command(args.model, namespace, names,
+                                                        args.backend),
                                            cwd=REPO, env=env, stdout=log,
                                            stderr=subprocess.STDOUT), log))
     context = rclpy.Context()
@@ -232,6 +241,8 @@ def run_case(args, mode, count, domain):
 def node_table(args):
     """Run every case; print a markdown table."""
     domain = 1 + os.getpid() % 100
+    if args.backend == 'onnxruntime':
+        prepare_graphs(args)
     rows = []
     for count in args.cameras:
         for mode in args.modes:
@@ -240,7 +251,8 @@ def node_table(args):
             print(f'# done: {row}', file=sys.stderr, flush=True)
     single = next((r for r in rows if r['cameras'] == 1 and r['mode'] == 'one'), None)
     feed = f'{args.rate:g} Hz per camera' if args.rate else 'closed loop'
-    print(f'\nmodel {args.model}, {args.width}x{args.height} bgr8 at {feed}, {args.seconds:.0f} s '
+    print(f'\nmodel {args.model} ({args.backend}), {args.width}x{args.height} bgr8 at {feed}, '
+          f'{args.seconds:.0f} s '
           f'per run, OMP_NUM_THREADS={args.threads} per node, {os.cpu_count()} CPUs\n')
     print('| cameras | nodes | frames/s (all) | per camera min-max | latency p50 / p95 ms '
           '| peak RSS MiB | steady RSS MiB | steady vs 1 node, 1 camera |')
@@ -254,16 +266,39 @@ def node_table(args):
               f"{row['steady_mib']:.0f} | {ratio:.2f}x |")
 
 
+def prepare_graphs(args):
+    """Export the onnxruntime graphs once (batch 1 and any batch) into the cache directory.
+
+    The nodes then load them: no node exports during a timed run, and several nodes do not
+    export the same graph at once.
+    """
+    from mtdp_ros.runtime import create_engine
+    if not args.cache_dir:
+        args.cache_dir = tempfile.mkdtemp(prefix='bench_cameras_cache_')
+    for dynamic_batch in (False, True):
+        create_engine(args.model, backend='onnxruntime', device='cpu',
+                      cache_dir=args.cache_dir, dynamic_batch=dynamic_batch).close()
+
+
 # ---------------------------------------------------------------------------- engine
 def engine_table(args):
-    """Print ms per round: one infer_batch of N frames against N infer calls (medians)."""
+    """Print ms per round: one infer_batch of N frames against N infer calls (medians).
+
+    onnxruntime: the N calls run the batch-1 graph (a single-camera node's) and the batch
+    runs the dynamic-batch graph (a node with several cameras), as in service.
+    """
     import torch
 
     from mtdp_ros.runtime import create_engine
     torch.set_num_threads(args.threads)
-    engine = create_engine(args.model, device='cpu')
+    single_engine = engine = create_engine(args.model, device='cpu', backend=args.backend,
+                                           **({'cache_dir': args.cache_dir}
+                                              if args.cache_dir else {}))
+    if args.backend == 'onnxruntime':
+        engine = create_engine(args.model, device='cpu', backend=args.backend,
+                               dynamic_batch=True, cache_dir=single_engine.cache_dir)
     rng = np.random.default_rng(0)
-    print(f'\nengine alone: model {args.model}, {args.width}x{args.height}, '
+    print(f'\nengine alone: model {args.model} ({args.backend}), {args.width}x{args.height}, '
           f'{args.threads} threads, median of {args.repeats} rounds\n')
     print('| frames | N x infer ms | infer_batch ms | of which model ms | batch / N x infer |')
     print('|---|---|---|---|---|')
@@ -272,12 +307,12 @@ def engine_table(args):
                   for _ in range(count)]
         engine.infer_batch(images)
         for image in images:
-            engine.infer(image)
+            single_engine.infer(image)
         single, batched, model = [], [], []
         for _ in range(args.repeats):
             started = time.perf_counter()
             for image in images:
-                engine.infer(image)
+                single_engine.infer(image)
             single.append((time.perf_counter() - started) * 1000.0)
             started = time.perf_counter()
             engine.infer_batch(images)
