@@ -17,7 +17,8 @@ after the warm-up frames, for ``--seconds``:
 - peak RSS (VmHWM) and steady RSS (VmRSS at the end) of the node process(es), summed.
 
 ``--engine``: instead, the engine alone (no ROS): ``infer_batch`` of N frames against N
-``infer`` calls, medians of ``--repeats`` rounds.
+``infer`` calls, medians of ``--repeats`` rounds (``--warm-start S``: every frame warm at
+strength S, TaskDiffusion; ``--steps``).
 
 ``--orin``: instead, a FLOP and memory-traffic estimate per preset and batch size for an
 NVIDIA Jetson AGX Orin (see ``orin_estimate``); no node runs.
@@ -78,6 +79,10 @@ def build_parser():
     parser.add_argument('--engine', action='store_true',
                         help='the engine alone: one batch of N against N single calls')
     parser.add_argument('--repeats', type=int, default=7, help='rounds of --engine')
+    parser.add_argument('--steps', type=int, default=None,
+                        help="--engine: TaskDiffusion's step count (default: the model's)")
+    parser.add_argument('--warm-start', type=float, default=None, metavar='S',
+                        help='--engine: every frame starts warm at strength S (TaskDiffusion)')
     parser.add_argument('--presets', nargs='+', default=None,
                         help='presets of the Orin estimate (default: all and the defaults)')
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 2, 4, 6])
@@ -286,36 +291,60 @@ def engine_table(args):
 
     onnxruntime: the N calls run the batch-1 graph (a single-camera node's) and the batch
     runs the dynamic-batch graph (a node with several cameras), as in service.
+    ``--warm-start S``: every frame starts warm at strength S from its own previous map
+    (its cold state, computed once), in the batch as alone (TaskDiffusion, torch).
     """
     import torch
 
     from mtdp_ros.runtime import create_engine
     torch.set_num_threads(args.threads)
     single_engine = engine = create_engine(args.model, device='cpu', backend=args.backend,
+                                           steps=args.steps,
                                            **({'cache_dir': args.cache_dir}
                                               if args.cache_dir else {}))
     if args.backend == 'onnxruntime':
         engine = create_engine(args.model, device='cpu', backend=args.backend,
-                               dynamic_batch=True, cache_dir=single_engine.cache_dir)
+                               steps=args.steps, dynamic_batch=True,
+                               cache_dir=single_engine.cache_dir)
     rng = np.random.default_rng(0)
+    warm = '' if args.warm_start is None else f', warm start at strength {args.warm_start}'
     print(f'\nengine alone: model {args.model} ({args.backend}), {args.width}x{args.height}, '
-          f'{args.threads} threads, median of {args.repeats} rounds\n')
+          f'{args.threads} threads, steps {engine.default_steps}{warm}, median of '
+          f'{args.repeats} rounds\n')
     print('| frames | N x infer ms | infer_batch ms | of which model ms | batch / N x infer |')
     print('|---|---|---|---|---|')
     for count in args.cameras:
         images = [rng.integers(0, 255, (args.height, args.width, 3), np.uint8)
                   for _ in range(count)]
-        engine.infer_batch(images)
-        for image in images:
-            single_engine.infer(image)
+        if args.warm_start is None:
+            states, strengths = [None] * count, None
+        else:
+            states = [engine.infer(image, return_state=True)[1] for image in images]
+            strengths = [args.warm_start] * count
+
+        def single_call(image, index):
+            if strengths is None:
+                return single_engine.infer(image)
+            return engine.infer(image, init=states[index], strength=strengths[index],
+                                return_state=True)
+
+        def batch_call(images):
+            if strengths is None:
+                return engine.infer_batch(images)
+            return engine.infer_batch(images, inits=states, strengths=strengths,
+                                      return_state=True)
+
+        batch_call(images)
+        for index, image in enumerate(images):
+            single_call(image, index)
         single, batched, model = [], [], []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            for image in images:
-                single_engine.infer(image)
+            for index, image in enumerate(images):
+                single_call(image, index)
             single.append((time.perf_counter() - started) * 1000.0)
             started = time.perf_counter()
-            engine.infer_batch(images)
+            batch_call(images)
             batched.append((time.perf_counter() - started) * 1000.0)
             model.append(engine.last_timing['model_ms'])
         one, many = float(np.median(single)), float(np.median(batched))

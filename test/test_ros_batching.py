@@ -1,7 +1,8 @@
 """Several camera streams, one engine, without a node: scheduling and running a batch.
 
 The scheduler is driven by the streams' real latest-frame slots; the batch runs through
-the tiny MLoRE (CPU) with collecting sinks, no ROS graph.
+the tiny MLoRE (CPU) with collecting sinks, no ROS graph; warm start through the tiny
+TaskDiffusion.
 """
 
 import threading
@@ -16,8 +17,10 @@ from mtdp_ros.ros.node_settings import Settings
 from mtdp_ros.ros.outputs import OutputOptions
 from mtdp_ros.ros.stream import CameraStream, FrameSettings
 from mtdp_ros.runtime import create_engine
+from mtdp_ros.runtime.warm_runner import WarmStartSettings
 
-from ros_harness import TINY_MLORE, camera_info, pattern_image, raw_image, write_checkpoint
+from ros_harness import (TINY_MLORE, TINY_TASKDIFFUSION, camera_info, pattern_image, raw_image,
+                         write_checkpoint)
 from test_ros_stream import Collect
 
 
@@ -164,3 +167,40 @@ def test_each_camera_draws_its_own_noise_seed():
                         depth_color_min=0.0, depth_color_max=0.0, max_pixels=100,
                         watchdog_timeout=3.0)
     assert [settings.for_frames(False, i).seed for i in range(3)] == [7, 8, 9]
+
+
+def stamped(rgb, seconds):
+    msg = rgb_to_image_msg(rgb, 'rgb8')
+    msg.header.stamp.sec = int(seconds)
+    msg.header.stamp.nanosec = int(round((seconds - int(seconds)) * 1e9))
+    return msg
+
+
+def test_warm_start_runs_the_cameras_as_one_batch():
+    """Each camera starts warm or cold by its own map, all in one engine call."""
+    engine = create_engine(TINY_TASKDIFFUSION, device='cpu')
+    warm = WarmStartSettings(True, strength=0.05, max_gap_s=0.5, cut_threshold=0.5)
+    images = {'a': pattern_image(60, 80, seed=1), 'b': pattern_image(48, 64, seed=2),
+              'c': pattern_image(60, 80, seed=3)}
+    cams = [CameraStream(name, sink=Collect()) for name in images]
+    alone = [CameraStream(name) for name in images]
+    statistics = BatchStatistics()
+    for stamp in (10.0, 10.1, 10.2):
+        if stamp == 10.2:
+            # A reset (deactivate) of camera b: only its frame starts cold.
+            cams[1].reset('deactivate')
+            alone[1].reset('deactivate')
+        entries = [(s, FrameSettings(tasks=('edge',), steps=1, seed=i, warm=warm),
+                    stamped(images[s.name], stamp), 0) for i, s in enumerate(cams)]
+        results = run_batch(engine, entries, statistics=statistics)
+        assert [s.name for s, _ in results] == ['a', 'b', 'c']
+        for index, ((stream, result), single) in enumerate(zip(results, alone)):
+            want = single.process(engine, entries[index][2], entries[index][1]).outputs
+            np.testing.assert_allclose(result.outputs['edge'], want['edge'], atol=1e-5)
+            assert stream.engine_state.report() == single.engine_state.report()
+    assert statistics.histogram() == '3:3'
+    lasts = [s.engine_state.report()['warm_start_last'] for s in cams]
+    assert lasts == ['warm', 'cold', 'warm']
+    assert cams[1].engine_state.report()['warm_start_last_cold_reason'] == \
+        'no previous map (deactivate)'
+    engine.close()

@@ -272,3 +272,24 @@ def test_image_signature_is_the_normalised_block_mean_of_the_grey_image():
         got = image_signature(image)
         assert got.dtype == np.float32 and got.shape == (16, 16)
         np.testing.assert_allclose(got, thumb, atol=1e-5)
+
+
+def test_warm_frames_use_the_cameras_focal_correction():
+    """A warm-started camera's depth is corrected by its own mode, not the engine's default."""
+    from mtdp_ros.ros.camera import FocalCorrection
+    from ros_harness import camera_info
+    engine = create_engine({**TINY_TASKDIFFUSION, 'train_focal_px': 60.0}, device='cpu')
+    assert engine.focal_correction != 'canonical'
+    stream = CameraStream(focal=FocalCorrection('canonical', False, 'camera_info',
+                                                lambda text: None))
+    # A zoomed camera (fx 3x the training focal length): canonical letterboxes it smaller.
+    stream.on_camera_info(camera_info(80, 60, fx=180.0))
+    rgb = pattern_image(60, 80, seed=1)
+    intrinsics = (180.0, 180.0, 39.5, 29.5)
+    outputs = stream.process(engine, frame(rgb, 10.0), settings(tasks=('depth',))).outputs
+    want = engine.infer(rgb, tasks=['depth'], steps=1, seed=0, intrinsics=intrinsics,
+                        focal_correction='canonical')
+    default = engine.infer(rgb, tasks=['depth'], steps=1, seed=0, intrinsics=intrinsics)
+    assert not same(want, default)
+    assert same(outputs, want)
+    engine.close()

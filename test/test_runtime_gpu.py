@@ -229,3 +229,21 @@ def test_warm_start_graphs_match_eager_and_follow_the_previous_map(name, request
     graphs.infer(_image(120, 160, seed=9), steps=1, init=state, strength=0.2,
                  return_state=True)
     assert torch.equal(kept, got_state)
+
+
+def test_warm_batch_on_cuda_matches_each_frame_alone(taskdiffusion_reference):
+    """Warm and cold frames in one infer_batch (eager on CUDA) equal each frame's own call."""
+    engine = _engine(taskdiffusion_reference, device='cuda', cuda_graphs=True)
+    images = [_image(120, 160, seed=0), _image(96, 128, seed=1), _image(120, 160, seed=2)]
+    states = [engine.infer(image, steps=2, seed=index, return_state=True)[1]
+              for index, image in enumerate(images)]
+    strengths = [0.3, None, 0.3]
+    outputs, got_states = engine.infer_batch(images, steps=2, seeds=[0, 1, 2], inits=states,
+                                             strengths=strengths, return_state=True)
+    assert engine.last_timing['model_ms'] > 0
+    for index, image in enumerate(images):
+        want, want_state = engine.infer(image, steps=2, seed=index, init=states[index],
+                                        strength=strengths[index] or 1.0, return_state=True)
+        _assert_outputs_close(outputs[index], want)
+        assert got_states[index].device.type == 'cuda'
+        torch.testing.assert_close(got_states[index], want_state, atol=1e-4, rtol=0)

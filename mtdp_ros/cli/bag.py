@@ -487,13 +487,13 @@ def _process(reader, args, output_path, cameras, namespace, options, warm, bag_i
         if not entries:
             return
         # Frames without a header stamp are timed by their bag time (warm start's gap).
+        # One engine call for the whole batch (under warm start too: each camera's frame
+        # starts warm or cold by its own map); frame by frame only if the engine refused it.
+        engine_before = statistics.engine_seconds
         results = run_batch(engine, [(camera.stream, settings[camera.name], msg, timestamp)
                                      for camera, msg, timestamp in entries],
                             statistics=statistics)
-        if results and warm.enabled:     # warm start: one engine call per frame
-            done[1] += sum(result.engine_s for _, result in results)
-        elif results:
-            done[1] += results[0][1].engine_s      # one engine call for the whole batch
+        done[1] += statistics.engine_seconds - engine_before
         done[0] += len(results)
         progress.update(done[0])
 

@@ -9,9 +9,11 @@ stops sending never holds the others up.
 :func:`run_batch` runs the taken frames as one batch: each camera decodes its frame
 (``CameraStream.prepare``) and computes its intrinsics; the engine runs the frames in one
 ``Engine.infer_batch`` call (each frame with its own letterbox, focal correction and, for
-TaskDiffusion, its camera's own noise seed); each camera publishes its outputs. A frame
-one camera cannot use is rejected by that camera and leaves the batch; should the engine
-refuse the batch, every frame is run alone so that only the bad one is rejected.
+TaskDiffusion, its camera's own noise seed and, under warm start, its own sampler start,
+warm or cold, decided by its camera's ``WarmStartRunner``: ``infer_warm_batch``); each
+camera publishes its outputs. A frame one camera cannot use is rejected by that camera and
+leaves the batch; should the engine refuse the batch, every frame is run alone so that
+only the bad one is rejected.
 
 :class:`BatchStatistics` is what /diagnostics reports about the engine: the batch-size
 histogram and the model time per batch. Nothing here needs rclpy (``mtdp bag`` batches
@@ -23,6 +25,7 @@ import time
 from collections import Counter
 
 from mtdp_ros.ros.monitoring import Samples
+from mtdp_ros.runtime.warm_runner import infer_warm_batch
 
 
 class BatchScheduler:
@@ -88,11 +91,14 @@ class BatchStatistics:
         self.sizes = Counter()
         self.model_ms = Samples()
         self.engine_ms = Samples()
+        # Seconds in the engine over every batch (``mtdp bag``'s summary).
+        self.engine_seconds = 0.0
 
     def add(self, size, model_ms, engine_ms):
         """One batch of ``size`` frames ran (model and whole-engine milliseconds)."""
         with self._lock:
             self.sizes[int(size)] += 1
+            self.engine_seconds += float(engine_ms) / 1000.0
         self.model_ms.add(float(model_ms))
         self.engine_ms.add(float(engine_ms))
 
@@ -110,10 +116,12 @@ class BatchStatistics:
 def run_batch(engine, entries, on_error=None, statistics=None):
     """Run ``entries`` ``[(stream, FrameSettings, msg, received_ns)]`` as one batch.
 
-    Every entry's settings must share tasks and steps (its seed and output options are its
-    camera's). Returns ``[(stream, FrameResult)]`` of the frames published. ``on_error``
-    ``(stream, exc)``: an exception while one camera publishes (the others go on; default:
-    raise). ``statistics``: a BatchStatistics the batch is recorded in.
+    Every entry's settings must share tasks, steps and warm-start settings (its seed and
+    output options are its camera's; under warm start each camera's own WarmStartRunner
+    decides its frame's start). Returns ``[(stream, FrameResult)]`` of the frames
+    published. ``on_error`` ``(stream, exc)``: an exception while one camera publishes (the
+    others go on; default: raise). ``statistics``: a BatchStatistics the batch is recorded
+    in.
     """
     frames = []
     for stream, settings, msg, received_ns in entries:
@@ -122,17 +130,22 @@ def run_batch(engine, entries, on_error=None, statistics=None):
             frames.append((stream, settings, frame))
     if not frames:
         return []
-    if any(stream.runs_alone(settings) for stream, settings, _ in frames):
-        # Warm start: each camera's own previous map decides its sampler start (warm or
-        # cold, from its own time), which one batched pass cannot mix.
-        return _one_by_one(engine, frames, on_error, statistics)
+    first = frames[0][1]
+    arguments = dict(tasks=first.tasks, steps=first.steps,
+                     seeds=[settings.seed for _, settings, _ in frames],
+                     intrinsics=[frame.intrinsics for _, _, frame in frames],
+                     focal_correction=frames[0][0].focal.mode)
+    # Warm start: each camera's runner decides its frame's start from its own map, time
+    # and scene; the engine runs warm and cold frames in the one call.
+    runners = [stream.warm_runner(settings) for stream, settings, _ in frames]
     started = time.perf_counter()
     try:
-        outputs = engine.infer_batch(
-            [frame.rgb for _, _, frame in frames], tasks=frames[0][1].tasks,
-            steps=frames[0][1].steps, seeds=[settings.seed for _, settings, _ in frames],
-            intrinsics=[frame.intrinsics for _, _, frame in frames],
-            focal_correction=frames[0][0].focal.mode)
+        if any(runner is not None for runner in runners):
+            outputs = infer_warm_batch(engine, runners, [frame.rgb for _, _, frame in frames],
+                                       [frame.stamp_s for _, _, frame in frames], first.warm,
+                                       **arguments)
+        else:
+            outputs = engine.infer_batch([frame.rgb for _, _, frame in frames], **arguments)
     except ValueError:
         # Something in one frame: alone, each is accepted or rejected on its own.
         return _one_by_one(engine, frames, on_error, statistics)

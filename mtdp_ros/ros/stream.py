@@ -292,12 +292,12 @@ class CameraStream:
         if not self.set_intrinsics(frame):
             return None
         try:
-            if settings.warm.enabled and self.engine_state is None:
-                self.engine_state = WarmStartRunner()
-            if isinstance(self.engine_state, WarmStartRunner):
-                return self.engine_state.infer(
+            runner = self.warm_runner(settings)
+            if runner is not None:
+                return runner.infer(
                     engine, frame.rgb, frame.stamp_s, settings.warm, tasks=settings.tasks,
-                    steps=settings.steps, seed=settings.seed, intrinsics=frame.intrinsics)
+                    steps=settings.steps, seed=settings.seed, intrinsics=frame.intrinsics,
+                    focal_correction=self.focal.mode)
             return engine.infer(frame.rgb, tasks=settings.tasks, steps=settings.steps,
                                 seed=settings.seed, intrinsics=frame.intrinsics,
                                 focal_correction=self.focal.mode)
@@ -305,15 +305,16 @@ class CameraStream:
             self.reject('engine', exc)
             return None
 
-    def runs_alone(self, settings: FrameSettings):
-        """Whether this camera's frame must go through :meth:`infer`, not a batched call.
+    def warm_runner(self, settings: FrameSettings):
+        """This camera's WarmStartRunner (made by its first warm frame), or None.
 
-        So it must under warm start, and once more after it was switched off while this
-        camera held a map (which that frame drops).
+        Once made it serves every frame, also with warm start off (it drops its map and
+        counts the frame cold, ``warm start off``).
         """
+        if settings.warm.enabled and self.engine_state is None:
+            self.engine_state = WarmStartRunner()
         state = self.engine_state
-        return settings.warm.enabled or (isinstance(state, WarmStartRunner)
-                                         and state.state.has_state)
+        return state if isinstance(state, WarmStartRunner) else None
 
     def set_intrinsics(self, frame: Frame):
         """Fill ``frame.intrinsics`` from camera_info; False when refused (counted, said)."""

@@ -246,17 +246,26 @@ class Engine:
             intrinsics = None
         return intrinsics, max_scale, correction
 
-    def sampler_start(self, init, strength, return_state):
-        """None for a plain cold call, else the validated :data:`SamplerStart`."""
-        if init is None and not isinstance(strength, bool) and strength == 1.0 \
-                and not return_state:
-            return None
+    @staticmethod
+    def _plain_start(init, strength, return_state):
+        """Whether a call's warm-start arguments ask for nothing but a plain cold start."""
+        return (init is None and not isinstance(strength, bool) and strength == 1.0
+                and not return_state)
+
+    def _check_warm_start_support(self):
+        """Raise ValueError unless this engine's model and backend can start warm."""
         if not self.diffusion:
             raise ValueError(f'warm start (init, strength, return_state) applies to '
                              f'TaskDiffusion models only; {self.config.family} has no sampler')
         if not self.supports_warm_start:
             raise ValueError(f'the {self.backend} engine serves cold starts only; warm start '
                              f'(init, strength, return_state) needs the torch backend')
+
+    def sampler_start(self, init, strength, return_state):
+        """None for a plain cold call, else the validated :data:`SamplerStart`."""
+        if self._plain_start(init, strength, return_state):
+            return None
+        self._check_warm_start_support()
         strength = check_strength(strength)
         if init is None:
             if strength != 1.0:
@@ -274,7 +283,7 @@ class Engine:
         return SamplerStart(init if strength < 1.0 else None, strength)
 
     def infer_batch(self, images, tasks=None, steps=None, seeds=None, intrinsics=None,
-                    focal_correction=None):
+                    focal_correction=None, inits=None, strengths=None, return_state=False):
         """Metric outputs of several images (one per camera) from one batched network pass.
 
         ``images``: a sequence of uint8 H x W x 3 RGB images, each of its own size (each is
@@ -284,8 +293,16 @@ class Engine:
         ``intrinsics``: one (fx, fy, cx, cy) or None per image (per-frame focal
         correction, as ``focal_correction`` says: see :meth:`infer`). Returns one
         ``{task: array}`` per image, in order; ``last_timing`` is the batch's
-        (``model_ms``: the one network pass) and ``last_focal_factors`` one depth factor
+        (``model_ms``: its network passes) and ``last_focal_factors`` one depth factor
         per image. ValueError (naming the image's index) for a bad argument.
+
+        Video (TaskDiffusion, torch backend), per image as :meth:`infer` takes them:
+        ``inits`` (one previous state or None per image), ``strengths`` (one strength per
+        image; None, or a None entry: 1.0, the cold start) and ``return_state``: then
+        ``(outputs, states)``, one 1 x C_map x h x w state per image. Each image's outputs
+        and state equal ``infer(image, seed, intrinsics, init, strength,
+        return_state=True)`` of it alone. The sampler's schedule depends on the strength,
+        so the images run in one network pass per distinct strength (cold and warm: two).
         """
         from .preprocess import check_image
         images = list(images)
@@ -304,6 +321,7 @@ class Engine:
         seeds = [self.seed if seed is None else check_seed(seed) for seed in seeds]
         intrinsics = self._per_image('intrinsics', intrinsics, count)
         intrinsics = [None if k is None else check_intrinsics(k) for k in intrinsics]
+        starts = self._batch_starts(inits, strengths, return_state, count)
         plans, corrections = [], []
         for index, (image, camera) in enumerate(zip(checked, intrinsics)):
             max_scale, correction = None, None
@@ -314,10 +332,17 @@ class Engine:
                 intrinsics[index] = camera
             plans.append(self.plan(image.shape[:2], max_scale))
             corrections.append(correction)
-        if count == 1:
+        states = None
+        if count == 1 and starts is None:
             outputs = [self._infer(checked[0], plans[0], tasks, steps, seeds[0])]
-        else:
+        elif count == 1:
+            result, state = self._infer(checked[0], plans[0], tasks, steps, seeds[0],
+                                        start=starts[0])
+            outputs, states = [result], [state]
+        elif starts is None:
             outputs = self._infer_batch(checked, plans, tasks, steps, seeds)
+        else:
+            outputs, states = self._infer_batch(checked, plans, tasks, steps, seeds, starts)
         factors = []
         for result, plan, camera, correction in zip(outputs, plans, intrinsics, corrections):
             factor = 1.0
@@ -327,7 +352,29 @@ class Engine:
             factors.append(factor)
         self.last_focal_factors = factors
         self.last_focal_factor = factors[-1]
-        return outputs
+        return (outputs, states) if return_state else outputs
+
+    def _batch_starts(self, inits, strengths, return_state, count):
+        """None for a plain cold batch, else one validated :data:`SamplerStart` per image.
+
+        As :meth:`sampler_start` per image: an engine that cannot start warm refuses the
+        warm arguments as ``infer`` does; a bad image's init or strength names its index.
+        """
+        inits = self._per_image('inits', inits, count)
+        strengths = [1.0 if strength is None else strength
+                     for strength in self._per_image('strengths', strengths, count)]
+        if all(self._plain_start(init, strength, return_state)
+               for init, strength in zip(inits, strengths)):
+            return None
+        self._check_warm_start_support()
+        starts = []
+        for index, (init, strength) in enumerate(zip(inits, strengths)):
+            try:
+                # Every image computes its state: the batch's images run as one call.
+                starts.append(self.sampler_start(init, strength, True))
+            except ValueError as exc:
+                raise ValueError(f'image {index}: {exc}') from None
+        return starts
 
     @staticmethod
     def _per_image(name, values, count):
@@ -339,15 +386,24 @@ class Engine:
                              f'got {len(values)}')
         return values
 
-    def _infer_batch(self, images, plans, tasks, steps, seeds):
-        """Outputs of several images; the base runs them one by one (timings summed)."""
-        outputs, total = [], {}
-        for image, plan, seed in zip(images, plans, seeds):
-            outputs.append(self._infer(image, plan, tasks, steps, seed))
+    def _infer_batch(self, images, plans, tasks, steps, seeds, starts=None):
+        """Outputs of several images; the base runs them one by one (timings summed).
+
+        With ``starts`` (one :data:`SamplerStart` per image): ``(outputs, states)``.
+        """
+        outputs, states, total = [], [], {}
+        for index, (image, plan, seed) in enumerate(zip(images, plans, seeds)):
+            if starts is None:
+                outputs.append(self._infer(image, plan, tasks, steps, seed))
+            else:
+                result, state = self._infer(image, plan, tasks, steps, seed,
+                                            start=starts[index])
+                outputs.append(result)
+                states.append(state)
             for stage, ms in self.last_timing.items():
                 total[stage] = total.get(stage, 0.0) + ms
         self.last_timing = total
-        return outputs
+        return outputs if starts is None else (outputs, states)
 
     def focal_factor(self, intrinsics, plan):
         """Depth factor for a camera of ``intrinsics`` seen through letterbox ``plan``.

@@ -374,10 +374,13 @@ class OrtEngine(Engine):
     def _infer(self, image, plan, tasks, steps, seed):
         return self._run_images([image], [plan], tasks, steps, [seed])[0]
 
-    def _infer_batch(self, images, plans, tasks, steps, seeds):
-        """One run of a dynamic-batch graph over several images (else one run per image)."""
+    def _infer_batch(self, images, plans, tasks, steps, seeds, starts=None):
+        """One run of a dynamic-batch graph over several images (else one run per image).
+
+        ``starts`` is always None: ``infer_batch`` refuses warm starts for this engine.
+        """
         if not self.dynamic_batch:
-            return super()._infer_batch(images, plans, tasks, steps, seeds)
+            return super()._infer_batch(images, plans, tasks, steps, seeds, starts)
         return self._run_images(images, plans, tasks, steps, seeds)
 
     def _run_images(self, images, plans, tasks, steps, seeds):

@@ -7,7 +7,8 @@ stages are captured once per (image size, step count, tasks) and replayed, which
 the per-kernel launch cost that dominates a batch-1 ViT on a fast GPU. A warm-started
 TaskDiffusion call (``infer(..., init=, strength=, return_state=True)``) has graphs of its
 own, keyed by the strength as well: the previous map is copied into the graph's static
-input and the new state out of its static output.
+input and the new state out of its static output. Batches of several cameras
+(``infer_batch``) run eagerly, warm-started ones in one pass per strength.
 """
 
 import threading
@@ -176,12 +177,15 @@ class TorchEngine(Engine):
                     return self._replay(graphs, image, seed, tasks, start)
             return self._infer_cuda_eager(image, plan, tasks, steps, seed, start)
 
-    def _infer_batch(self, images, plans, tasks, steps, seeds):
+    def _infer_batch(self, images, plans, tasks, steps, seeds, starts=None):
         """One network pass over several letterboxed images (eager, also on CUDA).
 
         Each image is letterboxed by its own plan into one row of a B x 3 x h x w batch;
         TaskDiffusion gets each image's own noise draw stacked the same way; each row of
-        the raw outputs is post-processed with its image's plan.
+        the raw outputs is post-processed with its image's plan. With ``starts`` (one
+        :data:`SamplerStart` per image, see ``Engine.infer_batch``): one pass per
+        distinct strength, since the sampler's schedule is the strength's, each with its
+        rows' noise and previous maps stacked; returns ``(outputs, states)``.
         """
         with self._lock:
             if self.cuda:
@@ -201,23 +205,48 @@ class TorchEngine(Engine):
                         pixels = pixels.pin_memory().to(self.torch_device, non_blocking=True)
                     rows.append(letterbox(pixels, plan, self.gain, self.offset,
                                           dtype=self.dtype))
-                x = torch.cat(rows)
-                noise = None
-                if self.diffusion:
-                    noise = torch.cat([self.device_noise(seed) for seed in seeds])
+                noises = [self.device_noise(seed) for seed in seeds]
                 mark[1]()
-                raw = self.run_network(x, tasks, steps, noise)
+                if starts is None:
+                    raw = self.run_network(torch.cat(rows), tasks, steps,
+                                           torch.cat(noises) if self.diffusion else None)
+                    raws = [{t: raw[t][i:i + 1] for t in tasks} for i in range(len(rows))]
+                    states = None
+                else:
+                    raws, states = self._run_groups(rows, noises, tasks, steps, starts)
                 mark[2]()
-                hosts = [to_host_async(postprocess({t: raw[t][i:i + 1] for t in tasks},
-                                                   plan, tasks))
-                         for i, plan in enumerate(plans)]
+                hosts = [to_host_async(postprocess(raw, plan, tasks))
+                         for raw, plan in zip(raws, plans)]
                 mark[3]()
             if self.cuda:
                 events[3].synchronize()
                 self._record_events(events)
             else:
                 self.last_timing = timer.timing()
-            return [host_to_numpy(host) for host in hosts]
+            outputs = [host_to_numpy(host) for host in hosts]
+            return outputs if starts is None else (outputs, states)
+
+    def _run_groups(self, rows, noises, tasks, steps, starts):
+        """Per image (raw outputs, state): one network pass per strength of ``starts``."""
+        groups = {}
+        for index, start in enumerate(starts):
+            groups.setdefault(start.strength, []).append(index)
+        raws, states = [None] * len(rows), [None] * len(rows)
+        for strength, members in groups.items():
+            init = None
+            if strength < 1.0:
+                # Below 1 every member has its previous map (Engine.sampler_start).
+                init = torch.cat([starts[i].init.to(self.torch_device, self.dtype)
+                                  for i in members])
+            raw, state = self.run_network(
+                torch.cat([rows[i] for i in members]), tasks, steps,
+                torch.cat([noises[i] for i in members]), starts[members[0]]._replace(
+                    init=init))
+            for row, index in enumerate(members):
+                raws[index] = {t: raw[t][row:row + 1] for t in tasks}
+                # A copy: a caller keeping one camera's state keeps no other camera's.
+                states[index] = state[row:row + 1].clone()
+        return raws, states
 
     def graph_key(self, image_size, steps, tasks, start=None):
         """Key of the CUDA graphs of a call: (letterbox sizes, steps, tasks, sampler start).
