@@ -86,6 +86,8 @@ def build_parser():
     parser.add_argument('--presets', nargs='+', default=None,
                         help='presets of the Orin estimate (default: all and the defaults)')
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 2, 4, 6])
+    parser.add_argument('--domain', type=int, default=None,
+                        help='ROS_DOMAIN_ID of the runs (default: from the process id)')
     return parser
 
 
@@ -127,7 +129,10 @@ def run_case(args, mode, count, domain):
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
+    from mtdp_ros.ros.outputs import output_topics
     from scripts.bench_node import camera_frame
+    # The raw depth topic, from the task table (the topic a closed loop waits for).
+    depth_topic = output_topics(['depth'])[0][0]
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
                OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED='1')
     if args.cache_dir:
@@ -179,13 +184,15 @@ def run_case(args, mode, count, domain):
 
         timing = {'on': False}
         for _, _, prefix in cameras:
-            node.create_subscription(Image, f'{prefix}/depth',
+            node.create_subscription(Image, f'{prefix}/{depth_topic}',
                                      lambda msg, p=prefix: received(p, msg), qos)
         # Discovery: every node subscribes to its camera(s) and publishes depth.
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not all(
-                node.count_subscribers(f'{p}/image') and node.count_publishers(f'{p}/depth')
-                for _, _, p in cameras):
+        while not all(node.count_subscribers(f'{p}/image') and
+                      node.count_publishers(f'{p}/{depth_topic}') for _, _, p in cameras):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'the node(s) did not subscribe to the images and publish '
+                                   f'{depth_topic} within 300 s (logs: {logs})')
             executor.spin_once(timeout_sec=0.1)
         period = 1.0 / args.rate if args.rate else None
         due = {prefix: time.monotonic() + (period or 0) * i / len(cameras)
@@ -209,8 +216,12 @@ def run_case(args, mode, count, domain):
             for _, _, prefix in cameras:
                 send(prefix)
         # Warm-up (the first frame of a size, allocations).
+        deadline = time.monotonic() + 300
         spin(lambda: time.monotonic() + 1 if min(e['done'] for e in state.values())
-             < args.warmup else 0)
+             < args.warmup and time.monotonic() < deadline else 0)
+        if min(e['done'] for e in state.values()) < args.warmup:
+            raise RuntimeError(f'no {args.warmup} warm-up outputs on every camera within 300 s '
+                               f'(logs: {logs})')
         peak_before = [memory_kib(p.pid)[0] for p, _ in processes]
         timing['on'] = True
         started = time.monotonic()
@@ -245,7 +256,7 @@ def run_case(args, mode, count, domain):
 
 def node_table(args):
     """Run every case; print a markdown table."""
-    domain = 1 + os.getpid() % 100
+    domain = args.domain if args.domain is not None else 1 + os.getpid() % 100
     if args.backend == 'onnxruntime':
         prepare_graphs(args)
     rows = []

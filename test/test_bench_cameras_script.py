@@ -1,0 +1,34 @@
+"""scripts/bench_cameras.py runs end to end (a tiny model, one node, 1 and 2 cameras, 1 s).
+
+The figures are the benchmark's business; this only keeps the script from rotting (it
+once waited forever on a renamed depth topic).
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+from ros_harness import domain_id, TINY_MLORE, write_checkpoint
+
+pytestmark = pytest.mark.slow  # a node process over real DDS
+
+
+def test_one_node_with_one_and_two_cameras_gives_table_rows(tmp_path):
+    preset = write_checkpoint(tmp_path, TINY_MLORE)
+    done = subprocess.run(
+        [sys.executable, 'scripts/bench_cameras.py', '--model', preset, '--cameras', '1', '2',
+         '--modes', 'one', '--rate', '0', '--seconds', '1', '--warmup', '1', '--width', '64',
+         '--height', '48', '--threads', '1', '--domain', str(domain_id(__name__))],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {}
+    for line in done.stdout.splitlines():
+        cells = [cell.strip() for cell in line.split('|')[1:-1]]
+        if cells and cells[0] in ('1', '2'):
+            rows[cells[0]] = cells
+    assert set(rows) == {'1', '2'}, done.stdout
+    for cells in rows.values():
+        assert cells[1] == '1' and float(cells[2]) > 0, cells     # one node, frames/s
+        assert float(cells[-1].rstrip('x')) > 0, cells            # memory ratio
+    assert rows['1'][-1] == '1.00x'       # the reference of the ratios
