@@ -105,6 +105,32 @@ def test_rejected_frames_are_counted_by_kind_and_reported(engine):
     assert seen[0][0] == 'encoding' and isinstance(seen[0][1], ImageRejected)
 
 
+def test_serialized_frames_are_deserialized_when_taken(engine):
+    # The node's subscriptions hand over wire bytes (SerializedImage): the frame a stream
+    # takes gives the outputs of the message itself; bytes that are no image are rejected.
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    from mtdp_ros.ros.stream_endpoints import SerializedImage
+    rgb = pattern_image(48, 64)
+    settings = FrameSettings(tasks=tuple(engine.tasks), options=OutputOptions())
+    direct, wired = Collect(), Collect()
+    CameraStream(sink=direct).process(engine, frame_msg(rgb), settings)
+    stream = CameraStream(sink=wired)
+    result = stream.process(engine, SerializedImage(serialize_message(frame_msg(rgb)), Image),
+                            settings)
+    assert result is not None
+    assert [t for t, _ in wired.messages] == [t for t, _ in direct.messages]
+    for (topic, got), (_, want) in zip(wired.messages, direct.messages):
+        assert got.header == want.header, topic
+        if isinstance(want, Image):
+            np.testing.assert_array_equal(image_msg_to_numpy(got), image_msg_to_numpy(want))
+    seen = []
+    strict = CameraStream(on_reject=lambda kind, exc: seen.append(kind))
+    assert strict.process(engine, SerializedImage(b'\x00\x01 not cdr', Image), settings) is None
+    assert seen == ['message'] and strict.statistics.counters.get('rejected_message') == 1
+
+
 def test_focal_correction_uses_the_stream_camera_info(engine):
     rgb = pattern_image(48, 64)
     settings = FrameSettings(tasks=('depth',))

@@ -267,8 +267,18 @@ class CameraStream:
         return self.publish(frame, outputs, settings, engine.last_timing, engine_s)
 
     def prepare(self, msg, settings: FrameSettings, received_ns=0):
-        """The decoded Frame, or None when the image is rejected (counted, reported)."""
+        """The decoded Frame, or None when the image is rejected (counted, reported).
+
+        ``msg``: an image message, or an item with ``deserialize()`` returning one (the
+        node's subscriptions hand over serialized messages, deserialized here).
+        """
         started = time.perf_counter()
+        if hasattr(msg, 'deserialize'):
+            try:
+                msg = msg.deserialize()
+            except Exception as exc:  # noqa: B902 - whatever the bytes hold, a rejection
+                self.reject('message', exc)
+                return None
         try:
             if self.compressed:
                 rgb = compressed_msg_to_rgb(msg, settings.max_pixels)
