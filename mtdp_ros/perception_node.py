@@ -251,8 +251,7 @@ class PerceptionNode(parameter_names.NamesUndeclaredParameters, LifecycleNode):
             self._log.warning(warning)
         # QoS (qos_overrides.* over the defaults) is checked before the model loads.
         configure_inputs(self, self.streams, values)
-        self.engine = engine_setup.in_passing_thread(engine_setup.create_engine, values,
-                                                     self._runtime_log, self._log)
+        self.engine = engine_setup.create_engine(values, self._runtime_log, self._log)
         self._model_tasks = tuple(self.engine.tasks)
         self._is_diffusion = self.engine.diffusion
         engine_setup.check_model_values(values, self.engine)
@@ -262,8 +261,8 @@ class PerceptionNode(parameter_names.NamesUndeclaredParameters, LifecycleNode):
             values['tasks'] = list(self._model_tasks)
         self._settings = node_settings.settings_from(values, self._model_tasks)
         configure_outputs(self, self.streams, values, self._model_tasks, self._gate)
-        self._warmed_size = engine_setup.in_passing_thread(
-            engine_setup.warm_up_cameras, self.engine, self._settings, self.streams, self._log)
+        self._warmed_size = engine_setup.warm_up_cameras(self.engine, self._settings,
+                                                         self.streams, self._log)
 
     def _deactivate(self):
         """Stop the outputs now; True when a frame is still in flight (it publishes nothing)."""

@@ -4,7 +4,6 @@ One engine serves every camera stream of the node. Creation failures become a
 :class:`StartupError` whose message names the parameters to change.
 """
 
-import threading
 import time
 
 import numpy as np
@@ -14,33 +13,6 @@ from mtdp_ros.ros import parameters
 
 class StartupError(Exception):
     """A configuration the node cannot start with (the message says what to change)."""
-
-
-def in_passing_thread(function, *args, **kwargs):
-    """``function(*args, **kwargs)`` run in a thread that ends with it; raises what it raised.
-
-    For the engine's start-up work (loading, fusing, warm-up), which the lifecycle runs on
-    the executor's thread. PyTorch's CPU operators run on an OpenMP thread team of the
-    calling thread that lives as long as that thread: left on the executor's thread, it
-    is a second team beside the inference thread's, and GNU OpenMP, seeing more threads
-    than cores, makes both teams sleep between operators instead of spinning. Measured on
-    the 2-core VM (`default`, 640 x 480, 2 threads, inference in a second thread): 48-71
-    ms per frame with the start-up in a passing thread against 69-83 ms without.
-    """
-    outcome = {}
-
-    def run():
-        try:
-            outcome['value'] = function(*args, **kwargs)
-        except BaseException as exc:  # noqa: B902 - raised again in the calling thread
-            outcome['error'] = exc
-
-    worker = threading.Thread(target=run, name='mtdp_engine_setup', daemon=True)
-    worker.start()
-    worker.join()
-    if 'error' in outcome:
-        raise outcome['error']
-    return outcome.get('value')
 
 
 def create_engine(values, runtime_log, log):
