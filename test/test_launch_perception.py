@@ -7,31 +7,22 @@ installed (it is not on PyPI); run it with ``launch_test`` or pytest with the
 launch_testing plugin after ``colcon build``.
 """
 
-import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
 import unittest
 
 import pytest
 
 try:
-    import launch
-    import launch.actions
-    import launch.launch_description_sources
     import launch_ros.actions  # noqa: F401
     import launch_testing
-    import launch_testing.actions
     import launch_testing.asserts
 except ImportError as missing:
     pytest.skip(f'launch_testing / launch_ros (ROS 2 installations only, not on PyPI) are '
                 f'not installed: {missing}', allow_module_level=True)
 
 import numpy as np
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
@@ -40,7 +31,8 @@ from mtdp_ros.ros.image_output import rgb_to_image_msg
 # ``launch_test`` loads this file without pytest's conftest: put the harness beside it on
 # the path itself.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ros_harness import REPO, TINY_MLORE as TINY_CONFIG, domain_id  # noqa: E402,I100
+from launch_harness import LaunchClientTest, perception_launch  # noqa: E402,I100
+from ros_harness import REPO, domain_id  # noqa: E402,I100
 
 # Slow (a launch file starting node processes): `make test-fast` leaves it out.
 pytestmark = pytest.mark.slow
@@ -52,40 +44,16 @@ DOMAIN = domain_id(__name__)
 @pytest.mark.launch_test
 def generate_test_description():
     """The perception launch file with a tiny model, remapped into /launch_test."""
-    config = os.path.join(tempfile.mkdtemp(prefix='mtdp_launch_test_'), 'tiny.json')
-    with open(config, 'w', encoding='utf-8') as handle:
-        json.dump(TINY_CONFIG, handle)
-    perception = launch.actions.IncludeLaunchDescription(
-        launch.launch_description_sources.PythonLaunchDescriptionSource(
-            os.path.join(REPO, 'launch', 'perception.launch.py')),
-        launch_arguments={
-            'image_topic': '/launch_test/camera/image_raw',
-            'camera_info_topic': '/launch_test/camera/camera_info',
-            'namespace': 'launch_test', 'preset': config, 'device': 'cpu',
-            'tasks': 'semseg,depth', 'use_rviz': 'false',
-        }.items())
-    return launch.LaunchDescription([
-        launch.actions.SetEnvironmentVariable('ROS_DOMAIN_ID', str(DOMAIN)),
-        launch.actions.SetEnvironmentVariable('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST'),
-        perception, launch_testing.actions.ReadyToTest()])
+    return perception_launch(DOMAIN, 'mtdp_launch_test_',
+                             image_topic='/launch_test/camera/image_raw',
+                             camera_info_topic='/launch_test/camera/camera_info',
+                             namespace='launch_test', tasks='semseg,depth')
 
 
-class TestPerceptionLaunch(unittest.TestCase):
+class TestPerceptionLaunch(LaunchClientTest):
     """While the launch runs: a frame in, outputs out."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.context = rclpy.Context()
-        rclpy.init(context=cls.context, domain_id=DOMAIN)
-        cls.node = rclpy.create_node('perception_launch_test', context=cls.context)
-        cls.executor = SingleThreadedExecutor(context=cls.context)
-        cls.executor.add_node(cls.node)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.executor.shutdown(timeout_sec=1.0)
-        cls.node.destroy_node()
-        rclpy.try_shutdown(context=cls.context)
+    DOMAIN = DOMAIN
 
     def test_outputs_carry_the_input_header(self):
         received = {'depth/image': [], 'semantic/labels': []}
@@ -95,13 +63,12 @@ class TestPerceptionLaunch(unittest.TestCase):
         publisher = self.node.create_publisher(Image, '/launch_test/camera/image_raw', qos)
         frame = rgb_to_image_msg(np.full((48, 64, 3), 90, np.uint8))
         frame.header.frame_id = 'launch_test_frame'
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not all(received.values()):
+
+        def send():
             frame.header.stamp = self.node.get_clock().now().to_msg()
             publisher.publish(frame)
-            end = time.monotonic() + 1.0
-            while time.monotonic() < end and not all(received.values()):
-                self.executor.spin_once(timeout_sec=0.1)
+
+        self.send_until(send, lambda: all(received.values()))
         for topic, store in received.items():
             self.assertTrue(store, f'nothing arrived on /launch_test/{topic}')
             self.assertEqual(store[-1].header.frame_id, 'launch_test_frame')
