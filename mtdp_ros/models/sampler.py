@@ -42,6 +42,25 @@ def check_strength(strength):
     return value
 
 
+def check_init(init, expected, strength):
+    """Raise ValueError unless ``init`` fits a warm start at ``strength`` (None: cold).
+
+    ``init``: the clean cross-task map a previous call returned (``return_state``), of
+    shape ``expected``; a strength below 1 needs it.
+    """
+    if init is None:
+        if strength != 1.0:
+            raise ValueError(f'strength {strength} < 1 needs init: the state returned '
+                             f'for the previous frame (return_state=True)')
+        return
+    if not isinstance(init, torch.Tensor) or not init.is_floating_point():
+        raise ValueError(f'init must be the state a previous call returned (a floating-point '
+                         f'tensor), got {getattr(init, "dtype", type(init).__name__)}')
+    if tuple(init.shape) != expected:
+        raise ValueError(f'init must be {expected} (the state returned for this input), '
+                         f'got {tuple(init.shape)}')
+
+
 def time_pairs(steps, time_difference=1.0, strength=1.0):
     """The (t_now, t_next) pair of every sampling step, starting at t = ``strength``."""
     if int(steps) != steps or steps < 1:

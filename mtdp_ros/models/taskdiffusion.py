@@ -8,7 +8,8 @@ from .base import MultiTaskModel
 from .config import NUM_LEVELS
 from .diffusion_decoder import CrossTaskDiffusionDecoder
 from .mlore import build_encoder
-from .sampler import alpha_sigma, check_strength, cosine_log_snr, ddim_sample, draw_noise
+from .sampler import (alpha_sigma, check_init, check_strength, cosine_log_snr, ddim_sample,
+                      draw_noise)
 
 
 class TaskDiffusionModel(MultiTaskModel):
@@ -48,7 +49,7 @@ class TaskDiffusionModel(MultiTaskModel):
         steps = self.config.trained_steps if steps is None else steps
         expected = self.noise_shape(x.shape[0])
         strength = check_strength(strength)
-        self.check_init(init, expected, strength)
+        check_init(init, expected, strength)
         levels = self._levels(x)
         if noise is None:
             noise = draw_noise(expected, x.device, x.dtype, seed, generator)
@@ -62,21 +63,6 @@ class TaskDiffusionModel(MultiTaskModel):
         size = x.shape[-2:]
         outputs = {t: F.interpolate(logits[t], size=size, mode='bilinear') for t in tasks}
         return (outputs, state) if return_state else outputs
-
-    @staticmethod
-    def check_init(init, expected, strength):
-        """Raise ValueError unless ``init`` fits a warm start at ``strength`` (None: cold)."""
-        if init is None:
-            if strength != 1.0:
-                raise ValueError(f'strength {strength} < 1 needs init: the state returned '
-                                 f'for the previous frame (return_state=True)')
-            return
-        if not isinstance(init, torch.Tensor) or not init.is_floating_point():
-            raise ValueError(f'init must be a floating-point tensor (a returned state), got '
-                             f'{getattr(init, "dtype", type(init).__name__)}')
-        if tuple(init.shape) != expected:
-            raise ValueError(f'init must be {expected} (the state this model returns for '
-                             f'this batch), got {tuple(init.shape)}')
 
     def forward_train(self, x, targets):
         """One denoising step from a noised ground-truth map at a random time (training)."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mtdp_ros.models import ModelConfig, resolve_model
-from mtdp_ros.models.sampler import check_strength
+from mtdp_ros.models.sampler import check_init, check_strength
 
 from .options import check_seed, check_steps, is_diffusion, MAX_STEPS
 from .postprocess import (canonical_scale, check_focal_correction, check_intrinsics,
@@ -267,18 +267,7 @@ class Engine:
             return None
         self._check_warm_start_support()
         strength = check_strength(strength)
-        if init is None:
-            if strength != 1.0:
-                raise ValueError(f'strength {strength} < 1 needs init: the state returned '
-                                 f'for the previous frame (return_state=True)')
-            return SamplerStart(None, strength)
-        expected = self.noise_shape()
-        if not isinstance(init, torch.Tensor) or not init.is_floating_point():
-            raise ValueError(f'init must be the state tensor a previous call returned, got '
-                             f'{getattr(init, "dtype", type(init).__name__)}')
-        if tuple(init.shape) != expected:
-            raise ValueError(f'init must be {expected} (the state this engine returns), got '
-                             f'{tuple(init.shape)}')
+        check_init(init, self.noise_shape(), strength)
         # Strength 1 is the cold start: the previous map is not used.
         return SamplerStart(init if strength < 1.0 else None, strength)
 

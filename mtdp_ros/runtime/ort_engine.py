@@ -72,7 +72,6 @@ class OrtEngine(Engine):
             self.reparameterized = fuse
         # A graph for any batch size (infer_batch in one run) instead of batch 1.
         self.dynamic_batch = bool(dynamic_batch)
-        self.batches_in_one_pass = self.dynamic_batch
         self.cache_dir = cache_dir or default_cache_dir()
         self.checkpoint = checkpoint
         self.requested_device = device
@@ -120,6 +119,11 @@ class OrtEngine(Engine):
             LOGGER.info('onnxruntime runs on the GPU but PyTorch has no CUDA: pre- and '
                         'post-processing run on the CPU')
         self.gain, self.offset = normalisation(config.mean, config.std, self.torch_device)
+
+    @property
+    def batches_in_one_pass(self):
+        """A dynamic-batch graph runs a batch in one run; a batch-1 graph frame by frame."""
+        return self.dynamic_batch
 
     # ------------------------------------------------------------------ sessions
     def describe(self):
