@@ -26,7 +26,7 @@ from .options import check_choice, check_steps, DEVICES, is_diffusion, MAX_STEPS
 from .ort_cache import cached_graph_path, checkpoint_identity, default_cache_dir
 from .ort_providers import GPU_PROVIDERS, select_providers, TENSORRT
 from .postprocess import host_to_numpy, postprocess, to_host_async
-from .preprocess import letterbox, normalisation
+from .preprocess import letterbox_batch, normalisation
 
 
 class OrtEngine(Engine):
@@ -401,13 +401,7 @@ class OrtEngine(Engine):
             self.last_steps = steps
             timer = StageTimer()
             with torch.no_grad():
-                rows = []
-                for image, plan in zip(images, plans):
-                    pixels = torch.from_numpy(image)
-                    if self.io_binding:
-                        pixels = pixels.pin_memory().to(self.torch_device, non_blocking=True)
-                    rows.append(letterbox(pixels, plan, self.gain, self.offset))
-                x = rows[0] if len(rows) == 1 else torch.cat(rows)
+                x = letterbox_batch(images, plans, self.gain, self.offset, self.torch_device)
                 if self.io_binding:
                     torch.cuda.current_stream().synchronize()
                 timer.mark()

@@ -165,3 +165,19 @@ def unletterbox(tensor, plan: Letterbox, mode='bilinear'):
         return F.interpolate(cropped, size=plan.image_size, mode='bilinear',
                              align_corners=False, antialias=shrinking)
     raise ValueError(f"unknown resize mode {mode!r}; use 'bilinear' or 'nearest'")
+
+
+def letterbox_batch(images, plans, gain, offset, device, dtype=torch.float32):
+    """uint8 H x W x 3 numpy images -> one B x 3 x h x w input, each row by its own plan.
+
+    On a CUDA ``device`` each image goes up through its own pinned buffer with a
+    non-blocking copy (a shared staging buffer would be overwritten before its copy ran).
+    """
+    cuda = torch.device(device).type == 'cuda'
+    rows = []
+    for image, plan in zip(images, plans):
+        pixels = torch.from_numpy(image)
+        if cuda:
+            pixels = pixels.pin_memory().to(device, non_blocking=True)
+        rows.append(letterbox(pixels, plan, gain, offset, dtype=dtype))
+    return rows[0] if len(rows) == 1 else torch.cat(rows)

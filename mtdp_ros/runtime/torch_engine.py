@@ -24,7 +24,7 @@ from .engine import CACHE_LIMIT, Engine, LOGGER, StageTimer, warn
 from . import memory
 from .graph_safety import capture_blockers
 from .postprocess import host_to_numpy, postprocess, to_host_async
-from .preprocess import letterbox, normalisation
+from .preprocess import letterbox, letterbox_batch, normalisation
 
 # Eager runs before a capture: cuDNN picks its algorithms and allocations settle.
 CAPTURE_WARMUP = 3
@@ -196,24 +196,17 @@ class TorchEngine(Engine):
                 mark = [lambda: None] + [timer.mark] * 3
             with torch.no_grad():
                 mark[0]()
-                rows = []
-                for image, plan in zip(images, plans):
-                    pixels = torch.from_numpy(image)
-                    if self.cuda:
-                        # Own pinned buffers: a shared staging buffer would be overwritten
-                        # before its non-blocking copy ran.
-                        pixels = pixels.pin_memory().to(self.torch_device, non_blocking=True)
-                    rows.append(letterbox(pixels, plan, self.gain, self.offset,
-                                          dtype=self.dtype))
+                x = letterbox_batch(images, plans, self.gain, self.offset, self.torch_device,
+                                    self.dtype)
                 noises = [self.device_noise(seed) for seed in seeds]
                 mark[1]()
                 if starts is None:
-                    raw = self.run_network(torch.cat(rows), tasks, steps,
+                    raw = self.run_network(x, tasks, steps,
                                            torch.cat(noises) if self.diffusion else None)
-                    raws = [{t: raw[t][i:i + 1] for t in tasks} for i in range(len(rows))]
+                    raws = [{t: raw[t][i:i + 1] for t in tasks} for i in range(len(images))]
                     states = None
                 else:
-                    raws, states = self._run_groups(rows, noises, tasks, steps, starts)
+                    raws, states = self._run_groups(x, noises, tasks, steps, starts)
                 mark[2]()
                 hosts = [to_host_async(postprocess(raw, plan, tasks))
                          for raw, plan in zip(raws, plans)]
@@ -226,12 +219,15 @@ class TorchEngine(Engine):
             outputs = [host_to_numpy(host) for host in hosts]
             return outputs if starts is None else (outputs, states)
 
-    def _run_groups(self, rows, noises, tasks, steps, starts):
-        """Per image (raw outputs, state): one network pass per strength of ``starts``."""
+    def _run_groups(self, x, noises, tasks, steps, starts):
+        """Per image (raw outputs, state): one network pass per strength of ``starts``.
+
+        ``x``: the batch's input, one row per image.
+        """
         groups = {}
         for index, start in enumerate(starts):
             groups.setdefault(start.strength, []).append(index)
-        raws, states = [None] * len(rows), [None] * len(rows)
+        raws, states = [None] * len(starts), [None] * len(starts)
         for strength, members in groups.items():
             init = None
             if strength < 1.0:
@@ -239,7 +235,7 @@ class TorchEngine(Engine):
                 init = torch.cat([starts[i].init.to(self.torch_device, self.dtype)
                                   for i in members])
             raw, state = self.run_network(
-                torch.cat([rows[i] for i in members]), tasks, steps,
+                x[members], tasks, steps,
                 torch.cat([noises[i] for i in members]), starts[members[0]]._replace(
                     init=init))
             for row, index in enumerate(members):
