@@ -1,5 +1,6 @@
 """MT-CP reproduces the authors' code (shared/reference mtcp_*_tiny.pt) through the public API."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +15,13 @@ from mtdp_ros.models import (build_model, load_checkpoint, ModelConfig, PRESETS,
 from mtdp_ros.models.mtcp.config import MTCPConfig
 from mtdp_ros.models.mtcp.convert import authors_state_dict_shapes, to_v4_key, to_v5_key
 
+# MT-CP needs the optional extra ``mtcp`` (transformers): without it (a colcon workspace
+# that did not install the extra) its tests are skipped, except the one that checks the
+# error naming the extra.
+requires_transformers = pytest.mark.skipif(
+    importlib.util.find_spec('transformers') is None,
+    reason='MT-CP needs the optional extra mtcp (transformers), not installed')
+
 # shared/reference/README.md ("MT-CP tolerances"): outputs max |diff| <= 1e-4, intermediates
 # max |diff| <= 3e-4 x max |ref|. Measured here (2-core VM, torch 2.13, transformers 5.25):
 # outputs <= 1.6e-5, Mask2Former intermediates <= 2.3e-6 x max |ref|.
@@ -25,6 +33,8 @@ MANIFEST = {'mtcp_nyud': 'mtcp_nyud_swinS_ade', 'mtcp_pascal': 'mtcp_pascal_swin
 
 @pytest.fixture(scope='module', params=sorted(FILES))
 def reference(request):
+    if importlib.util.find_spec('transformers') is None:
+        pytest.skip('MT-CP needs the optional extra mtcp (transformers), not installed')
     return load_reference(FILES[request.param])
 
 
@@ -138,6 +148,7 @@ def test_wrong_checkpoint_names_the_keys(reference):
         load_checkpoint(model, broken)
 
 
+@requires_transformers
 def test_key_renaming_is_one_to_one():
     with torch.device('meta'):
         model = build_model(PRESETS['mtcp_nyud_tiny'])
@@ -147,6 +158,7 @@ def test_key_renaming_is_one_to_one():
     assert [to_v5_key(k) for k in authors] == keys
 
 
+@requires_transformers
 @pytest.mark.parametrize('preset', sorted(MANIFEST))
 def test_published_presets_have_the_authors_keys(preset):
     with open(reference_path('mtcp_key_shapes.json'), encoding='utf-8') as handle:
@@ -220,6 +232,7 @@ def _tiny_mask2former():
     return Mask2FormerModel(config)
 
 
+@requires_transformers
 def test_backbone_folder_from_save_pretrained_loads_strictly(tmp_path):
     hf = _tiny_mask2former()
     hf.save_pretrained(str(tmp_path / 'm2f'))
@@ -240,6 +253,7 @@ def test_backbone_folder_from_save_pretrained_loads_strictly(tmp_path):
     assert torch.equal(features, expected)
 
 
+@requires_transformers
 def test_backbone_folder_in_the_hub_layout_with_authors_names(tmp_path):
     # The hub checkpoint: Mask2FormerForUniversalSegmentation, transformers 4.x names.
     from safetensors.torch import save_file
@@ -257,6 +271,7 @@ def test_backbone_folder_in_the_hub_layout_with_authors_names(tmp_path):
         assert torch.equal(model.backbon.state_dict()[key], value), key
 
 
+@requires_transformers
 def test_backbone_folder_errors_name_the_problem(tmp_path):
     model = build_model(PRESETS['mtcp_nyud_tiny'])
     with pytest.raises(FileNotFoundError, match='backbone folder not found'):

@@ -4,6 +4,8 @@ The node test runs the tiny MT-CP over real DDS (its own domain and namespace) a
 the node's semantic labels against the in-process engine on the same image and weights.
 """
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,9 @@ from mtdp_ros.training.losses import balanced_cross_entropy_loss, MultiTaskLoss
 from ros_harness import (NodeProcess, RosClient, domain_id, image_msg, make_stamp,
                          pattern_image)
 
+# MT-CP needs the optional extra ``mtcp`` (transformers): skipped where it is not installed.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec('transformers') is None,
+                                reason='MT-CP needs the optional extra mtcp (transformers)')
 RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
 NAMESPACE = '/mtcp_test'
 
