@@ -52,6 +52,8 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
+# First: sets GNU OpenMP's spin default before anything loads PyTorch.
+from mtdp_ros.ros import openmp_spin  # noqa: F401, I100
 from mtdp_ros.ros import (engine_setup, memory_return, node_monitoring, node_settings,
                           parameter_names, parameters)
 from mtdp_ros.ros.batching import BatchScheduler, BatchStatistics, serve_batch
@@ -126,6 +128,8 @@ class PerceptionNode(parameter_names.NamesUndeclaredParameters, LifecycleNode):
         # Closed by every transition that stops the outputs: a frame in flight then
         # publishes nothing more (see output_gate).
         self._gate = OutputGate()
+        # Memory of a rare large frame goes back when frames are small again.
+        self._large_frames = memory_return.LargeFrameMemory()
         self._stopping = threading.Event()
         self._stopped = None            # set by stop(): whether the engine was released
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -251,7 +255,8 @@ class PerceptionNode(parameter_names.NamesUndeclaredParameters, LifecycleNode):
             self._log.warning(warning)
         # QoS (qos_overrides.* over the defaults) is checked before the model loads.
         configure_inputs(self, self.streams, values)
-        self.engine = engine_setup.create_engine(values, self._runtime_log, self._log)
+        self.engine = engine_setup.in_passing_thread(engine_setup.create_engine, values,
+                                                     self._runtime_log, self._log)
         self._model_tasks = tuple(self.engine.tasks)
         self._is_diffusion = self.engine.diffusion
         engine_setup.check_model_values(values, self.engine)
@@ -261,8 +266,8 @@ class PerceptionNode(parameter_names.NamesUndeclaredParameters, LifecycleNode):
             values['tasks'] = list(self._model_tasks)
         self._settings = node_settings.settings_from(values, self._model_tasks)
         configure_outputs(self, self.streams, values, self._model_tasks, self._gate)
-        self._warmed_size = engine_setup.warm_up_cameras(self.engine, self._settings,
-                                                         self.streams, self._log)
+        self._warmed_size = engine_setup.in_passing_thread(
+            engine_setup.warm_up_cameras, self.engine, self._settings, self.streams, self._log)
 
     def _deactivate(self):
         """Stop the outputs now; True when a frame is still in flight (it publishes nothing)."""
@@ -340,6 +345,9 @@ class PerceptionNode(parameter_names.NamesUndeclaredParameters, LifecycleNode):
                         return
                     for stream, _ in batch:
                         stream.frame_failed(exc)
+                # Every camera's latest frame: one camera's large frames are no burst.
+                if self._large_frames.after_frames(max(s.frame_pixels for s in self.streams)):
+                    self._log.debug('frames are small again: freed heap memory given back')
             # Cleanup came during the frame: the engine is no one's now.
             self._engines.after_frame(self._log)
 
@@ -400,13 +408,9 @@ def main(args=None):
     signals = StopSignals()
     signals.install()
     node = None
-    # Before the middleware starts: memory of a rare large frame goes back afterwards.
-    returned = memory_return.prepare()
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = PerceptionNode()
-        if returned:
-            node.get_logger().info(f'large-frame memory given back: {returned}')
         if node.autostart and not node.run_autostart():
             # The failed transition logged its reason.
             node.destroy_node()

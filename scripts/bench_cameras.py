@@ -14,7 +14,10 @@ after the warm-up frames, for ``--seconds``:
 - aggregate frames/s (depth outputs of all cameras per second);
 - per-camera latency (header stamp = send time -> depth received), p50 and p95 over
   all frames of all cameras;
-- peak RSS (VmHWM) and steady RSS (VmRSS at the end) of the node process(es), summed.
+- peak RSS (VmHWM) and steady RSS (VmRSS at the end) of the node process(es), summed;
+- the CPU time of the node process(es) per second of the timed run (cores used);
+- for one node with several cameras, from its /diagnostics engine status: the batch-size
+  histogram and the engine's milliseconds per batch (p50).
 
 ``--engine``: instead, the engine alone (no ROS): ``infer_batch`` of N frames against N
 ``infer`` calls, medians of ``--repeats`` rounds (``--warm-start S``: every frame warm at
@@ -115,6 +118,13 @@ def memory_kib(pid):
     return values['VmHWM'], values['VmRSS']
 
 
+def cpu_seconds(pid):
+    """CPU time (user + system, all threads) of a process so far, in seconds."""
+    with open(f'/proc/{pid}/stat', encoding='ascii') as handle:
+        fields = handle.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def camera_topics(mode, count):
     """[(node namespace, camera name or '', absolute topic prefix)] of a run."""
     if mode == 'one':
@@ -126,6 +136,7 @@ def run_case(args, mode, count, domain):
     """One run: ``count`` cameras on one node ('one') or on ``count`` nodes ('separate')."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
@@ -183,6 +194,15 @@ def run_case(args, mode, count, domain):
             state[prefix]['publisher'].publish(frame)
 
         timing = {'on': False}
+        engine_values = {}
+
+        def diagnostics(msg):
+            # The engine's status of a node with several cameras: batch sizes, times.
+            for status in msg.status:
+                if status.name.endswith(': engine'):
+                    engine_values.update((kv.key, kv.value) for kv in status.values)
+
+        node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics, 10)
         for _, _, prefix in cameras:
             node.create_subscription(Image, f'{prefix}/{depth_topic}',
                                      lambda msg, p=prefix: received(p, msg), qos)
@@ -223,12 +243,17 @@ def run_case(args, mode, count, domain):
             raise RuntimeError(f'no {args.warmup} warm-up outputs on every camera within 300 s '
                                f'(logs: {logs})')
         peak_before = [memory_kib(p.pid)[0] for p, _ in processes]
+        cpu_before = [cpu_seconds(p.pid) for p, _ in processes]
+        feeder_before = sum(os.times()[:2])
         timing['on'] = True
         started = time.monotonic()
         spin(lambda: started + args.seconds)
         elapsed = time.monotonic() - started
         timing['on'] = False
         memory = [memory_kib(p.pid) for p, _ in processes]
+        node_cpu = sum(cpu_seconds(p.pid) - before
+                       for (p, _), before in zip(processes, cpu_before)) / elapsed
+        feeder_cpu = (sum(os.times()[:2]) - feeder_before) / elapsed
     finally:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
@@ -251,6 +276,10 @@ def run_case(args, mode, count, domain):
         'peak_mib': sum(m[0] for m in memory) / 1024.0,
         'peak_warm_mib': sum(peak_before) / 1024.0,
         'steady_mib': sum(m[1] for m in memory) / 1024.0,
+        'node_cpu': node_cpu, 'feeder_cpu': feeder_cpu,
+        'batch_histogram': engine_values.get('batch_size_histogram', ''),
+        'engine_per_batch_p50_ms': engine_values.get('engine_per_batch_p50_ms', ''),
+        'model_per_batch_p50_ms': engine_values.get('model_per_batch_p50_ms', ''),
     }
 
 
@@ -271,15 +300,17 @@ def node_table(args):
           f'{args.seconds:.0f} s '
           f'per run, OMP_NUM_THREADS={args.threads} per node, {os.cpu_count()} CPUs\n')
     print('| cameras | nodes | frames/s (all) | per camera min-max | latency p50 / p95 ms '
-          '| peak RSS MiB | steady RSS MiB | steady vs 1 node, 1 camera |')
-    print('|---|---|---|---|---|---|---|---|')
+          '| peak RSS MiB | steady RSS MiB | steady vs 1 node, 1 camera | node CPU (cores) '
+          '| engine ms per batch p50 |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     for row in rows:
         nodes = 1 if row['mode'] == 'one' else row['cameras']
         ratio = row['steady_mib'] / single['steady_mib'] if single else float('nan')
         print(f"| {row['cameras']} | {nodes} | {row['fps']:.2f} | "
               f"{row['min_camera_fps']:.2f}-{row['max_camera_fps']:.2f} | "
               f"{row['p50_ms']:.0f} / {row['p95_ms']:.0f} | {row['peak_mib']:.0f} | "
-              f"{row['steady_mib']:.0f} | {ratio:.2f}x |")
+              f"{row['steady_mib']:.0f} | {ratio:.2f}x | {row['node_cpu']:.2f} | "
+              f"{row['engine_per_batch_p50_ms'] or '-'} |")
 
 
 def prepare_graphs(args):

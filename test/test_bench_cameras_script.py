@@ -30,5 +30,8 @@ def test_one_node_with_one_and_two_cameras_gives_table_rows(tmp_path):
     assert set(rows) == {'1', '2'}, done.stdout
     for cells in rows.values():
         assert cells[1] == '1' and float(cells[2]) > 0, cells     # one node, frames/s
-        assert float(cells[-1].rstrip('x')) > 0, cells            # memory ratio
-    assert rows['1'][-1] == '1.00x'       # the reference of the ratios
+        assert float(cells[7].rstrip('x')) > 0, cells             # memory ratio
+        assert float(cells[8]) > 0, cells                         # node CPU, cores
+    assert rows['1'][7] == '1.00x'        # the reference of the ratios
+    # The engine's status of the two-camera node: milliseconds per batch.
+    assert float(rows['2'][9]) > 0, rows['2']

@@ -171,6 +171,7 @@ class CameraStream:
         self._on_reject = on_reject
         self._now_ns = now_ns
         self.camera_info = None
+        self.frame_pixels = 0           # of the last decoded frame (LargeFrameMemory)
         # input.max_pixels: a camera_info declaring more is refused (configure warms the
         # engine up at the camera_info's size); why the last one was refused, or None.
         self.max_pixels = DEFAULT_MAX_PIXELS
@@ -287,6 +288,7 @@ class CameraStream:
         except ImageRejected as exc:
             self.reject(exc.kind, exc)
             return None
+        self.frame_pixels = rgb.shape[0] * rgb.shape[1]
         stamp = msg.header.stamp
         stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
         return Frame(msg, rgb, None, received_ns, started, time.perf_counter() - started,
