@@ -249,3 +249,78 @@ def test_cleanup_leaves_no_reference_to_the_engine(tmp_path):
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def test_the_engine_is_created_in_a_thread_that_ends(tmp_path, monkeypatch):
+    """Configure builds the engine off the executor's thread (one OpenMP team: openmp_spin)."""
+    import threading
+
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from mtdp_ros.perception_node import PerceptionNode
+    from mtdp_ros.ros import engine_setup
+
+    threads = []
+    create = engine_setup.create_engine
+
+    def recording(*args, **kwargs):     # the real engine, its thread noted
+        threads.append(threading.current_thread())
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(engine_setup, 'create_engine', recording)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(__name__ + '.setup_thread'),
+               signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    node = None
+    try:
+        node = PerceptionNode(context=context, parameter_overrides=[
+            Parameter('model.preset', value=write_config(tmp_path, TINY_MLORE)),
+            Parameter('autostart', value=False)])
+        assert node.run_autostart() and node.engine is not None
+        assert len(threads) == 1 and threads[0] is not threading.current_thread()
+        assert threads[0] is not node._worker and not threads[0].is_alive()
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def test_the_node_trims_the_heap_once_frames_are_small_after_large_ones(tmp_path):
+    """In one process: frames into the real node's stream; its LargeFrameMemory trims."""
+    import threading
+
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from mtdp_ros.perception_node import PerceptionNode
+    from mtdp_ros.ros.memory_return import LargeFrameMemory
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(__name__ + '.trim'),
+               signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    node = None
+    try:
+        node = PerceptionNode(context=context, parameter_overrides=[
+            Parameter('model.preset', value=write_config(tmp_path, TINY_MLORE)),
+            Parameter('autostart', value=False)])
+        trimmed = threading.Event()
+        node._large_frames = LargeFrameMemory(trim=trimmed.set, settle=1)
+        assert node.run_autostart()
+        stream = node.streams[0]
+        large, small = image_msg(pattern_image(480, 640)), image_msg(pattern_image(60, 80))
+        stream.on_image(large, 1)
+        for _ in range(200):        # until the large frame has gone through the engine
+            if stream.frame_pixels == 480 * 640 and not stream.slot.waiting:
+                break
+            threading.Event().wait(0.05)
+        assert not trimmed.is_set()
+        for _ in range(200):        # small frames: the burst is over
+            stream.on_image(small, 2)
+            if trimmed.wait(0.05):
+                break
+        assert trimmed.is_set() and stream.frame_pixels == 60 * 80
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)

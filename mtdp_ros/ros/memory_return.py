@@ -43,7 +43,6 @@ class LargeFrameMemory:
         self._settle = settle
         self._largest = 0               # pixels of the largest frame since the last trim
         self._small = 0                 # batches of small frames since the last large one
-        self.trims = 0
 
     def after_frames(self, pixels):
         """The frames of one batch are done; ``pixels``: the largest one's. True if trimmed."""
@@ -59,5 +58,4 @@ class LargeFrameMemory:
             return False
         self._largest, self._small = pixels, 0
         self._trim()
-        self.trims += 1
         return True
