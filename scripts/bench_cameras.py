@@ -17,7 +17,9 @@ after the warm-up frames, for ``--seconds``:
 - peak RSS (VmHWM) and steady RSS (VmRSS at the end) of the node process(es), summed;
 - the CPU time of the node process(es) per second of the timed run (cores used);
 - for one node with several cameras, from its /diagnostics engine status: the batch-size
-  histogram and the engine's milliseconds per batch (p50).
+  histogram and the engine's milliseconds per batch (p50);
+- with ``--thread-cpu``, in the ``# done:`` lines: the cores each thread of each node
+  process used (``main``: the executor's thread; the others by name and thread id).
 
 ``--engine``: instead, the engine alone (no ROS): ``infer_batch`` of N frames against N
 ``infer`` calls, medians of ``--repeats`` rounds (``--warm-start S``: every frame warm at
@@ -76,6 +78,9 @@ def build_parser():
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames per camera')
     parser.add_argument('--threads', type=int, default=2,
                         help='OMP_NUM_THREADS of every node process (default 2)')
+    parser.add_argument('--thread-cpu', action='store_true',
+                        help="also the cores each thread of the node process(es) used, in "
+                             "the '# done:' lines ('main' is the executor's thread)")
     parser.add_argument('--modes', nargs='+', default=['one', 'separate'],
                         choices=('one', 'separate'))
     parser.add_argument('--orin', action='store_true', help='the Orin estimate instead')
@@ -123,6 +128,29 @@ def cpu_seconds(pid):
     with open(f'/proc/{pid}/stat', encoding='ascii') as handle:
         fields = handle.read().rsplit(')', 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def thread_cpu(pid):
+    """CPU seconds so far of each thread of a process: {'main' or 'name:tid': seconds}."""
+    seconds = {}
+    for tid in os.listdir(f'/proc/{pid}/task'):
+        try:
+            with open(f'/proc/{pid}/task/{tid}/comm', encoding='utf-8') as handle:
+                name = handle.read().strip()
+            with open(f'/proc/{pid}/task/{tid}/stat', encoding='utf-8') as handle:
+                fields = handle.read().rsplit(')', 1)[1].split()
+        except OSError:          # the thread ended meanwhile
+            continue
+        label = 'main' if int(tid) == pid else f'{name}:{tid}'
+        seconds[label] = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+    return seconds
+
+
+def thread_cores(before, after, elapsed):
+    """{thread: cores used} between two ``thread_cpu`` readings, busiest first, idle left out."""
+    cores = {label: (value - before.get(label, 0.0)) / elapsed for label, value in after.items()}
+    return dict(sorted(((label, round(used, 3)) for label, used in cores.items() if used > 0),
+                       key=lambda item: -item[1]))
 
 
 def camera_topics(mode, count):
@@ -244,6 +272,7 @@ def run_case(args, mode, count, domain):
                                f'(logs: {logs})')
         peak_before = [memory_kib(p.pid)[0] for p, _ in processes]
         cpu_before = [cpu_seconds(p.pid) for p, _ in processes]
+        threads_before = [thread_cpu(p.pid) if args.thread_cpu else {} for p, _ in processes]
         feeder_before = sum(os.times()[:2])
         timing['on'] = True
         started = time.monotonic()
@@ -254,6 +283,8 @@ def run_case(args, mode, count, domain):
         node_cpu = sum(cpu_seconds(p.pid) - before
                        for (p, _), before in zip(processes, cpu_before)) / elapsed
         feeder_cpu = (sum(os.times()[:2]) - feeder_before) / elapsed
+        threads = [thread_cores(before, thread_cpu(p.pid), elapsed) if args.thread_cpu else {}
+                   for (p, _), before in zip(processes, threads_before)]
     finally:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
@@ -280,6 +311,8 @@ def run_case(args, mode, count, domain):
         'batch_histogram': engine_values.get('batch_size_histogram', ''),
         'engine_per_batch_p50_ms': engine_values.get('engine_per_batch_p50_ms', ''),
         'model_per_batch_p50_ms': engine_values.get('model_per_batch_p50_ms', ''),
+        # --thread-cpu: per node process, the cores each of its threads used.
+        'threads': threads,
     }
 
 

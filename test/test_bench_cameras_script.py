@@ -4,6 +4,7 @@ The figures are the benchmark's business; this only keeps the script from rottin
 once waited forever on a renamed depth topic).
 """
 
+import ast
 import subprocess
 import sys
 
@@ -19,7 +20,8 @@ def test_one_node_with_one_and_two_cameras_gives_table_rows(tmp_path):
     done = subprocess.run(
         [sys.executable, 'scripts/bench_cameras.py', '--model', preset, '--cameras', '1', '2',
          '--modes', 'one', '--rate', '0', '--seconds', '1', '--warmup', '1', '--width', '64',
-         '--height', '48', '--threads', '1', '--domain', str(domain_id(__name__))],
+         '--height', '48', '--threads', '1', '--thread-cpu',
+         '--domain', str(domain_id(__name__))],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {}
@@ -35,3 +37,14 @@ def test_one_node_with_one_and_two_cameras_gives_table_rows(tmp_path):
     assert rows['1'][7] == '1.00x'        # the reference of the ratios
     # The engine's status of the two-camera node: milliseconds per batch.
     assert float(rows['2'][9]) > 0, rows['2']
+    # --thread-cpu: one node process, the cores of its busy threads, busiest first; the
+    # threads together used no more than the process.
+    done_rows = [ast.literal_eval(line.split('# done: ', 1)[1])
+                 for line in done.stderr.splitlines() if line.startswith('# done: ')]
+    assert [row['cameras'] for row in done_rows] == [1, 2], done.stderr[-3000:]
+    for row in done_rows:
+        [threads] = row['threads']
+        cores = list(threads.values())
+        assert cores and all(used > 0 for used in cores), row
+        assert cores == sorted(cores, reverse=True), row
+        assert sum(cores) <= row['node_cpu'] + 0.05, row
