@@ -324,3 +324,35 @@ def test_the_node_trims_the_heap_once_frames_are_small_after_large_ones(tmp_path
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def test_output_publishers_carry_no_qos_event_handlers(tmp_path):
+    """In one process: the executor walks no event handler of an output at each frame.
+
+    rclpy gives a publisher two QoS event handlers by default, which the executor goes
+    through in Python at every spin (see stream_endpoints.OUTPUT_EVENTS); the node's
+    image subscription keeps its own (a camera with incompatible QoS is reported).
+    """
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from mtdp_ros.perception_node import PerceptionNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(__name__ + '.events'),
+               signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    node = None
+    try:
+        node = PerceptionNode(context=context, parameter_overrides=[
+            Parameter('model.preset', value=write_config(tmp_path, TINY_MLORE)),
+            Parameter('autostart', value=False)])
+        assert node.run_autostart()
+        publishers = node.streams[0].sink.publishers
+        assert 'depth/image' in publishers and len(publishers) >= 8, sorted(publishers)
+        assert all(not p.event_handlers for p in publishers.values())
+        [images] = node._image_subscriptions
+        assert images.event_handlers
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
