@@ -123,11 +123,16 @@ def memory_kib(pid):
     return values['VmHWM'], values['VmRSS']
 
 
-def cpu_seconds(pid):
-    """CPU time (user + system, all threads) of a process so far, in seconds."""
-    with open(f'/proc/{pid}/stat', encoding='ascii') as handle:
+def stat_cpu_seconds(path):
+    """User + system CPU seconds from a /proc ``stat`` file (a process's or a thread's)."""
+    with open(path, encoding='utf-8') as handle:
         fields = handle.read().rsplit(')', 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system, all threads) of a process so far, in seconds."""
+    return stat_cpu_seconds(f'/proc/{pid}/stat')
 
 
 def thread_cpu(pid):
@@ -137,12 +142,10 @@ def thread_cpu(pid):
         try:
             with open(f'/proc/{pid}/task/{tid}/comm', encoding='utf-8') as handle:
                 name = handle.read().strip()
-            with open(f'/proc/{pid}/task/{tid}/stat', encoding='utf-8') as handle:
-                fields = handle.read().rsplit(')', 1)[1].split()
+            used = stat_cpu_seconds(f'/proc/{pid}/task/{tid}/stat')
         except OSError:          # the thread ended meanwhile
             continue
-        label = 'main' if int(tid) == pid else f'{name}:{tid}'
-        seconds[label] = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+        seconds['main' if int(tid) == pid else f'{name}:{tid}'] = used
     return seconds
 
 

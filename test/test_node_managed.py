@@ -8,6 +8,7 @@ diagnostics and watchdog still run) and a model without depth (no ``points`` top
 Every process starts at once (their start-ups overlap) in one ROS domain.
 """
 
+import contextlib
 import math
 import signal
 
@@ -215,25 +216,41 @@ def test_a_model_without_depth_advertises_no_points(nodes):
     assert client.node.count_publishers('/nodepth/depth/image') == 0
 
 
-def test_cleanup_leaves_no_reference_to_the_engine(tmp_path):
-    """In one process: after cleanup nothing holds the engine or its network any more."""
-    import gc
-    import weakref
+@contextlib.contextmanager
+def in_process_node(tmp_path, name):
+    """A PerceptionNode in this process, unconfigured; destroyed on leaving.
 
+    The tiny model, ``autostart`` false, its own rclpy context and a ROS domain of its own
+    (from ``name``).
+    """
     import rclpy
-    from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
     from mtdp_ros.perception_node import PerceptionNode
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id(__name__ + '.in_process'),
+    rclpy.init(context=context, domain_id=domain_id(f'{__name__}.{name}'),
                signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = None
     try:
         node = PerceptionNode(context=context, parameter_overrides=[
             Parameter('model.preset', value=write_config(tmp_path, TINY_MLORE)),
             Parameter('autostart', value=False)])
+        yield node
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def test_cleanup_leaves_no_reference_to_the_engine(tmp_path):
+    """In one process: after cleanup nothing holds the engine or its network any more."""
+    import gc
+    import weakref
+
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    with in_process_node(tmp_path, 'in_process') as node:
         assert node.engine is None and node.state == 'unconfigured'
         for _ in range(2):          # a second configure / cleanup cycle releases too
             assert node.run_autostart()
@@ -245,20 +262,12 @@ def test_cleanup_leaves_no_reference_to_the_engine(tmp_path):
             assert node.state == 'unconfigured' and node.engine is None
             gc.collect()
             assert engine() is None and network() is None
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
 
 
 def test_the_engine_is_created_in_a_thread_that_ends(tmp_path, monkeypatch):
     """Configure builds the engine off the executor's thread (one OpenMP team: openmp_spin)."""
     import threading
 
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from mtdp_ros.perception_node import PerceptionNode
     from mtdp_ros.ros import engine_setup
 
     threads = []
@@ -269,41 +278,19 @@ def test_the_engine_is_created_in_a_thread_that_ends(tmp_path, monkeypatch):
         return create(*args, **kwargs)
 
     monkeypatch.setattr(engine_setup, 'create_engine', recording)
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id(__name__ + '.setup_thread'),
-               signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-    node = None
-    try:
-        node = PerceptionNode(context=context, parameter_overrides=[
-            Parameter('model.preset', value=write_config(tmp_path, TINY_MLORE)),
-            Parameter('autostart', value=False)])
+    with in_process_node(tmp_path, 'setup_thread') as node:
         assert node.run_autostart() and node.engine is not None
         assert len(threads) == 1 and threads[0] is not threading.current_thread()
         assert threads[0] is not node._worker and not threads[0].is_alive()
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
 
 
 def test_the_node_trims_the_heap_once_frames_are_small_after_large_ones(tmp_path):
     """In one process: frames into the real node's stream; its LargeFrameMemory trims."""
     import threading
 
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from mtdp_ros.perception_node import PerceptionNode
     from mtdp_ros.ros.memory_return import LargeFrameMemory
 
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id(__name__ + '.trim'),
-               signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-    node = None
-    try:
-        node = PerceptionNode(context=context, parameter_overrides=[
-            Parameter('model.preset', value=write_config(tmp_path, TINY_MLORE)),
-            Parameter('autostart', value=False)])
+    with in_process_node(tmp_path, 'trim') as node:
         trimmed = threading.Event()
         node._large_frames = LargeFrameMemory(trim=trimmed.set, settle=1)
         assert node.run_autostart()
@@ -320,10 +307,6 @@ def test_the_node_trims_the_heap_once_frames_are_small_after_large_ones(tmp_path
             if trimmed.wait(0.05):
                 break
         assert trimmed.is_set() and stream.frame_pixels == 60 * 80
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
 
 
 def test_output_publishers_carry_no_qos_event_handlers(tmp_path):
@@ -333,26 +316,10 @@ def test_output_publishers_carry_no_qos_event_handlers(tmp_path):
     through in Python at every spin (see stream_endpoints.OUTPUT_EVENTS); the node's
     image subscription keeps its own (a camera with incompatible QoS is reported).
     """
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from mtdp_ros.perception_node import PerceptionNode
-
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id(__name__ + '.events'),
-               signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-    node = None
-    try:
-        node = PerceptionNode(context=context, parameter_overrides=[
-            Parameter('model.preset', value=write_config(tmp_path, TINY_MLORE)),
-            Parameter('autostart', value=False)])
+    with in_process_node(tmp_path, 'events') as node:
         assert node.run_autostart()
         publishers = node.streams[0].sink.publishers
         assert 'depth/image' in publishers and len(publishers) >= 8, sorted(publishers)
         assert all(not p.event_handlers for p in publishers.values())
         [images] = node._image_subscriptions
         assert images.event_handlers
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
